@@ -1,0 +1,104 @@
+"""A small client for `cnn.v1.Classification` and the `cnn classify` subcommand.
+
+It deliberately imports only the project's own classification stubs (package `cnn.v1`), never the
+`inference` stubs, so it can share a process with tritonclient (which registers the same `inference`
+message names in protobuf's default pool).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from protos.cnn import classification_pb2 as pb
+from protos.cnn import classification_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    probability: float
+
+
+class ClassificationClient:
+    """`with ClassificationClient("127.0.0.1:8001") as c: c.classify([png_bytes], top_k=3)`."""
+
+    def __init__(self, address: str = "127.0.0.1:8001", timeout_s: float = 30.0,
+                 max_message_bytes: int = 16 * 1024 * 1024) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", max_message_bytes),
+                                                                ("grpc.max_receive_message_length", max_message_bytes)])
+        self._stub = pb_grpc.ClassificationStub(self._channel)
+        self.last_model: tuple[str, str] = ("", "")
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "ClassificationClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def classify(self, images: list[bytes], top_k: int = 3, model: str = "", version: str = "") -> list[list[Prediction]]:
+        """Encoded images (PNG/JPEG bytes) -> per image, the top-k predictions (most probable first)."""
+        req = pb.ClassifyRequest(model_name=model, model_version=version, top_k=top_k,
+                                 images=[pb.Image(encoded=b) for b in images])
+        resp = self._stub.Classify(req, timeout=self.timeout_s)
+        self.last_model = (resp.model_name, resp.model_version)
+        return [[Prediction(p.label, p.index, p.probability) for p in r.top_k] for r in resp.results]
+
+    def list_models(self) -> pb.ListModelsResponse:
+        return self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s)
+
+
+def add_classify_parser(subparsers) -> None:
+    p = subparsers.add_parser("classify", help="classify image files with a running server",
+                              description="Send PNG/JPEG files to the server's Classification service; one line (or "
+                                          "one JSON object with --json) per image.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+    p.add_argument("--server", default="127.0.0.1:8001", help="gRPC address (default 127.0.0.1:8001)")
+    p.add_argument("--model", default="", help="model name (default: the server's default model)")
+    p.add_argument("--version", default="", help="model version (default: the newest ready one)")
+    p.add_argument("--top-k", type=int, default=3, help="how many labels per image (default 3)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per request (default 64)")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="per-request deadline in seconds")
+    p.add_argument("--json", action="store_true", help='one JSON object per image: {"image", "top_k": [{"label", "index", "probability"}]}')
+    p.set_defaults(func=run_classify)
+
+
+def run_classify(args) -> int:
+    if args.top_k < 1:
+        print("cnn classify: --top-k must be at least 1", file=sys.stderr)
+        return 2
+    paths = [Path(p) for p in args.images]
+    data = []
+    for p in paths:
+        try:
+            data.append(p.read_bytes())
+        except OSError as e:
+            print(f"cnn classify: cannot read {p}: {e.strerror}", file=sys.stderr)
+            return 2
+    try:
+        with ClassificationClient(args.server, timeout_s=args.timeout_s) as c:
+            for start in range(0, len(data), max(1, args.batch_size)):
+                chunk = slice(start, start + max(1, args.batch_size))
+                results = c.classify(data[chunk], top_k=args.top_k, model=args.model, version=args.version)
+                for path, preds in zip(paths[chunk], results):
+                    if args.json:
+                        print(json.dumps({"image": str(path), "model": c.last_model[0], "version": c.last_model[1],
+                                          "top_k": [{"label": p.label, "index": p.index, "probability": round(p.probability, 6)}
+                                                    for p in preds]}))
+                    else:
+                        best = ", ".join(f"{p.label} ({p.probability:.3f})" for p in preds)
+                        print(f"{path}: {best}")
+    except grpc.RpcError as e:
+        print(f"cnn classify: {args.server}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    return 0

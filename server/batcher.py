@@ -1,0 +1,283 @@
+"""Dynamic batching: many callers' rows -> one model execution -> results split back exactly.
+
+No gRPC and no onnxruntime imports: the batcher is handed a blocking `run_batch(inputs, instance)`
+callable and runs it in a thread pool, one worker task per model instance. Requests are counted by
+rows (a request of 5 images is 5 rows), batched in arrival order up to `max_batch_size` rows, and
+dispatched when the batch is full, reaches a preferred size, or the oldest request has waited
+`max_queue_delay_s`. A full queue refuses at once (Unavailable); a request whose deadline passes while
+queued is dropped before compute (DeadlineExceeded); a cancelled request leaves the queue; an
+exception fails only the requests of its own batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from server.errors import DeadlineExceeded, InternalError, ServingError, Unavailable
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]]  # (inputs, instance) -> outputs
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports; the service turns it into metrics and ModelStatistics."""
+
+    def on_queue_depth(self, rows: int) -> None: ...
+    def on_reject(self, reason: str) -> None: ...  # "queue_full", "deadline", "cancelled", "shutdown"
+    def on_batch(self, report: "BatchReport") -> None: ...
+
+
+@dataclass
+class BatchReport:
+    rows: int  # rows in the executed batch
+    requests: int
+    queue_waits_s: list[float]  # one per request
+    compute_input_s: float  # concatenation
+    compute_infer_s: float  # onnxruntime
+    compute_output_s: float  # splitting + answering
+    ok: bool
+    instance: int = 0
+
+
+class _NullObserver:
+    def on_queue_depth(self, rows: int) -> None:
+        pass
+
+    def on_reject(self, reason: str) -> None:
+        pass
+
+    def on_batch(self, report: BatchReport) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Request:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    future: asyncio.Future
+    deadline: float | None  # loop.time() seconds; None = none
+    t_enqueue: float
+    t_enqueue_wall: float = field(default_factory=time.perf_counter)
+    taken: bool = False
+
+
+class DynamicBatcher:
+    def __init__(self, run_batch: RunBatch, *, max_batch_size: int, max_queue_delay_s: float,
+                 max_queue_rows: int, preferred_batch_sizes: tuple[int, ...] = (), instances: int = 1,
+                 executor: Executor | None = None, observer: BatchObserver | None = None, name: str = "model") -> None:
+        # Validate eagerly: a bad setting is a configuration error now, not a hang later.
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
+        if not max_queue_delay_s >= 0:
+            raise ValueError(f"max_queue_delay_s must be >= 0, got {max_queue_delay_s!r}")
+        if not isinstance(max_queue_rows, int) or max_queue_rows < 1:
+            raise ValueError(f"max_queue_rows must be a positive integer, got {max_queue_rows!r}")
+        if not isinstance(instances, int) or instances < 1:
+            raise ValueError(f"instances must be a positive integer, got {instances!r}")
+        for b in preferred_batch_sizes:
+            if not 1 <= b <= max_batch_size:
+                raise ValueError(f"preferred batch size {b} is outside 1..{max_batch_size}")
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = float(max_queue_delay_s)
+        self.max_queue_rows = max_queue_rows
+        self.preferred = frozenset(preferred_batch_sizes)
+        self.max_preferred = max(preferred_batch_sizes, default=max_batch_size)
+        self.instances = instances
+        self._run_batch = run_batch
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"ort-{name}")
+        self._observer = observer or _NullObserver()
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._queued_rows = 0
+        self._executing = 0
+        self._wakeup: asyncio.Event | None = None
+        self._workers: list[asyncio.Task] = []
+        self._closed = False
+
+    # ---------------------------------------------------------------------------------------------
+    # lifecycle
+
+    def start(self) -> None:
+        """Start one worker per instance on the running event loop."""
+        if self._workers:
+            return
+        self._wakeup = asyncio.Event()
+        self._workers = [asyncio.get_running_loop().create_task(self._worker(i), name=f"batcher-{self.name}-{i}")
+                         for i in range(self.instances)]
+
+    async def close(self, drain: bool = True) -> None:
+        """Stop taking requests; with drain, finish every queued and executing request first."""
+        self._closed = True
+        if not drain:
+            while self._queue:
+                r = self._queue.popleft()
+                if not r.future.done():
+                    r.future.set_exception(Unavailable(f"model '{self.name}' is unloading"))
+                    self._observer.on_reject("shutdown")
+            self._queued_rows = 0
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._own_executor:
+            self._executor.shutdown(wait=True)
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and self._executing == 0
+
+    # ---------------------------------------------------------------------------------------------
+    # callers
+
+    async def submit(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Queue `rows` rows (every input's first axis) and wait for their outputs.
+
+        `deadline` is in `loop.time()` seconds. Raises Unavailable (queue full / closed),
+        DeadlineExceeded (not computed in time) or whatever the batch's execution raised."""
+        if self._closed or self._wakeup is None:
+            self._observer.on_reject("shutdown")
+            raise Unavailable(f"model '{self.name}' is not accepting requests (shutting down or unloading)")
+        if not 1 <= rows <= self.max_batch_size:
+            raise ValueError(f"rows must be in 1..{self.max_batch_size}, got {rows}")  # the service validates first
+        if self._queued_rows + rows > self.max_queue_rows:
+            self._observer.on_reject("queue_full")
+            raise Unavailable(f"model '{self.name}' queue is full ({self._queued_rows} of {self.max_queue_rows} rows waiting); retry later")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if deadline is not None and deadline <= now:
+            self._observer.on_reject("deadline")
+            raise DeadlineExceeded(f"the request's deadline passed before it was queued for model '{self.name}'")
+        req = _Request(inputs, rows, loop.create_future(), deadline, now)
+        self._queue.append(req)
+        self._queued_rows += rows
+        self._observer.on_queue_depth(self._queued_rows)
+        self._wakeup.set()
+        try:
+            if deadline is None:
+                return await req.future
+            done, _ = await asyncio.wait({req.future}, timeout=max(0.0, deadline - loop.time()))
+            if done:
+                return req.future.result()
+            self._observer.on_reject("deadline")
+            req.future.cancel()
+            where = "while it was being computed" if req.taken else "while it was queued; it was not computed"
+            raise DeadlineExceeded(f"the request's deadline passed {where} (model '{self.name}')")
+        except asyncio.CancelledError:
+            if not req.taken:
+                self._observer.on_reject("cancelled")
+            raise
+        finally:
+            if not req.taken:  # cancelled or timed out in the queue: leave it now, free its rows
+                try:
+                    self._queue.remove(req)
+                    self._queued_rows -= req.rows
+                    self._observer.on_queue_depth(self._queued_rows)
+                except ValueError:
+                    pass
+
+    # ---------------------------------------------------------------------------------------------
+    # workers
+
+    def _ready_to_dispatch(self) -> bool:
+        rows = self._queued_rows
+        return rows >= self.max_batch_size or rows >= self.max_preferred or rows in self.preferred
+
+    async def _next_batch(self) -> list[_Request] | None:
+        loop = asyncio.get_running_loop()
+        assert self._wakeup is not None
+        while True:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # Gather: wait for company until the batch is full or the oldest request has waited enough.
+            while self._queue and not self._closed and not self._ready_to_dispatch():
+                remaining = self._queue[0].t_enqueue + self.max_queue_delay_s - loop.time()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch, rows, now = [], 0, loop.time()
+            while self._queue and rows + self._queue[0].rows <= self.max_batch_size:
+                r = self._queue.popleft()
+                self._queued_rows -= r.rows
+                r.taken = True
+                if r.future.done():  # cancelled by its caller
+                    continue
+                if r.deadline is not None and r.deadline <= now:
+                    self._observer.on_reject("deadline")
+                    r.future.set_exception(DeadlineExceeded(
+                        f"the request's deadline passed while it was queued; it was not computed (model '{self.name}')"))
+                    continue
+                batch.append(r)
+                rows += r.rows
+            self._observer.on_queue_depth(self._queued_rows)
+            if batch:
+                return batch
+
+    async def _worker(self, instance: int) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if batch is None:
+                return
+            self._executing += 1
+            try:
+                await self._execute(loop, batch, instance)
+            except Exception:  # never let a worker die: its batch was already failed in _execute
+                log.exception("batch worker %s/%d", self.name, instance)
+            finally:
+                self._executing -= 1
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Request], instance: int) -> None:
+        t0 = time.perf_counter()
+        waits = [t0 - r.t_enqueue_wall for r in batch]
+        rows = sum(r.rows for r in batch)
+        report = BatchReport(rows, len(batch), waits, 0.0, 0.0, 0.0, ok=False, instance=instance)
+        try:
+            if len(batch) == 1:
+                inputs = batch[0].inputs
+            else:
+                inputs = {k: np.concatenate([r.inputs[k] for r in batch], axis=0) for k in batch[0].inputs}
+            t1 = time.perf_counter()
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs, instance)
+            t2 = time.perf_counter()
+            for k, v in outputs.items():  # output count checked against input count
+                if v.shape[:1] != (rows,):
+                    raise InternalError(f"model '{self.name}' returned {v.shape[:1]} rows in output '{k}' for a batch of {rows}")
+            start = 0
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_result({k: v[start:start + r.rows] for k, v in outputs.items()} if len(batch) > 1 else outputs)
+                start += r.rows
+            t3 = time.perf_counter()
+            report.compute_input_s, report.compute_infer_s, report.compute_output_s = t1 - t0, t2 - t1, t3 - t2
+            report.ok = True
+        except Exception as e:  # exceptions reach every waiting future of this batch, and only those
+            err = e if isinstance(e, ServingError) else InternalError(f"model '{self.name}' failed to run: {type(e).__name__}: {e}")
+            if not isinstance(e, ServingError):
+                log.error("model %s: batch of %d rows failed", self.name, rows, exc_info=e)
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(err)
+            report.compute_infer_s = time.perf_counter() - t0
+        finally:
+            self._observer.on_batch(report)

@@ -1,0 +1,262 @@
+"""`inference.GRPCInferenceService` (Open Inference Protocol): protobuf <-> numpy, nothing more.
+
+Decoding checks only what protobuf alone can tell (byte counts, typed-content counts, raw vs typed);
+everything about the model is checked by the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import numpy as np
+
+from protos.inference import grpc_service_pb2 as pb
+from protos.inference import grpc_service_pb2_grpc as pb_grpc
+from protos.inference import model_config_pb2 as mc
+from server.errors import InvalidInput, ServingError
+from server.grpc.status import deadline_of, rpc, status_of
+from server.metrics import Metrics
+from server.runtime import KSERVE_TO_NUMPY
+from server.service import InferenceService, InferInput, InferRequest, InferResponse, RequestedOutput
+
+# datatype -> the InferTensorContents field that carries it when not sent raw
+TYPED_FIELD = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+}
+CONFIG_DATATYPE = {"BOOL": mc.TYPE_BOOL, "UINT8": mc.TYPE_UINT8, "UINT16": mc.TYPE_UINT16, "UINT32": mc.TYPE_UINT32,
+                   "UINT64": mc.TYPE_UINT64, "INT8": mc.TYPE_INT8, "INT16": mc.TYPE_INT16, "INT32": mc.TYPE_INT32,
+                   "INT64": mc.TYPE_INT64, "FP16": mc.TYPE_FP16, "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64,
+                   "BYTES": mc.TYPE_STRING}
+MAX_DIMS = 8
+
+
+def _param(p: pb.InferParameter):
+    kind = p.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(p, kind)
+
+
+def decode_request(req: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
+    if req.raw_input_contents and any(t.HasField("contents") for t in req.inputs):
+        raise InvalidInput("'raw_input_contents' and typed 'contents' are both set; use one or the other")
+    if req.raw_input_contents and len(req.raw_input_contents) != len(req.inputs):
+        raise InvalidInput(f"'raw_input_contents' has {len(req.raw_input_contents)} entries for {len(req.inputs)} inputs")
+    inputs = []
+    for i, t in enumerate(req.inputs):
+        where = f"inputs[{i}]"
+        shape = tuple(t.shape)
+        if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
+            raise InvalidInput(f"{where}.shape: {list(shape)} is not a valid shape (non-negative, at most {MAX_DIMS} dims)")
+        if t.datatype not in KSERVE_TO_NUMPY:
+            raise InvalidInput(f"{where}.datatype: unsupported datatype {t.datatype!r} for input '{t.name}'")
+        dtype = np.dtype(KSERVE_TO_NUMPY[t.datatype]).newbyteorder("<")
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if req.raw_input_contents:
+            raw = req.raw_input_contents[i]
+            if len(raw) != count * dtype.itemsize:
+                raise InvalidInput(f"raw_input_contents[{i}]: {len(raw)} bytes, but input '{t.name}' of shape {list(shape)} "
+                                   f"and datatype {t.datatype} needs {count * dtype.itemsize}")
+            data = np.frombuffer(raw, dtype=dtype).reshape(shape)
+        else:
+            fname = TYPED_FIELD.get(t.datatype)
+            if fname is None:
+                raise InvalidInput(f"{where}.contents: datatype {t.datatype} has no typed contents field; send it in 'raw_input_contents'")
+            values = getattr(t.contents, fname)
+            if len(values) != count:
+                raise InvalidInput(f"{where}.contents.{fname}: {len(values)} values, but shape {list(shape)} needs {count}")
+            data = np.asarray(values, dtype=dtype).reshape(shape)
+        inputs.append(InferInput(t.name, t.datatype, shape, data))
+    outputs = []
+    for i, o in enumerate(req.outputs):
+        k = 0
+        if "classification" in o.parameters:
+            k = _param(o.parameters["classification"])
+            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                raise InvalidInput(f"outputs[{i}].parameters.classification: must be a positive integer, got {k!r}")
+        outputs.append(RequestedOutput(o.name, k))
+    timeout_s = None
+    if "timeout" in req.parameters:
+        t = _param(req.parameters["timeout"])
+        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+            raise InvalidInput(f"parameters.timeout: must be a non-negative integer of microseconds, got {t!r}")
+        timeout_s = t / 1e6 if t > 0 else None
+    return InferRequest(req.model_name, req.model_version, req.id, inputs, outputs, timeout_s, deadline)
+
+
+def _bytes_tensor(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def encode_response(r: InferResponse) -> pb.ModelInferResponse:
+    out = pb.ModelInferResponse(model_name=r.model_name, model_version=r.model_version, id=r.id)
+    for o in r.outputs:
+        out.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
+        if o.datatype == "BYTES":
+            out.raw_output_contents.append(_bytes_tensor(o.data))
+        else:
+            out.raw_output_contents.append(np.ascontiguousarray(o.data).astype(o.data.dtype.newbyteorder("<"), copy=False).tobytes())
+    return out
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: InferenceService, metrics: Metrics) -> None:
+        self.service = service
+        self.metrics = metrics
+
+    @rpc("ServerLive")
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=self.service.live())
+
+    @rpc("ServerReady")
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.service.ready())
+
+    @rpc("ModelReady", lambda r: r.name)
+    async def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=self.service.model_ready(request.name, request.version))
+
+    @rpc("ServerMetadata")
+    async def ServerMetadata(self, request, context):
+        name, version, extensions = self.service.server_metadata()
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=list(extensions))
+
+    @rpc("ModelMetadata", lambda r: r.name)
+    async def ModelMetadata(self, request, context):
+        mv = self.service.model(request.name, request.version)
+        rt = mv.runtime
+        resp = pb.ModelMetadataResponse(name=mv.name, versions=self.service.versions(mv.name), platform=mv.config.platform)
+        for t in rt.inputs:
+            resp.inputs.add(name=t.name, datatype=t.datatype, shape=[-1, *t.shape])
+        for t in rt.outputs:
+            resp.outputs.add(name=t.name, datatype=t.datatype, shape=[-1, *t.shape])
+        return resp
+
+    @rpc("ModelConfig", lambda r: r.name)
+    async def ModelConfig(self, request, context):
+        mv = self.service.model(request.name, request.version)
+        cfg, rt = mv.config, mv.runtime
+        c = mc.ModelConfig(name=mv.name, platform=cfg.platform, backend="onnxruntime", max_batch_size=cfg.max_batch_size,
+                           default_model_filename="model.onnx")
+        vp = cfg.version_policy
+        if vp.kind == "all":
+            c.version_policy.all.SetInParent()
+        elif vp.kind == "specific":
+            c.version_policy.specific.versions.extend(vp.versions)
+        else:
+            c.version_policy.latest.num_versions = vp.num_versions
+        for t in rt.inputs:
+            c.input.add(name=t.name, data_type=CONFIG_DATATYPE[t.datatype], format=mc.ModelInput.FORMAT_NCHW, dims=list(t.shape))
+        for t in rt.outputs:
+            c.output.add(name=t.name, data_type=CONFIG_DATATYPE[t.datatype], dims=list(t.shape))
+        kind = mc.ModelInstanceGroup.KIND_GPU if rt.provider == "CUDAExecutionProvider" else mc.ModelInstanceGroup.KIND_CPU
+        c.instance_group.add(name=f"{mv.name}_0", count=cfg.instances, kind=kind)
+        db = cfg.dynamic_batching
+        c.dynamic_batching.SetInParent()  # present even when off: delay 0 means "no waiting"
+        if db is not None:
+            c.dynamic_batching.preferred_batch_size.extend(db.preferred_batch_sizes)
+            c.dynamic_batching.max_queue_delay_microseconds = db.max_queue_delay_us
+            c.dynamic_batching.default_queue_policy.max_queue_size = db.max_queue_size
+            c.dynamic_batching.default_queue_policy.default_timeout_microseconds = db.default_timeout_ms * 1000
+            c.dynamic_batching.default_queue_policy.allow_timeout_override = True
+        c.parameters["labels"].string_value = ",".join(rt.metadata.labels)
+        c.parameters["provider"].string_value = rt.provider
+        return pb.ModelConfigResponse(config=c)
+
+    @rpc("ModelInfer", lambda r: r.model_name)
+    async def ModelInfer(self, request, context):
+        return encode_response(await self.service.infer(decode_request(request, deadline_of(context))))
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Requests of one stream run concurrently (so they batch); each answer carries its request id.
+
+        Errors travel in-band (`error_message`) so one bad request does not end the stream."""
+        answers: asyncio.Queue = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+        self.metrics.in_flight.labels("ModelStreamInfer").inc()
+
+        async def one(req: pb.ModelInferRequest) -> None:
+            model = req.model_name if req.model_name in self.service.manager.serving else ""
+            try:
+                resp = encode_response(await self.service.infer(decode_request(req, deadline_of(context))))
+                code = "OK"
+                await answers.put(pb.ModelStreamInferResponse(infer_response=resp))
+            except ServingError as e:
+                code = status_of(e).name
+                await answers.put(pb.ModelStreamInferResponse(
+                    error_message=str(e), infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id)))
+            except Exception as e:  # keep the stream alive; report in-band
+                code = "INTERNAL"
+                await answers.put(pb.ModelStreamInferResponse(error_message=f"internal error: {type(e).__name__}: {e}"))
+            self.metrics.requests.labels("ModelStreamInfer", model, "", code).inc()
+
+        async def reader() -> None:
+            async for req in request_iterator:
+                task = asyncio.get_running_loop().create_task(one(req))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            while pending:
+                await asyncio.gather(*list(pending), return_exceptions=True)
+            await answers.put(None)
+
+        read_task = asyncio.get_running_loop().create_task(reader())
+        try:
+            while True:
+                item = await answers.get()
+                if item is None:
+                    break
+                yield item
+        finally:
+            read_task.cancel()
+            for t in list(pending):
+                t.cancel()
+            self.metrics.in_flight.labels("ModelStreamInfer").dec()
+
+    @rpc("ModelStatistics", lambda r: r.name)
+    async def ModelStatistics(self, request, context):
+        mgr = self.service.manager
+        if request.name and request.name not in mgr.serving:
+            self.service.model(request.name)  # raises ModelNotFound naming the models there are
+        resp = pb.ModelStatisticsResponse()
+        for name in sorted(mgr.serving):
+            if request.name and name != request.name:
+                continue
+            for v, mv in sorted(mgr.serving[name].items()):
+                if request.version and request.version != str(v):
+                    continue
+                s = mv.stats
+                with s.lock:
+                    m = resp.model_stats.add(name=name, version=str(v), last_inference=s.last_inference_ms,
+                                             inference_count=s.inference_count, execution_count=s.execution_count)
+                    for fname in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+                        d = getattr(s, fname)
+                        getattr(m.inference_stats, fname).count = d.count
+                        getattr(m.inference_stats, fname).ns = d.ns
+                    for bs, (ci, cf, co) in sorted(s.batches.items()):
+                        b = m.batch_stats.add(batch_size=bs)
+                        b.compute_input.count, b.compute_input.ns = ci.count, ci.ns
+                        b.compute_infer.count, b.compute_infer.ns = cf.count, cf.ns
+                        b.compute_output.count, b.compute_output.ns = co.count, co.ns
+        if request.version and not resp.model_stats:
+            self.service.model(request.name, request.version)  # raises the precise NOT_FOUND / UNAVAILABLE
+        return resp
+
+    @rpc("RepositoryIndex")
+    async def RepositoryIndex(self, request, context):
+        resp = pb.RepositoryIndexResponse()
+        for name, version, state, reason in self.service.manager.index():
+            if request.ready and state != "READY":
+                continue
+            resp.models.add(name=name, version=version, state=state, reason=reason)
+        return resp
+
+    @rpc("RepositoryModelLoad", lambda r: r.model_name)
+    async def RepositoryModelLoad(self, request, context):
+        await self.service.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc("RepositoryModelUnload", lambda r: r.model_name)
+    async def RepositoryModelUnload(self, request, context):
+        await self.service.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()

@@ -1,0 +1,89 @@
+"""One table from the service's errors to gRPC status codes, and the wrapper every RPC goes through.
+
+The wrapper also does the adapter-level metrics (requests by code, duration, in flight). Client
+errors are logged as warnings; anything unexpected is logged with its traceback and answered INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+
+import grpc
+
+from server import errors
+from server.metrics import Metrics
+
+log = logging.getLogger("server.grpc")
+
+STATUS = {
+    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errors.RepositoryError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.InternalError: grpc.StatusCode.INTERNAL,
+}
+
+
+def status_of(e: errors.ServingError) -> grpc.StatusCode:
+    for cls in type(e).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def rpc(name: str, model_of=lambda request: ""):
+    """Wrap a unary servicer method: map errors to status codes and record the adapter metrics.
+
+    `model_of(request)` gives the model label; names the server does not serve are recorded as ""
+    to keep label cardinality bounded whatever clients send."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        async def handler(self, request, context):
+            metrics: Metrics = self.metrics
+            t0 = time.perf_counter()
+            in_flight = metrics.in_flight.labels(name)
+            in_flight.inc()
+            model = model_of(request)
+            model = model if model in self.service.manager.serving else ""
+            version = ""
+            code = grpc.StatusCode.OK
+            try:
+                response = await fn(self, request, context)
+                version = getattr(response, "model_version", "") or ""
+                return response
+            except errors.ServingError as e:
+                code = status_of(e)
+                (log.warning if e.client_error else log.error)("%s %s: %s: %s", name, model or "-", code.name, e)
+                await context.abort(code, str(e))
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as e:
+                if isinstance(e, grpc.aio.AbortError):
+                    raise
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s %s: unexpected error", name, model or "-")
+                await context.abort(code, f"internal error: {type(e).__name__}")
+            finally:
+                in_flight.dec()
+                metrics.requests.labels(name, model, version, code.name).inc()
+                metrics.request_duration.labels(name, model).observe(time.perf_counter() - t0)
+
+        return handler
+
+    return wrap
+
+
+def deadline_of(context) -> float | None:
+    """The call's gRPC deadline as event-loop time, or None."""
+    remaining = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining

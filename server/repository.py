@@ -1,0 +1,281 @@
+"""The model repository format: the one contract between `cnn export` (writer) and the server (reader).
+
+    <repository>/
+      <model name>/
+        config.yaml        ModelConfig below (batching, instances, providers, version policy, warm-up)
+        1/model.onnx       version 1: an ONNX model whose metadata_props carry METADATA_KEY (JSON)
+        2/model.onnx       ...
+        2/model.onnx.data  optional external weights; must stay inside the version folder
+
+This module has no onnxruntime, torch or gRPC imports: it reads and writes files and validates them.
+Every error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from server.errors import RepositoryError
+
+CONFIG_FILE = "config.yaml"
+MODEL_FILE = "model.onnx"
+METADATA_KEY = "cnn.metadata"  # ONNX metadata_props key holding ModelMetadata as JSON
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+# --------------------------------------------------------------------------------------------------
+# config.yaml
+
+
+@dataclass
+class DynamicBatching:
+    max_queue_delay_us: int = 500  # how long the first request of a batch may wait for company
+    preferred_batch_sizes: list[int] = field(default_factory=list)  # dispatch early at these row counts
+    max_queue_size: int = 1024  # rows waiting; beyond it requests get UNAVAILABLE at once
+    default_timeout_ms: int = 0  # queue timeout when the request sets none; 0 = only the gRPC deadline
+
+
+@dataclass
+class VersionPolicy:
+    kind: str = "latest"  # "latest" (newest num_versions), "all", or "specific" (versions)
+    num_versions: int = 1  # for kind=latest
+    versions: list[int] = field(default_factory=list)  # for kind=specific
+
+
+@dataclass
+class ModelConfig:
+    name: str  # must equal the folder name
+    platform: str = "onnxruntime_onnx"  # as Triton names it; the only one served
+    max_batch_size: int = 64  # rows per model call; 0 would mean "no batch axis" (not supported)
+    dynamic_batching: DynamicBatching | None = field(default_factory=DynamicBatching)  # None: batching off
+    instances: int = 1  # parallel onnxruntime sessions per version
+    providers: list[str] = field(default_factory=lambda: ["cpu"])  # in order of preference: "cuda", "cpu"
+    cuda_fallback: bool = True  # if "cuda" is asked for but absent: fall back to CPU (True) or refuse the load
+    intra_op_threads: int = 1  # per session; 1 is best with client + server sharing 2 cores (see bench/)
+    inter_op_threads: int = 1
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    warmup_batch_sizes: list[int] = field(default_factory=lambda: [1])  # run at load, before READY
+
+    def validate(self, where: str = CONFIG_FILE) -> "ModelConfig":
+        def bad(key: str, why: str) -> RepositoryError:
+            return RepositoryError(f"{where}: '{key}' {why}")
+
+        if not isinstance(self.name, str) or not _MODEL_NAME_RE.match(self.name):
+            raise bad("name", f"must match {_MODEL_NAME_RE.pattern}, got {self.name!r}")
+        if self.platform != "onnxruntime_onnx":
+            raise bad("platform", f"must be 'onnxruntime_onnx', got {self.platform!r}")
+        if not isinstance(self.max_batch_size, int) or not 1 <= self.max_batch_size <= 65536:
+            raise bad("max_batch_size", f"must be an integer in 1..65536, got {self.max_batch_size!r}")
+        if not isinstance(self.instances, int) or not 1 <= self.instances <= 64:
+            raise bad("instances", f"must be an integer in 1..64, got {self.instances!r}")
+        for key in ("intra_op_threads", "inter_op_threads"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or not 0 <= v <= 256:
+                raise bad(key, f"must be an integer in 0..256 (0 = onnxruntime's default), got {v!r}")
+        if not self.providers or any(p not in ("cpu", "cuda") for p in self.providers):
+            raise bad("providers", f"must be a non-empty list of 'cuda' / 'cpu', got {self.providers!r}")
+        if not isinstance(self.cuda_fallback, bool):
+            raise bad("cuda_fallback", f"must be true or false, got {self.cuda_fallback!r}")
+        db = self.dynamic_batching
+        if db is not None:
+            if not isinstance(db.max_queue_delay_us, int) or not 0 <= db.max_queue_delay_us <= 10_000_000:
+                raise bad("dynamic_batching.max_queue_delay_us", f"must be in 0..10000000, got {db.max_queue_delay_us!r}")
+            if not isinstance(db.max_queue_size, int) or db.max_queue_size < 1:
+                raise bad("dynamic_batching.max_queue_size", f"must be a positive integer, got {db.max_queue_size!r}")
+            if not isinstance(db.default_timeout_ms, int) or db.default_timeout_ms < 0:
+                raise bad("dynamic_batching.default_timeout_ms", f"must be >= 0, got {db.default_timeout_ms!r}")
+            for b in db.preferred_batch_sizes:
+                if not isinstance(b, int) or not 1 <= b <= self.max_batch_size:
+                    raise bad("dynamic_batching.preferred_batch_sizes", f"entries must be in 1..max_batch_size, got {b!r}")
+        vp = self.version_policy
+        if vp.kind not in ("latest", "all", "specific"):
+            raise bad("version_policy.kind", f"must be latest, all or specific, got {vp.kind!r}")
+        if vp.kind == "latest" and (not isinstance(vp.num_versions, int) or vp.num_versions < 1):
+            raise bad("version_policy.num_versions", f"must be a positive integer, got {vp.num_versions!r}")
+        if vp.kind == "specific" and (not vp.versions or any(not isinstance(v, int) or v < 1 for v in vp.versions)):
+            raise bad("version_policy.versions", f"must list positive integers, got {vp.versions!r}")
+        for b in self.warmup_batch_sizes:
+            if not isinstance(b, int) or not 1 <= b <= self.max_batch_size:
+                raise bad("warmup_batch_sizes", f"entries must be in 1..max_batch_size, got {b!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _from_dict(cls, data: Any, where: str, prefix: str = ""):
+    """Build dataclass `cls` from a mapping; unknown keys are errors that name the key."""
+    if not isinstance(data, dict):
+        raise RepositoryError(f"{where}: '{prefix.rstrip('.') or 'top level'}' must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise RepositoryError(f"{where}: unknown key '{prefix}{unknown[0]}' (valid: {', '.join(fields)})")
+    kwargs = {}
+    for name, value in data.items():
+        if name == "dynamic_batching" and cls is ModelConfig:
+            kwargs[name] = None if value is None or value is False else _from_dict(DynamicBatching, value or {}, where, "dynamic_batching.")
+        elif name == "version_policy" and cls is ModelConfig:
+            kwargs[name] = _from_dict(VersionPolicy, value, where, "version_policy.")
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required key is missing
+        raise RepositoryError(f"{where}: {e}") from None
+
+
+def load_model_config(model_dir: str | os.PathLike) -> ModelConfig:
+    model_dir = Path(model_dir)
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        raise RepositoryError(f"{path}: missing model config (every model folder needs {CONFIG_FILE})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RepositoryError(f"{path}: not valid YAML: {e}") from None
+    data.setdefault("name", model_dir.name) if isinstance(data, dict) else None
+    cfg = _from_dict(ModelConfig, data, str(path)).validate(str(path))
+    if cfg.name != model_dir.name:
+        raise RepositoryError(f"{path}: 'name' is {cfg.name!r} but the folder is {model_dir.name!r}")
+    return cfg
+
+
+def write_model_config(model_dir: str | os.PathLike, cfg: ModelConfig) -> Path:
+    """Write config.yaml atomically (temp file + rename)."""
+    cfg.validate()
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    text = "# Model config: see server/repository.py (ModelConfig) for every key.\n"
+    text += yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".config.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, model_dir / CONFIG_FILE)
+    return model_dir / CONFIG_FILE
+
+
+# --------------------------------------------------------------------------------------------------
+# versions
+
+
+def list_models(repository: str | os.PathLike) -> list[str]:
+    root = Path(repository)
+    if not root.is_dir():
+        raise RepositoryError(f"{root}: model repository folder does not exist")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_versions(model_dir: str | os.PathLike) -> list[int]:
+    """Numbered sub-folders that hold a model file, ascending. Half-written (dot-prefixed) folders are skipped."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    out = []
+    for p in model_dir.iterdir():
+        if p.is_dir() and p.name.isdigit() and int(p.name) > 0 and (p / MODEL_FILE).exists():
+            out.append(int(p.name))
+    return sorted(out)
+
+
+def next_version(model_dir: str | os.PathLike) -> int:
+    model_dir = Path(model_dir)
+    taken = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    return max(taken, default=0) + 1
+
+
+def select_versions(policy: VersionPolicy, available: list[int]) -> list[int]:
+    """The versions the policy serves, ascending."""
+    if policy.kind == "all":
+        return sorted(available)
+    if policy.kind == "specific":
+        return sorted(v for v in available if v in set(policy.versions))
+    return sorted(available)[-policy.num_versions:]
+
+
+def model_path(repository: str | os.PathLike, name: str, version: int) -> Path:
+    return Path(repository) / name / str(version) / MODEL_FILE
+
+
+def check_external_data(model_file: str | os.PathLike, locations: list[str]) -> None:
+    """Every external-data location must resolve to a regular file inside the version folder.
+
+    Refuses absolute paths, `..` escapes and symlinks that point outside (CVE-2024-27318 class)."""
+    model_file = Path(model_file)
+    folder = model_file.parent.resolve()
+    for loc in locations:
+        if os.path.isabs(loc) or loc.startswith(("/", "\\")):
+            raise RepositoryError(f"{model_file}: external data path {loc!r} is absolute; it must stay inside {folder}")
+        target = (model_file.parent / loc).resolve()
+        if folder != target and folder not in target.parents:
+            raise RepositoryError(f"{model_file}: external data path {loc!r} escapes the model folder {folder}")
+        if not target.is_file():
+            raise RepositoryError(f"{model_file}: external data file {loc!r} is missing")
+
+
+# --------------------------------------------------------------------------------------------------
+# metadata carried inside the ONNX file
+
+
+@dataclass
+class Preprocessing:
+    color_mode: str = "L"  # "L" grayscale or "RGB"
+    height: int = 28
+    width: int = 28
+    resize: str = "bilinear"
+    scale: float = 1.0 / 255.0  # uint8 -> [0, 1]
+    mean: list[float] = field(default_factory=lambda: [0.0])  # per channel, after scale
+    std: list[float] = field(default_factory=lambda: [1.0])
+
+
+@dataclass
+class ModelMetadata:
+    labels: list[str]  # class names in output index order
+    input_name: str = "input"
+    input_shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # C, H, W (batch axis not included)
+    layout: str = "NCHW"
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    model_name: str = ""  # architecture, e.g. "lenet5"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)  # test_accuracy, ...
+    recipe_sha256: str = ""
+    created: str = ""
+    project_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # anything else the exporter records
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "model") -> "ModelMetadata":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RepositoryError(f"{where}: metadata '{METADATA_KEY}' is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise RepositoryError(f"{where}: metadata '{METADATA_KEY}' must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = {k: v for k, v in data.items() if k not in known}
+        data = {k: v for k, v in data.items() if k in known}
+        if "labels" not in data or not isinstance(data["labels"], list):
+            raise RepositoryError(f"{where}: metadata '{METADATA_KEY}' lacks 'labels'")
+        pre = data.get("preprocessing") or {}
+        try:
+            data["preprocessing"] = Preprocessing(**pre)
+            md = cls(**data)
+        except TypeError as e:
+            raise RepositoryError(f"{where}: metadata '{METADATA_KEY}': {e}") from None
+        md.extra.update(extra)
+        if md.preprocessing.color_mode not in ("L", "RGB"):
+            raise RepositoryError(f"{where}: metadata preprocessing.color_mode must be 'L' or 'RGB'")
+        return md

@@ -1,0 +1,150 @@
+"""onnxruntime sessions for one model version: providers, threads, instances, warm-up.
+
+A `ModelRuntime` owns `instances` sessions of one ONNX file. `run(inputs, instance)` is blocking and is
+called from a worker thread (never on the event loop). Everything the server needs to describe the
+model (tensor names, dtypes, shapes, labels, preprocessing) is read here from the file itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from server._onnx_scan import external_data_locations
+from server.errors import RepositoryError
+from server.repository import METADATA_KEY, ModelConfig, ModelMetadata, check_external_data
+
+log = logging.getLogger(__name__)
+
+# ONNX tensor element type strings (onnxruntime) -> Open Inference Protocol datatypes and numpy dtypes
+ORT_TO_KSERVE = {
+    "tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64",
+    "tensor(uint8)": "UINT8", "tensor(int8)": "INT8", "tensor(uint16)": "UINT16", "tensor(int16)": "INT16",
+    "tensor(uint32)": "UINT32", "tensor(int32)": "INT32", "tensor(uint64)": "UINT64", "tensor(int64)": "INT64",
+    "tensor(bool)": "BOOL",
+}
+KSERVE_TO_NUMPY = {
+    "FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8, "INT8": np.int8,
+    "UINT16": np.uint16, "INT16": np.int16, "UINT32": np.uint32, "INT32": np.int32, "UINT64": np.uint64,
+    "INT64": np.int64, "BOOL": np.bool_,
+}
+PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str  # KServe datatype, e.g. "FP32"
+    shape: tuple[int, ...]  # without the batch axis; -1 for a free dimension
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(KSERVE_TO_NUMPY[self.datatype])
+
+
+def select_providers(wanted: list[str], cuda_fallback: bool, available: list[str] | None = None,
+                     where: str = "model") -> list[str]:
+    """Map config provider names to onnxruntime providers, checking what this onnxruntime build has.
+
+    CUDA asked for but absent: fall back to the CPU with a warning, or refuse (RepositoryError)."""
+    available = list(ort.get_available_providers()) if available is None else available
+    out = []
+    for p in wanted:
+        name = PROVIDER_NAMES[p]
+        if name in available:
+            out.append(name)
+        elif p == "cuda":
+            msg = (f"{where}: CUDA was asked for but this onnxruntime has no CUDAExecutionProvider "
+                   f"(available: {', '.join(available)}; install onnxruntime-gpu)")
+            if not cuda_fallback:
+                raise RepositoryError(msg + "; cuda_fallback is false, so the load is refused")
+            log.warning("%s; falling back to the CPU", msg)
+        else:
+            raise RepositoryError(f"{where}: provider {name} is not available (available: {', '.join(available)})")
+    if "CPUExecutionProvider" not in out:
+        out.append("CPUExecutionProvider") if (cuda_fallback or not out) else None
+    return out
+
+
+class ModelRuntime:
+    """`instances` onnxruntime sessions of one model version, warmed up and ready to run."""
+
+    def __init__(self, path: str | Path, config: ModelConfig, version: int) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.version = version
+        where = str(self.path)
+        if not self.path.is_file():
+            raise RepositoryError(f"{where}: model file is missing")
+        self._check_external_data()
+        self.providers = select_providers(config.providers, config.cuda_fallback, where=where)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = config.intra_op_threads
+        opts.inter_op_num_threads = config.inter_op_threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning worker threads burn the cores that the gRPC front needs (measured: bench/).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.sessions: list[ort.InferenceSession] = []
+        try:
+            for _ in range(config.instances):
+                self.sessions.append(ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers))
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... classes
+            raise RepositoryError(f"{where}: onnxruntime cannot load the model: {str(e).strip()[:500]}") from None
+        sess = self.sessions[0]
+        self.provider = sess.get_providers()[0]
+        meta = sess.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise RepositoryError(f"{where}: ONNX metadata lacks '{METADATA_KEY}' (export it with `cnn export`)")
+        self.metadata = ModelMetadata.from_json(meta[METADATA_KEY], where)
+        self.inputs = [self._spec(t, where) for t in sess.get_inputs()]
+        self.outputs = [self._spec(t, where) for t in sess.get_outputs()]
+        if len(self.inputs) != 1:
+            raise RepositoryError(f"{where}: the server serves models with exactly one input, this one has {len(self.inputs)}")
+        if self.inputs[0].datatype not in ("FP32", "FP16"):
+            raise RepositoryError(f"{where}: input '{self.inputs[0].name}' has datatype {self.inputs[0].datatype}; FP32 or FP16 expected")
+        if len(self.metadata.labels) not in {s.shape[-1] for s in self.outputs if s.shape}:
+            raise RepositoryError(f"{where}: metadata has {len(self.metadata.labels)} labels but no output has that many classes")
+        self.warmup_s = self.warm_up()
+
+    def _check_external_data(self) -> None:
+        """Refuse external-data references outside the version folder before onnxruntime opens anything."""
+        check_external_data(self.path, external_data_locations(self.path))
+
+    @staticmethod
+    def _spec(t, where: str) -> TensorSpec:
+        if t.type not in ORT_TO_KSERVE:
+            raise RepositoryError(f"{where}: tensor '{t.name}' has unsupported type {t.type}")
+        shape = list(t.shape)
+        if not shape:
+            raise RepositoryError(f"{where}: tensor '{t.name}' is a scalar; a batch axis is required")
+        dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape[1:])
+        return TensorSpec(t.name, ORT_TO_KSERVE[t.type], dims)
+
+    @property
+    def input(self) -> TensorSpec:
+        return self.inputs[0]
+
+    def output_spec(self, name: str) -> TensorSpec | None:
+        return next((o for o in self.outputs if o.name == name), None)
+
+    def run(self, inputs: dict[str, np.ndarray], instance: int = 0, output_names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Blocking: run one batch on session `instance`. Call from a worker thread."""
+        names = output_names or [o.name for o in self.outputs]
+        values = self.sessions[instance].run(names, inputs)
+        return dict(zip(names, values))
+
+    def warm_up(self) -> float:
+        """Run each configured warm-up batch size on every instance; returns seconds spent."""
+        t0 = time.perf_counter()
+        spec = self.input
+        for b in self.config.warmup_batch_sizes:
+            x = np.zeros((b, *[d if d > 0 else 1 for d in spec.shape]), dtype=spec.dtype)
+            for i in range(len(self.sessions)):
+                self.run({spec.name: x}, i)
+        return time.perf_counter() - t0
