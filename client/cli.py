@@ -16,20 +16,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="cnn", description="Train classic CNNs, export verified ONNX, serve over gRPC.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    try:  # training/export are part of the repository but need the [train] extra only when run
-        from training.cli import add_inspect_parser, add_train_parser
+    from export.cli import add_export_parser, add_models_parser
+    from training.cli import add_inspect_parser, add_train_parser
 
-        add_train_parser(sub)
-        add_inspect_parser(sub)
-    except ImportError:
-        pass
-    try:
-        from export.cli import add_export_parser, add_models_parser
-
-        add_export_parser(sub)
-        add_models_parser(sub)
-    except ImportError:
-        pass
+    add_train_parser(sub)
+    add_inspect_parser(sub)
+    add_export_parser(sub)
+    add_models_parser(sub)
     add_serve_parser(sub)
     add_classify_parser(sub)
     return parser

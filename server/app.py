@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from protos.cnn import classification_pb2, classification_pb2_grpc
 from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from server.config import ServerConfig
+from server.errors import RepositoryError
 from server.grpc.classification import ClassificationServicer
 from server.grpc.inference import InferenceServicer
 from server.imaging import ImageLimits
@@ -52,6 +54,9 @@ class Server:
 
     async def start(self) -> None:
         cfg = self.config
+        if not Path(cfg.repository).is_dir():
+            raise RepositoryError(f"{cfg.repository}: model repository folder does not exist "
+                                  "(create it, or export a model into it with `cnn export`)")
         await self.manager.start()
         opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),

@@ -9,6 +9,7 @@ depth, batch size) and the runtime (compute, model loads).
 from __future__ import annotations
 
 import platform
+from importlib import metadata as _metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
@@ -18,6 +19,25 @@ PREFIX = "cnn"
 # Latencies on a 2-core CPU range from ~100 us (LeNet-5) to seconds under overload.
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LOAD_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+# RPCs the adapters record (server/grpc/*.py `@rpc(NAME)` plus the streaming one); in-flight gauges for all
+# of them, and per-model request series for the inference ones, exist from the start (see init_model).
+INFERENCE_RPCS = ("ModelInfer", "ModelStreamInfer", "Classify")
+OTHER_RPCS = ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig",
+              "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload", "ListModels")
+# Codes an inference RPC can end with (server/grpc/status.py STATUS); error ratios and alerts read them.
+PREINIT_ERROR_CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
+                       "CANCELLED", "INTERNAL")
+# The batcher's rejection reasons (server/batcher.py BatchObserver.on_reject).
+REJECT_REASONS = ("queue_full", "deadline", "cancelled", "shutdown")
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return _metadata.version(name)
+    except _metadata.PackageNotFoundError:
+        return ""
 
 
 def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
@@ -54,6 +74,8 @@ class Metrics:
         self.queue_wait = Histogram(f"{p}_queue_wait_seconds", "Time a request waited in the batch queue.",
                                     ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.queue_depth = Gauge(f"{p}_queue_depth_rows", "Rows waiting in the batch queue.", ["model"], registry=r)
+        self.queue_capacity = Gauge(f"{p}_queue_capacity_rows", "Rows the batch queue holds before refusing (queue saturation = depth / capacity).",
+                                    ["model"], registry=r)
         self.batch_size = Histogram(f"{p}_batch_size_rows", "Rows per model execution.", ["model"],
                                     buckets=batch_size_buckets(max_batch_size), registry=r)
         self.rejected = Counter(f"{p}_queue_rejections", "Requests refused or dropped by the batcher, by reason.",
@@ -70,7 +92,73 @@ class Metrics:
         self.build = Info(f"{p}_build", "Build information.", registry=r)
         from server import __version__
 
-        self.build.info({"version": __version__, "python": platform.python_version()})
+        ort = _dist_version("onnxruntime") or _dist_version("onnxruntime-gpu")
+        self.build.info({"version": __version__, "python": platform.python_version(), "onnxruntime": ort,
+                         "grpcio": _dist_version("grpcio")})
+        for rpc in INFERENCE_RPCS + OTHER_RPCS:
+            self.in_flight.labels(rpc)  # 0 from the start: "in flight" is a series before the first call
+
+    # ---------------------------------------------------------------------------------------------
+    # label pre-initialisation: series exist at 0 before the first event, so rate(), increase() and
+    # the error ratio see the first error instead of a series that appears already at 1.
+
+    def init_model(self, name: str) -> None:
+        """A model seen in the repository (before loading it): load duration/failure series at 0."""
+        self.model_load_duration.labels(name)
+        self.model_load_failures.labels(name)
+
+    def init_version(self, name: str, version: str) -> None:
+        """A version about to serve: its request, latency, batcher and compute series at 0.
+
+        Label values as the adapters record them: a successful unary call carries the served version;
+        a failed one, and every ModelStreamInfer answer, carries version ""."""
+        self.init_model(name)
+        for rpc in INFERENCE_RPCS:
+            self.request_duration.labels(rpc, name)
+            self.requests.labels(rpc, name, "" if rpc == "ModelStreamInfer" else version, "OK")
+            for code in PREINIT_ERROR_CODES:
+                self.requests.labels(rpc, name, "", code)
+        self.inference_rows.labels(name, version)
+        self.nonfinite_inputs.labels(name)
+        self.queue_wait.labels(name)
+        self.queue_depth.labels(name)
+        self.batch_size.labels(name)
+        self.compute_duration.labels(name, version)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(name, reason)
+
+    def model_ready(self, name: str, version: str, provider: str, queue_capacity_rows: int | None = None) -> None:
+        """A version is serving: pre-initialise its series and publish it in cnn_model_loaded_info."""
+        self.init_version(name, version)
+        if queue_capacity_rows is not None:
+            self.queue_capacity.labels(name).set(queue_capacity_rows)
+        self.model_loaded.labels(name, version, provider).set(1)
+
+    def model_unloaded(self, name: str, version: str, provider: str) -> None:
+        """A version stopped serving: it leaves cnn_model_loaded_info (its counters stay, as counters should)."""
+        try:
+            self.model_loaded.remove(name, version, provider)
+        except KeyError:
+            pass
+
+    def preinitialise(self, model: str, version: str) -> None:
+        """Create the series a dashboard and alerts read for a newly served model, at zero, so that
+        rate() and ratios work from the first scrape rather than from the first error."""
+        for rpc in ("ModelInfer", "Classify", "ModelStreamInfer"):
+            self.requests.labels(rpc, model, version, "OK")  # answers carry the version that served them
+            for code in ("INVALID_ARGUMENT", "UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"):
+                self.requests.labels(rpc, model, "", code)  # errors may have no version
+            self.request_duration.labels(rpc, model)
+        self.inference_rows.labels(model, version)
+        self.nonfinite_inputs.labels(model)
+        self.queue_wait.labels(model)
+        self.queue_depth.labels(model)
+        self.batch_size.labels(model)
+        for reason in ("queue_full", "deadline", "cancelled", "shutdown"):
+            self.rejected.labels(model, reason)
+        self.compute_duration.labels(model, version)
+        self.model_load_duration.labels(model)
+        self.model_load_failures.labels(model)
 
     def start_http(self, host: str, port: int):
         """Serve /metrics; returns (server, thread). Port 0 picks a free port (server.server_port)."""

@@ -183,6 +183,7 @@ class ModelManager:
             cfg = repo.load_model_config(model_dir)
             self.model_errors.pop(name, None)
         except RepositoryError as e:
+            self.metrics.model_load_failures.labels(name)  # the series exists (at 0) before any failure
             if self.model_errors.get(name) != str(e):
                 log.error("model %s not loaded: %s", name, e)
                 self.metrics.model_load_failures.labels(name).inc()
@@ -207,6 +208,7 @@ class ModelManager:
             current[v] = mv  # swapped in only once warm: requests never see a cold version
             self.state[(name, v)] = ("READY", "")
             self.metrics.model_loaded.labels(name, str(v), mv.runtime.provider).set(1)
+            self.metrics.preinitialise(name, str(v))
             log.info("model %s version %d READY on %s (warm-up %.3f s)", name, v, mv.runtime.provider, mv.runtime.warmup_s)
         for v in [v for v in current if v not in wanted]:
             await self._unload_version(name, v, reason="no longer selected by the version policy or removed")

@@ -38,7 +38,8 @@ _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 @dataclass
 class DynamicBatching:
-    max_queue_delay_us: int = 500  # how long the first request of a batch may wait for company
+    max_queue_delay_us: int = 0  # how long the first request of a batch may wait for company; 0: dispatch as soon
+    # as an instance is free (batches still form from what queued while it was busy: lowest latency, see bench/)
     preferred_batch_sizes: list[int] = field(default_factory=list)  # dispatch early at these row counts
     max_queue_size: int = 1024  # rows waiting; beyond it requests get UNAVAILABLE at once
     default_timeout_ms: int = 0  # queue timeout when the request sets none; 0 = only the gRPC deadline

@@ -106,8 +106,8 @@ class ModelRuntime:
         self.outputs = [self._spec(t, where) for t in sess.get_outputs()]
         if len(self.inputs) != 1:
             raise RepositoryError(f"{where}: the server serves models with exactly one input, this one has {len(self.inputs)}")
-        if self.inputs[0].datatype not in ("FP32", "FP16"):
-            raise RepositoryError(f"{where}: input '{self.inputs[0].name}' has datatype {self.inputs[0].datatype}; FP32 or FP16 expected")
+        if self.inputs[0].datatype == "BOOL":
+            raise RepositoryError(f"{where}: input '{self.inputs[0].name}' is BOOL; a numeric input is expected")
         if len(self.metadata.labels) not in {s.shape[-1] for s in self.outputs if s.shape}:
             raise RepositoryError(f"{where}: metadata has {len(self.metadata.labels)} labels but no output has that many classes")
         self.warmup_s = self.warm_up()

@@ -243,6 +243,8 @@ class InferenceService:
         if len(images) > self.max_images_per_request:
             raise InvalidInput(f"'images' has {len(images)} entries; at most {self.max_images_per_request} per request")
         spec = mv.runtime.input
+        if spec.dtype.kind != "f":
+            raise InvalidInput(f"model '{mv.name}' takes {spec.datatype} input, not images; use ModelInfer for it")
         pre = mv.runtime.metadata.preprocessing
         rows = []
         for i, im in enumerate(images):

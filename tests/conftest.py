@@ -1,0 +1,129 @@
+"""Test-run fixtures: one tiny real model trained and exported once, and real servers on free ports.
+
+Servers run as subprocesses (`cnn serve`) and are exercised through real gRPC channels. The pytest
+process itself never imports the server's `inference` stubs: tritonclient registers the same
+`inference.*` protobuf names in the default descriptor pool, and one process cannot hold both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+MODEL_NAME = "lenet5-digits"
+READY_LINE = re.compile(r"serving gRPC on (\S+):(\d+) metrics (?:http://(\S+):(\d+)/metrics|off)")
+
+
+def cnn(*args: str, timeout: float = 600, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the `cnn` command line in a subprocess (as a user would)."""
+    proc = subprocess.run([PY, "-m", "client.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cnn {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """LeNet-5 trained on the bundled digits (default recipe, fewer epochs), once per test run."""
+    reuse = os.environ.get("CNN_TEST_REUSE_RUN")  # local iteration only: a run dir from an earlier `cnn train`
+    if reuse:
+        return Path(reuse)
+    out = tmp_path_factory.mktemp("run")
+    cnn("train", "--model", "lenet5", "--data", "digits", "--out", str(out), "--seed", "0", "--epochs", "12")
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_repository(trained_run, tmp_path_factory) -> Path:
+    """A repository holding version 1 of lenet5-digits, exported and verified by `cnn export`."""
+    repo = tmp_path_factory.mktemp("repo")
+    cnn("export", str(trained_run / "best.pt"), "--repository", str(repo), "--name", MODEL_NAME)
+    assert (repo / MODEL_NAME / "1" / "model.onnx").is_file()
+    return repo
+
+
+@pytest.fixture
+def repository_copy(model_repository, tmp_path) -> Path:
+    """A private copy of the repository for tests that publish, break or remove versions."""
+    dst = tmp_path / "repo"
+    shutil.copytree(model_repository, dst)
+    return dst
+
+
+@dataclass
+class RunningServer:
+    proc: subprocess.Popen
+    address: str  # host:port of gRPC
+    metrics_url: str | None
+    log_path: Path
+
+    def metrics_text(self) -> str:
+        assert self.metrics_url, "metrics are off for this server"
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
+            return r.read().decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(repository: Path, *args: str, env: dict | None = None, log_dir: Path | None = None,
+                 timeout_s: float = 60) -> RunningServer:
+    """`cnn serve` on free ports; returns once it printed its ready line."""
+    log_dir = log_dir or repository.parent
+    log_path = log_dir / f"server-{time.monotonic_ns()}.log"
+    out = open(log_path, "w")
+    cmd = [PY, "-m", "client.cli", "serve", "--repository", str(repository), "--grpc-address", "127.0.0.1:0",
+           "--metrics-address", "127.0.0.1:0", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=out, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    deadline = time.monotonic() + timeout_s
+    line = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        m = READY_LINE.search(line)
+        if m:
+            metrics = f"http://{m.group(3)}:{m.group(4)}/metrics" if m.group(3) else None
+            return RunningServer(proc, f"{m.group(1)}:{m.group(2)}", metrics, log_path)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"server did not start: {line!r}\n{log_path.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def server(model_repository, tmp_path_factory):
+    """One shared server on the session's repository (read-only use)."""
+    s = start_server(model_repository, "--poll-interval-s", "0", log_dir=tmp_path_factory.mktemp("logs"))
+    yield s
+    s.stop()
+
+
+def digit_examples() -> list[Path]:
+    files = sorted((ROOT / "examples" / "digits").glob("*.png"))
+    assert len(files) >= 10, "examples/digits must hold at least 10 sample PNGs"
+    return files

@@ -1,0 +1,265 @@
+"""DynamicBatcher with a fake runtime: ordering, splitting, timeouts, queue full, cancellation, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from server.batcher import BatchReport, DynamicBatcher
+from server.errors import DeadlineExceeded, InternalError, Unavailable
+
+
+class FakeRuntime:
+    """Doubles its input; records every batch it ran; can block or fail on demand."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.batches: list[np.ndarray] = []
+        self.delay_s = delay_s
+        self.fail_when = None  # callable(batch) -> bool
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, inputs, instance):
+        x = inputs["x"]
+        self.gate.wait(10)
+        self.batches.append(x.copy())
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_when and self.fail_when(x):
+            raise RuntimeError("boom")
+        return {"y": x * 2, "rows": np.arange(len(x))}
+
+
+class Recorder:
+    def __init__(self):
+        self.reports: list[BatchReport] = []
+        self.rejects: list[str] = []
+        self.depths: list[int] = []
+
+    def on_queue_depth(self, rows):
+        self.depths.append(rows)
+
+    def on_reject(self, reason):
+        self.rejects.append(reason)
+
+    def on_batch(self, report):
+        self.reports.append(report)
+
+
+def rows(start, n):
+    return {"x": np.arange(start, start + n, dtype=np.float32).reshape(n, 1)}
+
+
+def make(rt, obs=None, **kw):
+    args = dict(max_batch_size=8, max_queue_delay_s=0.05, max_queue_rows=64)
+    args.update(kw)
+    return DynamicBatcher(rt, observer=obs, name="m", **args)
+
+
+def test_invalid_settings_are_rejected_eagerly():
+    for kw in ({"max_batch_size": 0}, {"max_queue_delay_s": -1}, {"max_queue_rows": 0}, {"instances": 0},
+               {"preferred_batch_sizes": (9,)}):
+        with pytest.raises(ValueError):
+            make(FakeRuntime(), **kw)
+
+
+def test_mixed_row_counts_batch_in_order_and_split_exactly():
+    rt, obs = FakeRuntime(), Recorder()
+
+    async def main():
+        b = make(rt, obs)
+        b.start()
+        sizes = [1, 3, 2, 1]
+        starts = np.cumsum([0] + sizes[:-1])
+        outs = await asyncio.gather(*(b.submit(rows(int(s), n), n) for s, n in zip(starts, sizes)))
+        await b.close()
+        return sizes, starts, outs
+
+    sizes, starts, outs = asyncio.run(main())
+    assert len(rt.batches) == 1, "requests arriving together must form one batch"
+    np.testing.assert_array_equal(rt.batches[0].ravel(), np.arange(7))  # arrival order
+    for s, n, out in zip(starts, sizes, outs):
+        np.testing.assert_array_equal(out["y"].ravel(), 2 * np.arange(s, s + n))
+        assert out["rows"].shape == (n,)
+    assert obs.reports[0].rows == 7 and obs.reports[0].requests == 4 and obs.reports[0].ok
+
+
+def test_batches_never_exceed_max_batch_size():
+    rt = FakeRuntime()
+
+    async def main():
+        b = make(rt, max_batch_size=4)
+        b.start()
+        outs = await asyncio.gather(*(b.submit(rows(i * 3, 3), 3) for i in range(5)))
+        await b.close()
+        return outs
+
+    outs = asyncio.run(main())
+    assert all(len(x) <= 4 for x in rt.batches)
+    assert sum(len(x) for x in rt.batches) == 15
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out["y"].ravel(), 2 * np.arange(i * 3, i * 3 + 3))
+
+
+def test_full_batch_dispatches_without_waiting_for_the_delay():
+    rt = FakeRuntime()
+
+    async def main():
+        b = make(rt, max_batch_size=4, max_queue_delay_s=5.0)
+        b.start()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(b.submit(rows(i, 1), 1) for i in range(4)))
+        dt = time.perf_counter() - t0
+        await b.close()
+        return dt
+
+    assert asyncio.run(main()) < 2.0
+
+
+def test_queue_full_answers_unavailable_at_once():
+    rt, obs = FakeRuntime(), Recorder()
+    rt.gate.clear()  # the first batch blocks inside the runtime
+
+    async def main():
+        b = make(rt, obs, max_batch_size=2, max_queue_rows=4, max_queue_delay_s=0)
+        b.start()
+        first = asyncio.ensure_future(b.submit(rows(0, 2), 2))
+        await asyncio.sleep(0.05)  # taken by the worker, blocked in the runtime
+        queued = [asyncio.ensure_future(b.submit(rows(2 + i, 2), 2)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        with pytest.raises(Unavailable, match="queue is full"):
+            await b.submit(rows(9, 1), 1)
+        refused_in = time.perf_counter() - t0
+        rt.gate.set()
+        done = await asyncio.gather(first, *queued)
+        await b.close()
+        return refused_in, done
+
+    refused_in, done = asyncio.run(main())
+    assert refused_in < 0.05
+    assert len(done) == 3 and obs.rejects == ["queue_full"]
+
+
+def test_deadline_passed_in_queue_is_not_computed():
+    rt, obs = FakeRuntime(), Recorder()
+    rt.gate.clear()
+
+    async def main():
+        b = make(rt, obs, max_batch_size=1, max_queue_delay_s=0)
+        b.start()
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(b.submit(rows(0, 1), 1))
+        await asyncio.sleep(0.05)
+        late = asyncio.ensure_future(b.submit(rows(100, 1), 1, deadline=loop.time() + 0.05))
+        await asyncio.sleep(0.2)
+        rt.gate.set()
+        await first
+        with pytest.raises(DeadlineExceeded, match="not computed"):
+            await late
+        await b.close()
+
+    asyncio.run(main())
+    assert all(100 not in x for x in rt.batches), "an expired request reached the model"
+    assert "deadline" in obs.rejects
+
+
+def test_cancelled_request_leaves_the_queue():
+    rt, obs = FakeRuntime(), Recorder()
+    rt.gate.clear()
+
+    async def main():
+        b = make(rt, obs, max_batch_size=2, max_queue_delay_s=0, max_queue_rows=3)
+        b.start()
+        first = asyncio.ensure_future(b.submit(rows(0, 2), 2))
+        await asyncio.sleep(0.05)
+        victim = asyncio.ensure_future(b.submit(rows(50, 2), 2))
+        await asyncio.sleep(0.01)
+        assert b.queued_rows == 2
+        victim.cancel()
+        await asyncio.sleep(0.01)
+        assert b.queued_rows == 0, "a cancelled request must free its queue rows"
+        rt.gate.set()
+        await first
+        await b.close()
+
+    asyncio.run(main())
+    assert all(50 not in x for x in rt.batches)
+    assert "cancelled" in obs.rejects
+
+
+def test_exception_fails_only_its_own_batch():
+    rt, obs = FakeRuntime(), Recorder()
+    rt.fail_when = lambda x: 13 in x
+
+    async def main():
+        b = make(rt, obs, max_batch_size=2, max_queue_delay_s=0.02)
+        b.start()
+        bad = b.submit(rows(12, 2), 2)  # rows 12, 13: one batch on its own
+        results = await asyncio.gather(bad, return_exceptions=True)
+        good = await asyncio.gather(b.submit(rows(0, 1), 1), b.submit(rows(1, 1), 1))
+        await b.close()
+        return results, good
+
+    results, good = asyncio.run(main())
+    assert isinstance(results[0], InternalError) and "boom" in str(results[0])
+    assert [g["y"].item() for g in good] == [0.0, 2.0]
+    assert [r.ok for r in obs.reports] == [False, True]
+
+
+def test_wrong_output_row_count_is_an_error_for_every_waiter():
+    def bad_runtime(inputs, instance):
+        return {"y": inputs["x"][:1]}
+
+    async def main():
+        b = make(bad_runtime, max_batch_size=4, max_queue_delay_s=0.02)
+        b.start()
+        out = await asyncio.gather(b.submit(rows(0, 2), 2), b.submit(rows(2, 1), 1), return_exceptions=True)
+        await b.close()
+        return out
+
+    out = asyncio.run(main())
+    assert all(isinstance(o, InternalError) and "rows" in str(o) for o in out)
+
+
+def test_close_drains_queued_requests_then_refuses():
+    rt = FakeRuntime(delay_s=0.02)
+
+    async def main():
+        b = make(rt, max_batch_size=1, max_queue_delay_s=0)
+        b.start()
+        pending = [asyncio.ensure_future(b.submit(rows(i, 1), 1)) for i in range(5)]
+        await asyncio.sleep(0)
+        await b.close(drain=True)
+        with pytest.raises(Unavailable):
+            await b.submit(rows(9, 1), 1)
+        return await asyncio.gather(*pending)
+
+    done = asyncio.run(main())
+    assert [d["y"].item() for d in done] == [0, 2, 4, 6, 8]
+
+
+def test_two_instances_run_batches_in_parallel():
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def slow(inputs, instance):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.1)
+        with lock:
+            active[0] -= 1
+        return {"y": inputs["x"]}
+
+    async def main():
+        b = make(slow, max_batch_size=1, max_queue_delay_s=0, instances=2)
+        b.start()
+        await asyncio.gather(*(b.submit(rows(i, 1), 1) for i in range(4)))
+        await b.close()
+
+    asyncio.run(main())
+    assert peak[0] == 2

@@ -1,0 +1,192 @@
+"""The repository lives: publish, fail, remove, and drain on SIGTERM, all under client load."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+from prometheus_client.parser import text_string_to_metric_families
+
+from client import ClassificationClient
+from tests.conftest import MODEL_NAME, digit_examples, start_server
+from tests.server.onnx_models import publish, slow_model
+
+
+class Looper:
+    """Classify in a loop from a few threads; record every outcome and the versions that answered."""
+
+    def __init__(self, address: str, threads: int = 3) -> None:
+        self.address = address
+        self.stop = threading.Event()
+        self.ok = 0
+        self.errors: list[Exception] = []
+        self.versions: list[str] = []
+        self.lock = threading.Lock()
+        self.image = digit_examples()[0].read_bytes()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with ClassificationClient(self.address) as c:
+            while not self.stop.is_set():
+                try:
+                    c.classify([self.image])
+                    with self.lock:
+                        self.ok += 1
+                        self.versions.append(c.last_model[1])
+                except Exception as e:  # noqa: BLE001 - asserted to be empty
+                    with self.lock:
+                        self.errors.append(e)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+    def wait_for_version(self, version: str, timeout_s: float = 30) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.versions[-20:] and all(v == version for v in self.versions[-20:]):
+                    return True
+            time.sleep(0.1)
+        return False
+
+
+def _publish_copy(repo, src_version: int, dst_version: int) -> None:
+    """Publish the way `cnn export` does: write a dot-folder, then rename it into place."""
+    tmp = repo / MODEL_NAME / f".tmp-{dst_version}"
+    shutil.copytree(repo / MODEL_NAME / str(src_version), tmp)
+    os.rename(tmp, repo / MODEL_NAME / str(dst_version))
+
+
+def _index(address):
+    c = tc.InferenceServerClient(address)
+    try:
+        return {(m.name, m.version): (m.state, m.reason) for m in c.get_model_repository_index().models}
+    finally:
+        c.close()
+
+
+def test_hot_reload_and_failed_reload_under_load(repository_copy):
+    s = start_server(repository_copy, "--poll-interval-s", "0.3")
+    try:
+        with Looper(s.address) as loop:
+            assert loop.wait_for_version("1")
+            _publish_copy(repository_copy, 1, 2)
+            assert loop.wait_for_version("2"), "answers never moved to version 2"
+            # a broken version 3: refused, reported, and version 2 keeps serving
+            bad = repository_copy / MODEL_NAME / ".tmp-3"
+            bad.mkdir()
+            (bad / "model.onnx").write_bytes(b"this is not an onnx file")
+            os.rename(bad, repository_copy / MODEL_NAME / "3")
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and _index(s.address).get((MODEL_NAME, "3"), ("",))[0] != "UNAVAILABLE":
+                time.sleep(0.2)
+            state, reason = _index(s.address)[(MODEL_NAME, "3")]
+            assert state == "UNAVAILABLE" and "model.onnx" in reason
+            n = loop.ok
+            time.sleep(1.0)
+            assert loop.ok > n and set(loop.versions[-10:]) == {"2"}
+        assert loop.errors == [], loop.errors[:3]
+        assert (MODEL_NAME, "1") not in _index(s.address), "version 1 should have been unloaded"
+        failures = [smp.value for fam in text_string_to_metric_families(s.metrics_text()) for smp in fam.samples
+                    if smp.name == "cnn_model_load_failures_total" and smp.labels["model"] == MODEL_NAME]
+        assert failures == [1.0]
+    finally:
+        assert s.stop() == 0, s.log()
+    assert "failed to load" in s.log()
+
+
+def test_removed_model_stops_being_served(repository_copy):
+    s = start_server(repository_copy, "--poll-interval-s", "0.3")
+    try:
+        c = tc.InferenceServerClient(s.address)
+        assert c.is_model_ready(MODEL_NAME)
+        shutil.rmtree(repository_copy / MODEL_NAME)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and c.is_model_ready(MODEL_NAME):
+            time.sleep(0.2)
+        assert not c.is_model_ready(MODEL_NAME)
+        with pytest.raises(Exception, match="unknown model"):
+            c.get_model_metadata(MODEL_NAME)
+    finally:
+        assert s.stop() == 0
+
+
+def test_sigterm_finishes_every_accepted_request_then_refuses(tmp_path):
+    repo = tmp_path / "repo"
+    publish(repo, "slow", slow_model(), max_batch_size=2)
+    s = start_server(repo, "--poll-interval-s", "0", "--drain-grace-s", "60")
+    n = 12
+    results: list = [None] * n
+
+    def call(i):
+        c = tc.InferenceServerClient(s.address)
+        x = tc.InferInput("input", [1, 1024], "FP32")
+        x.set_data_from_numpy(np.full((1, 1024), i, np.float32))
+        try:
+            results[i] = c.infer("slow", [x], client_timeout=120).as_numpy("output")
+        except Exception as e:  # noqa: BLE001 - asserted below
+            results[i] = e
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    # wait until the server holds all n requests (in flight), then ask it to stop
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        fams = {f.name: f for f in text_string_to_metric_families(s.metrics_text())}
+        inflight = sum(x.value for x in fams["cnn_requests_in_flight"].samples if x.labels["rpc"] == "ModelInfer")
+        if inflight == n:
+            break
+        time.sleep(0.02)
+    assert inflight == n, f"only {inflight} requests reached the server"
+    s.proc.send_signal(15)
+    time.sleep(0.3)
+    late = tc.InferenceServerClient(s.address)
+    x = tc.InferInput("input", [1, 1024], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 1024), np.float32))
+    with pytest.raises(Exception) as refused:
+        late.infer("slow", [x], client_timeout=10)
+    assert "UNAVAILABLE" in str(refused.value) or "unavailable" in str(refused.value).lower()
+    for t in threads:
+        t.join(120)
+    failed = [r for r in results if not isinstance(r, np.ndarray)]
+    assert failed == [], failed[:2]
+    assert s.proc.wait(60) == 0, s.log()
+    assert "draining" in s.log()
+
+
+def test_missing_repository_is_a_clear_start_error(tmp_path):
+    from tests.conftest import cnn
+
+    proc = cnn("serve", "--repository", str(tmp_path / "nowhere"), "--grpc-address", "127.0.0.1:0",
+               "--metrics-address", "", check=False, timeout=60)
+    assert proc.returncode == 2 and "nowhere" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_bad_config_value_names_the_key(model_repository, tmp_path):
+    from tests.conftest import cnn
+
+    cfg = tmp_path / "server.yaml"
+    cfg.write_text("poll_interval_s: -1\n")
+    proc = cnn("serve", "--repository", str(model_repository), "--config", str(cfg), check=False, timeout=60)
+    assert proc.returncode == 2 and "poll_interval_s" in proc.stderr and str(cfg) in proc.stderr
+    proc = cnn("serve", "--repository", str(model_repository), check=False, timeout=60,
+               env={"CNN_SERVER_GRPC_ADRESS": "x"})
+    assert proc.returncode == 2 and "CNN_SERVER_GRPC_ADRESS" in proc.stderr
+
+
