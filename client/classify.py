@@ -8,6 +8,7 @@ message names in protobuf's default pool).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,20 @@ class ClassificationClient:
     """`with ClassificationClient("127.0.0.1:8001") as c: c.classify([png_bytes], top_k=3)`."""
 
     def __init__(self, address: str = "127.0.0.1:8001", timeout_s: float = 30.0,
-                 max_message_bytes: int = 16 * 1024 * 1024) -> None:
+                 max_message_bytes: int = 16 * 1024 * 1024, *, token: str = "", tls_ca: bytes | None = None,
+                 tls_cert: bytes | None = None, tls_key: bytes | None = None, tls: bool = False) -> None:
+        """`tls_ca` (PEM) or `tls=True` (system roots) switch to TLS; `tls_cert`/`tls_key` add a client
+        certificate (mTLS); `token` is sent as `authorization: Bearer <token>`."""
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", max_message_bytes),
-                                                                ("grpc.max_receive_message_length", max_message_bytes)])
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        if tls or tls_ca or tls_cert:
+            creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=tls_key, certificate_chain=tls_cert)
+            self._channel = grpc.secure_channel(address, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._stub = pb_grpc.ClassificationStub(self._channel)
         self.last_model: tuple[str, str] = ("", "")
 
@@ -50,12 +60,12 @@ class ClassificationClient:
         """Encoded images (PNG/JPEG bytes) -> per image, the top-k predictions (most probable first)."""
         req = pb.ClassifyRequest(model_name=model, model_version=version, top_k=top_k,
                                  images=[pb.Image(encoded=b) for b in images])
-        resp = self._stub.Classify(req, timeout=self.timeout_s)
+        resp = self._stub.Classify(req, timeout=self.timeout_s, metadata=self._metadata)
         self.last_model = (resp.model_name, resp.model_version)
         return [[Prediction(p.label, p.index, p.probability) for p in r.top_k] for r in resp.results]
 
     def list_models(self) -> pb.ListModelsResponse:
-        return self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s)
+        return self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s, metadata=self._metadata)
 
 
 def add_classify_parser(subparsers) -> None:
@@ -69,6 +79,11 @@ def add_classify_parser(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=3, help="how many labels per image (default 3)")
     p.add_argument("--batch-size", type=int, default=64, help="images per request (default 64)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-request deadline in seconds")
+    p.add_argument("--tls-ca", metavar="PEM", help="use TLS, trusting this CA (PEM file)")
+    p.add_argument("--tls-cert", metavar="PEM", help="client certificate for mTLS (with --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="client private key for mTLS")
+    p.add_argument("--token", default=os.environ.get("CNN_TOKEN", ""),
+                   help="bearer token (default: $CNN_TOKEN)")
     p.add_argument("--json", action="store_true", help='one JSON object per image: {"image", "top_k": [{"label", "index", "probability"}]}')
     p.set_defaults(func=run_classify)
 
@@ -85,8 +100,16 @@ def run_classify(args) -> int:
         except OSError as e:
             print(f"cnn classify: cannot read {p}: {e.strerror}", file=sys.stderr)
             return 2
+    tls = {}
+    for key, path in (("tls_ca", args.tls_ca), ("tls_cert", args.tls_cert), ("tls_key", args.tls_key)):
+        if path:
+            try:
+                tls[key] = Path(path).read_bytes()
+            except OSError as e:
+                print(f"cnn classify: cannot read --{key.replace('_', '-')} {path}: {e.strerror}", file=sys.stderr)
+                return 2
     try:
-        with ClassificationClient(args.server, timeout_s=args.timeout_s) as c:
+        with ClassificationClient(args.server, timeout_s=args.timeout_s, token=args.token, **tls) as c:
             for start in range(0, len(data), max(1, args.batch_size)):
                 chunk = slice(start, start + max(1, args.batch_size))
                 results = c.classify(data[chunk], top_k=args.top_k, model=args.model, version=args.version)

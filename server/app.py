@@ -26,6 +26,7 @@ from server.grpc.inference import InferenceServicer
 from server.imaging import ImageLimits
 from server.metrics import Metrics
 from server.models import ModelManager
+from server.security import BearerTokenInterceptor, load_tokens, server_credentials
 from server.service import InferenceService
 
 log = logging.getLogger("server")
@@ -61,13 +62,23 @@ class Server:
         opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
                 ("grpc.so_reuseport", 0)]
-        self._grpc = grpc.aio.server(options=opts)
+        interceptors = []
+        if cfg.auth_tokens_file:
+            def denied(method: str, code: grpc.StatusCode) -> None:
+                self.metrics.requests.labels(method.rpartition("/")[2], "", "", code.name).inc()
+
+            interceptors.append(BearerTokenInterceptor(load_tokens(cfg.auth_tokens_file), on_denied=denied))
+        self._grpc = grpc.aio.server(options=opts, interceptors=interceptors)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.service, self.metrics), self._grpc)
         classification_pb2_grpc.add_ClassificationServicer_to_server(ClassificationServicer(self.service, self.metrics), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (INFERENCE_SERVICE, CLASSIFICATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(cfg.grpc_address)
+        if cfg.tls_cert_file:
+            creds = server_credentials(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
+            self.grpc_port = self._grpc.add_secure_port(cfg.grpc_address, creds)
+        else:
+            self.grpc_port = self._grpc.add_insecure_port(cfg.grpc_address)
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC address {cfg.grpc_address}")
         if cfg.metrics_address:

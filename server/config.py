@@ -34,6 +34,10 @@ class ServerConfig:
     max_image_pixels: int = 4096 * 4096  # Classify: larger images are refused before decoding
     max_images_per_request: int = 256  # Classify
     log_level: str = "INFO"
+    tls_cert_file: str = ""  # PEM server certificate (chain); with tls_key_file switches gRPC to TLS
+    tls_key_file: str = ""  # PEM private key of the certificate
+    tls_client_ca_file: str = ""  # PEM CA bundle; set: clients must present a certificate it signed (mTLS)
+    auth_tokens_file: str = ""  # YAML: RPC group -> accepted bearer tokens (server/security.py); empty: no auth
 
     def validate(self, where: Mapping[str, str] | None = None) -> "ServerConfig":
         where = where or {}
@@ -58,6 +62,11 @@ class ServerConfig:
             raise bad("max_image_pixels", f"must be positive, got {self.max_image_pixels}")
         if self.max_images_per_request < 1:
             raise bad("max_images_per_request", f"must be positive, got {self.max_images_per_request}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise bad("tls_key_file" if self.tls_cert_file else "tls_cert_file",
+                      "tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise bad("tls_client_ca_file", "client certificates need TLS: set tls_cert_file and tls_key_file too")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise bad("log_level", f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         return self

@@ -191,30 +191,43 @@ class ModelManager:
             self.serving.setdefault(name, {})
             return
         available = repo.list_versions(model_dir)
-        wanted = repo.select_versions(cfg.version_policy, available)
         current = self.serving.setdefault(name, {})
-        for v in wanted:
-            if v in current:
-                continue
-            path = repo.model_path(self.repository, name, v)
-            mtime = path.stat().st_mtime if path.exists() else 0.0
-            if self._failed_files.get((name, v)) == mtime:
-                continue  # failed before and unchanged: do not retry (and re-log) every poll
-            mv = await self._load_version(name, v, cfg)
-            if mv is None:
-                self._failed_files[(name, v)] = mtime
-                continue
-            self._failed_files.pop((name, v), None)
-            current[v] = mv  # swapped in only once warm: requests never see a cold version
-            self.state[(name, v)] = ("READY", "")
-            self.metrics.model_loaded.labels(name, str(v), mv.runtime.provider).set(1)
-            self.metrics.preinitialise(name, str(v))
-            log.info("model %s version %d READY on %s (warm-up %.3f s)", name, v, mv.runtime.provider, mv.runtime.warmup_s)
+        policy = cfg.version_policy
+        if policy.kind == "latest":
+            # Newest first, skipping versions that fail to load: a broken publish never takes down the
+            # version that serves now.
+            wanted = []
+            for v in sorted(available, reverse=True):
+                if len(wanted) == policy.num_versions:
+                    break
+                if v in current or await self._ensure_loaded(name, v, cfg, current):
+                    wanted.append(v)
+        else:
+            wanted = [v for v in repo.select_versions(policy, available)
+                      if v in current or await self._ensure_loaded(name, v, cfg, current)]
         for v in [v for v in current if v not in wanted]:
             await self._unload_version(name, v, reason="no longer selected by the version policy or removed")
-        for v in available:  # versions present but failed keep their UNAVAILABLE state
-            if v not in wanted and (name, v) in self.state and self.state[(name, v)][0] != "READY":
-                self.state.pop((name, v), None)
+        for (n, v) in [k for k in self.state if k[0] == name and k[1] not in available]:
+            self.state.pop((n, v), None)  # deleted from disk: forget its failure too
+            self._failed_files.pop((n, v), None)
+
+    async def _ensure_loaded(self, name: str, version: int, cfg: repo.ModelConfig, current: dict) -> bool:
+        """Load, warm and swap in one version; False if it fails (remembered until the file changes)."""
+        path = repo.model_path(self.repository, name, version)
+        mtime = path.stat().st_mtime if path.exists() else 0.0
+        if self._failed_files.get((name, version)) == mtime:
+            return False  # failed before and unchanged: do not retry (and re-log) every poll
+        mv = await self._load_version(name, version, cfg)
+        if mv is None:
+            self._failed_files[(name, version)] = mtime
+            return False
+        self._failed_files.pop((name, version), None)
+        current[version] = mv  # swapped in only once warm: requests never see a cold version
+        self.state[(name, version)] = ("READY", "")
+        self.metrics.model_loaded.labels(name, str(version), mv.runtime.provider).set(1)
+        self.metrics.preinitialise(name, str(version))
+        log.info("model %s version %d READY on %s (warm-up %.3f s)", name, version, mv.runtime.provider, mv.runtime.warmup_s)
+        return True
 
     async def _load_version(self, name: str, version: int, cfg: repo.ModelConfig) -> ModelVersion | None:
         self.state[(name, version)] = ("LOADING", "")

@@ -59,6 +59,7 @@ def rpc(name: str, model_of=lambda request: ""):
             try:
                 response = await fn(self, request, context)
                 version = getattr(response, "model_version", "") or ""
+                model = getattr(response, "model_name", "") or model  # Classify may resolve a default model
                 return response
             except errors.ServingError as e:
                 code = status_of(e)

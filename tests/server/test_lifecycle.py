@@ -97,7 +97,7 @@ def test_hot_reload_and_failed_reload_under_load(repository_copy):
             assert state == "UNAVAILABLE" and "model.onnx" in reason
             n = loop.ok
             time.sleep(1.0)
-            assert loop.ok > n and set(loop.versions[-10:]) == {"2"}
+            assert loop.ok > n and set(loop.versions[-10:]) == {"2"}, (loop.ok, n, loop.errors[:3], s.log()[-2000:])
         assert loop.errors == [], loop.errors[:3]
         assert (MODEL_NAME, "1") not in _index(s.address), "version 1 should have been unloaded"
         failures = [smp.value for fam in text_string_to_metric_families(s.metrics_text()) for smp in fam.samples
