@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,15 @@ import grpc
 
 from protos.cnn import classification_pb2 as pb
 from protos.cnn import classification_pb2_grpc as pb_grpc
+
+
+# Classification is idempotent: a call refused with UNAVAILABLE (a replica draining on SIGTERM, a full
+# queue, a connection reset behind a load balancer) is retried with backoff, within the call's deadline.
+RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "cnn.v1.Classification"}],
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
 
 
 @dataclass(frozen=True)
@@ -31,13 +41,16 @@ class ClassificationClient:
 
     def __init__(self, address: str = "127.0.0.1:8001", timeout_s: float = 30.0,
                  max_message_bytes: int = 16 * 1024 * 1024, *, token: str = "", tls_ca: bytes | None = None,
-                 tls_cert: bytes | None = None, tls_key: bytes | None = None, tls: bool = False) -> None:
+                 tls_cert: bytes | None = None, tls_key: bytes | None = None, tls: bool = False,
+                 retry_unavailable: bool = True) -> None:
         """`tls_ca` (PEM) or `tls=True` (system roots) switch to TLS; `tls_cert`/`tls_key` add a client
         certificate (mTLS); `token` is sent as `authorization: Bearer <token>`."""
         self.address = address
         self.timeout_s = timeout_s
+        self.retry_unavailable = retry_unavailable
         options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
+                   ("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.enable_retries", int(retry_unavailable)), ("grpc.service_config", RETRY_SERVICE_CONFIG)]
         if tls or tls_ca or tls_cert:
             creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=tls_key, certificate_chain=tls_cert)
             self._channel = grpc.secure_channel(address, creds, options=options)
@@ -60,12 +73,31 @@ class ClassificationClient:
         """Encoded images (PNG/JPEG bytes) -> per image, the top-k predictions (most probable first)."""
         req = pb.ClassifyRequest(model_name=model, model_version=version, top_k=top_k,
                                  images=[pb.Image(encoded=b) for b in images])
-        resp = self._stub.Classify(req, timeout=self.timeout_s, metadata=self._metadata)
+        resp = self._call(self._stub.Classify, req)
         self.last_model = (resp.model_name, resp.model_version)
         return [[Prediction(p.label, p.index, p.probability) for p in r.top_k] for r in resp.results]
 
     def list_models(self) -> pb.ListModelsResponse:
-        return self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s, metadata=self._metadata)
+        return self._call(self._stub.ListModels, pb.ListModelsRequest())
+
+    def _call(self, method, request):
+        """One call with the client's deadline; UNAVAILABLE is retried with backoff inside that deadline.
+
+        gRPC's own retry policy (RETRY_SERVICE_CONFIG) covers calls refused before any response header;
+        this loop also covers the ones a proxy answers with an HTTP 502/503 header (a replica that died
+        mid-call behind nginx), which gRPC counts as committed and will not retry."""
+        deadline = time.monotonic() + self.timeout_s
+        backoff = 0.05
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
+            except grpc.RpcError as e:
+                if (not self.retry_unavailable or e.code() != grpc.StatusCode.UNAVAILABLE
+                        or time.monotonic() + backoff >= deadline):
+                    raise
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
 
 
 def add_classify_parser(subparsers) -> None:

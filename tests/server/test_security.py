@@ -73,7 +73,7 @@ def test_tls_serves_and_plaintext_fails(model_repository, pki):
         image = digit_examples()[0].read_bytes()
         with ClassificationClient(s.address, tls_ca=(pki / "ca.pem").read_bytes()) as c:
             assert c.classify([image])[0][0].label
-        with ClassificationClient(s.address, timeout_s=3) as plain:
+        with ClassificationClient(s.address, timeout_s=3, retry_unavailable=False) as plain:
             with pytest.raises(grpc.RpcError) as e:
                 plain.classify([image])
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -92,7 +92,7 @@ def test_mtls_requires_a_client_certificate_from_the_ca(model_repository, pki):
             assert c.classify([image])[0][0].label
         for cert, key in ((None, None), (pki / "rogue.pem", pki / "rogue.key")):
             with ClassificationClient(s.address, timeout_s=3, tls_ca=ca, tls_cert=cert and cert.read_bytes(),
-                                      tls_key=key and key.read_bytes()) as c:
+                                      tls_key=key and key.read_bytes(), retry_unavailable=False) as c:
                 with pytest.raises(grpc.RpcError) as e:
                     c.classify([image])
                 assert e.value.code() == grpc.StatusCode.UNAVAILABLE
