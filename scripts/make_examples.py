@@ -1,0 +1,47 @@
+"""Write sample PNGs of HELD-OUT digits test images into examples/digits/.
+
+Each file is exactly the 28x28 uint8 grayscale image the model sees (white digit on black), taken
+from the fixed test split of the digits dataset (training/data.py), so no example was ever trained
+on or used for model selection. Names are <label>_<index:04d>.png, index = position in the test split.
+
+    python scripts/make_examples.py [--per-class 2] [--out examples/digits]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--per-class", type=int, default=2, help="images per digit (default 2)")
+    p.add_argument("--out", default=str(ROOT / "examples" / "digits"), help="output folder")
+    args = p.parse_args(argv)
+
+    from PIL import Image
+
+    from training.data import load_digits
+
+    d = load_digits()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):
+        old.unlink()
+    written = []
+    for label in range(10):
+        idx = (d.test_y == label).nonzero().flatten()[: args.per_class]
+        for i in idx.tolist():
+            path = out / f"{d.labels[label]}_{i:04d}.png"
+            Image.fromarray(d.test_x[i, 0].numpy(), mode="L").save(path)  # (28, 28) uint8
+            written.append(path.name)
+    print(f"wrote {len(written)} held-out test images to {out}: {' '.join(written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""`cnn train` and `cnn inspect` subcommands.
+
+This module must not import torch at import time: the `cnn` command line (client/cli.py) imports it
+to register the subcommands, and `cnn serve` has to run on a torch-free install. Everything heavy is
+imported inside the run functions. Errors a user can act on print one line to stderr and return 2.
+
+Also runnable on its own: ``python -m training.cli train --model lenet5 --data digits --out runs/x``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from training.errors import ConfigError, TrainingError
+
+
+def add_train_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a CNN and write RUN_DIR/best.pt, last.pt, metrics and plots",
+        description="Train a model from the zoo. Without --recipe, the recommended recipe for the model "
+                    "and kind of data is used (training/recipes/). Writes best.pt (best on validation), "
+                    "last.pt, metrics.jsonl, summary.json, curves.png and confusion.png into --out.")
+    p.add_argument("--model", default=None, help="model name, e.g. lenet5, resnet20, mobilenet_v2 (default lenet5)")
+    p.add_argument("--data", default=None,
+                   help="digits (default) | fashion-mnist | idx:DIR | folder:DIR")
+    p.add_argument("--out", default=None, metavar="RUN_DIR", help="output directory for checkpoints and reports")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
+    p.add_argument("--recipe", default=None, metavar="NAME_OR_PATH",
+                   help="recipe name in training/recipes/ or a path to a TOML recipe")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set lr=0.01 --set augment.rotate=10 (repeatable)")
+    p.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue RUN_DIR/last.pt exactly where it stopped (same recipe; --epochs may extend)")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    try:
+        _train(args)
+        return 0
+    except TrainingError as e:
+        print(f"cnn train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cnn train: interrupted; continue with --resume RUN_DIR/last.pt", file=sys.stderr)
+        return 130
+
+
+def _train(args) -> None:
+    from training.config import config_from_dict, recommended_recipe, resolve_config
+    from training.data import data_kind, dataset_key
+    from training.loop import fit
+    from training.models import model_arguments
+
+    if args.resume:
+        from training.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(args.resume)
+        if args.recipe or args.set:
+            raise ConfigError("--resume continues the saved recipe; drop --recipe/--set")
+        for flag, given, saved in (("--model", args.model, ck["model_name"]), ("--data", args.data, ck["dataset"]),
+                                   ("--seed", args.seed, ck["recipe"].get("seed"))):
+            if given is not None and given != saved:
+                raise ConfigError(f"{flag} {given} does not match the checkpoint's {saved}")
+        model, data, recipe_name = ck["model_name"], ck["dataset"], ck.get("recipe_name", "")
+        recipe = dict(ck["recipe"])
+        if args.epochs is not None:
+            recipe["epochs"] = args.epochs
+        cfg = config_from_dict(recipe)
+        out = args.out or str(Path(args.resume).parent)
+    else:
+        if not args.out:
+            raise ConfigError("--out RUN_DIR is required")
+        model, data = args.model or "lenet5", args.data or "digits"
+        model_arguments(model)  # unknown model -> ModelError listing the valid ones, before loading data
+        recipe_name = args.recipe or recommended_recipe(model, dataset_key(data), data_kind(data))
+        overrides = list(args.set)
+        if args.epochs is not None:
+            overrides.append(f"epochs={args.epochs}")
+        if args.seed is not None:
+            overrides.append(f"seed={args.seed}")
+        cfg = resolve_config(recipe_name, overrides)
+        recipe_name = Path(recipe_name).stem
+        out = args.out
+    fit(model, data, cfg, out, recipe_name=recipe_name, resume=args.resume,
+        log=lambda s: print(s, flush=True))
+
+
+def add_inspect_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "inspect", help="draw the feature maps of every convolution stage for one image",
+        description="Run one image through a checkpoint and write a PNG grid with the feature maps of "
+                    "each convolution stage (first --channels maps per stage).")
+    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by `cnn train` (best.pt)")
+    p.add_argument("image", metavar="IMAGE", help="a PNG/JPEG image")
+    p.add_argument("--out", required=True, metavar="PNG", help="where to write the grid")
+    p.add_argument("--channels", type=int, default=16, help="feature maps shown per stage (default 16)")
+    p.set_defaults(func=run_inspect)
+
+
+def run_inspect(args) -> int:
+    try:
+        from training.inspect import inspect_image
+
+        r = inspect_image(args.checkpoint, args.image, args.out, max_channels=args.channels)
+    except TrainingError as e:
+        print(f"cnn inspect: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.image}: {r['label']} ({r['probability']:.1%}); {len(r['stages'])} stages -> {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_inspect_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
