@@ -125,19 +125,21 @@ class ModelManager:
         versions = self.serving.get(name)
         if versions is None:
             known = ", ".join(sorted(self.serving)) or "none loaded"
-            raise ModelNotFound(f"unknown model '{name}' (models: {known})")
+            raise ModelNotFound(f"model_name: unknown model '{name}' (models: {known})")
         if not versions:
             raise ModelNotReady(f"model '{name}' has no ready version")
         if not version:
             return versions[max(versions)]
-        if not version.isdigit():
-            raise ModelNotFound(f"'model_version' must be a version number, got {version!r}")
+        # ASCII digits only: str.isdigit() also accepts '²', which int() refuses; and a bounded length
+        if not (version.isascii() and version.isdigit()) or len(version) > 18:
+            raise ModelNotFound(f"'model_version' must be a version number, got {version[:40]!r}")
         mv = versions.get(int(version))
         if mv is None:
             state = self.state.get((name, int(version)))
             if state and state[0] != "READY":
-                raise ModelNotReady(f"model '{name}' version {version} is {state[0]}: {state[1]}")
-            raise ModelNotFound(f"model '{name}' has no version {version} (ready: {', '.join(map(str, sorted(versions)))})")
+                raise ModelNotReady(f"model_version: model '{name}' version {version} is {state[0]}: {state[1]}")
+            raise ModelNotFound(f"model_version: model '{name}' has no version {version} "
+                                f"(ready: {', '.join(map(str, sorted(versions)))})")
         return mv
 
     def ready_models(self) -> list[str]:

@@ -7,6 +7,8 @@ everything about the model is checked by the service.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import struct
 
 import numpy as np
@@ -31,6 +33,12 @@ CONFIG_DATATYPE = {"BOOL": mc.TYPE_BOOL, "UINT8": mc.TYPE_UINT8, "UINT16": mc.TY
                    "INT64": mc.TYPE_INT64, "FP16": mc.TYPE_FP16, "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64,
                    "BYTES": mc.TYPE_STRING}
 MAX_DIMS = 8
+# Largest element count a shape may describe (product of its non-zero dims). Far above anything that
+# fits max_message_bytes, and small enough that numpy never overflows computing sizes from it.
+MAX_ELEMENTS = 2**32
+# typed-contents fields wider than some of the datatypes they carry: values are range-checked
+_WIDE = {"int_contents": np.int64, "int64_contents": np.int64, "uint_contents": np.uint64, "uint64_contents": np.uint64}
+log = logging.getLogger("server.grpc")
 
 
 def _param(p: pb.InferParameter):
@@ -47,12 +55,14 @@ def decode_request(req: pb.ModelInferRequest, deadline: float | None) -> InferRe
     for i, t in enumerate(req.inputs):
         where = f"inputs[{i}]"
         shape = tuple(t.shape)
-        if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
-            raise InvalidInput(f"{where}.shape: {list(shape)} is not a valid shape (non-negative, at most {MAX_DIMS} dims)")
+        if (len(shape) > MAX_DIMS or any(d < 0 for d in shape)
+                or math.prod(d for d in shape if d > 0) > MAX_ELEMENTS):
+            raise InvalidInput(f"{where}.shape: {list(shape)} is not a valid shape (non-negative, at most {MAX_DIMS} dims, "
+                               f"at most {MAX_ELEMENTS} elements)")
         if t.datatype not in KSERVE_TO_NUMPY:
             raise InvalidInput(f"{where}.datatype: unsupported datatype {t.datatype!r} for input '{t.name}'")
         dtype = np.dtype(KSERVE_TO_NUMPY[t.datatype]).newbyteorder("<")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)  # Python ints: no silent int64 wrap-around
         if req.raw_input_contents:
             raw = req.raw_input_contents[i]
             if len(raw) != count * dtype.itemsize:
@@ -66,7 +76,16 @@ def decode_request(req: pb.ModelInferRequest, deadline: float | None) -> InferRe
             values = getattr(t.contents, fname)
             if len(values) != count:
                 raise InvalidInput(f"{where}.contents.{fname}: {len(values)} values, but shape {list(shape)} needs {count}")
-            data = np.asarray(values, dtype=dtype).reshape(shape)
+            if fname in _WIDE:  # e.g. int_contents (int32) carrying INT8: refuse what does not fit
+                wide = np.asarray(values, dtype=_WIDE[fname])
+                info = np.iinfo(dtype)
+                if wide.size and (wide.min() < info.min or wide.max() > info.max):
+                    bad = wide.min() if wide.min() < info.min else wide.max()
+                    raise InvalidInput(f"{where}.contents.{fname}: value {int(bad)} is out of range for {t.datatype} "
+                                       f"({info.min}..{info.max})")
+                data = wide.astype(dtype).reshape(shape)
+            else:
+                data = np.asarray(values, dtype=dtype).reshape(shape)
         inputs.append(InferInput(t.name, t.datatype, shape, data))
     outputs = []
     for i, o in enumerate(req.outputs):
@@ -186,9 +205,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 code = status_of(e).name
                 await answers.put(pb.ModelStreamInferResponse(
                     error_message=str(e), infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id)))
-            except Exception as e:  # keep the stream alive; report in-band
+            except Exception as e:  # keep the stream alive; report in-band, attributed to its request
                 code = "INTERNAL"
-                await answers.put(pb.ModelStreamInferResponse(error_message=f"internal error: {type(e).__name__}: {e}"))
+                log.exception("ModelStreamInfer %s: unexpected error", model or "-")
+                await answers.put(pb.ModelStreamInferResponse(
+                    error_message=f"internal error: {type(e).__name__}",
+                    infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id)))
             self.metrics.requests.labels("ModelStreamInfer", model, "", code).inc()
 
         async def reader() -> None:
