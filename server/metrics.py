@@ -4,6 +4,10 @@ Base units (`_seconds`), `_total` on counters, histograms (not summaries) so rep
 low-cardinality labels (model, version, code, provider; never request ids). Measured at three points
 of the data path: the protocol adapter (requests, duration, in flight), the batcher (queue wait, queue
 depth, batch size) and the runtime (compute, model loads).
+
+The catalog is documented in docs/operations.md (tests/deploy/test_catalog.py keeps the two in step);
+the dashboard (deploy/grafana) and alerts (deploy/prometheus) read these names. Label values are
+pre-initialised (`init_model`, `preinitialise`) so every series exists, at 0, before its first event.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ import platform
 from importlib import metadata as _metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
-from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, disable_created_metrics
 
 PREFIX = "cnn"
+
+# No `<counter>_created` / `<histogram>_created` series: Prometheus does not use them, and they would
+# double the series count of every labelled counter and histogram (process-wide setting).
+disable_created_metrics()
 
 # Latencies on a 2-core CPU range from ~100 us (LeNet-5) to seconds under overload.
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -127,38 +135,14 @@ class Metrics:
         for reason in REJECT_REASONS:
             self.rejected.labels(name, reason)
 
-    def model_ready(self, name: str, version: str, provider: str, queue_capacity_rows: int | None = None) -> None:
-        """A version is serving: pre-initialise its series and publish it in cnn_model_loaded_info."""
-        self.init_version(name, version)
+    def preinitialise(self, model: str, version: str, queue_capacity_rows: int | None = None) -> None:
+        """A version is (about to be) served: every series the dashboard and alerts read for it, at 0.
+
+        server/models.py calls this when a version is swapped in; `queue_capacity_rows` (the batcher's
+        max_queue_rows) feeds the queue-saturation panel and alert."""
+        self.init_version(model, version)
         if queue_capacity_rows is not None:
-            self.queue_capacity.labels(name).set(queue_capacity_rows)
-        self.model_loaded.labels(name, version, provider).set(1)
-
-    def model_unloaded(self, name: str, version: str, provider: str) -> None:
-        """A version stopped serving: it leaves cnn_model_loaded_info (its counters stay, as counters should)."""
-        try:
-            self.model_loaded.remove(name, version, provider)
-        except KeyError:
-            pass
-
-    def preinitialise(self, model: str, version: str) -> None:
-        """Create the series a dashboard and alerts read for a newly served model, at zero, so that
-        rate() and ratios work from the first scrape rather than from the first error."""
-        for rpc in ("ModelInfer", "Classify", "ModelStreamInfer"):
-            self.requests.labels(rpc, model, version, "OK")  # answers carry the version that served them
-            for code in ("INVALID_ARGUMENT", "UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"):
-                self.requests.labels(rpc, model, "", code)  # errors may have no version
-            self.request_duration.labels(rpc, model)
-        self.inference_rows.labels(model, version)
-        self.nonfinite_inputs.labels(model)
-        self.queue_wait.labels(model)
-        self.queue_depth.labels(model)
-        self.batch_size.labels(model)
-        for reason in ("queue_full", "deadline", "cancelled", "shutdown"):
-            self.rejected.labels(model, reason)
-        self.compute_duration.labels(model, version)
-        self.model_load_duration.labels(model)
-        self.model_load_failures.labels(model)
+            self.queue_capacity.labels(model).set(queue_capacity_rows)
 
     def start_http(self, host: str, port: int):
         """Serve /metrics; returns (server, thread). Port 0 picks a free port (server.server_port)."""

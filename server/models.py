@@ -181,11 +181,11 @@ class ModelManager:
 
     async def _sync_model(self, name: str) -> None:
         model_dir = self.repository / name
+        self.metrics.init_model(name)  # its load-failure series exists at 0 even if the first load fails
         try:
             cfg = repo.load_model_config(model_dir)
             self.model_errors.pop(name, None)
         except RepositoryError as e:
-            self.metrics.model_load_failures.labels(name)  # the series exists (at 0) before any failure
             if self.model_errors.get(name) != str(e):
                 log.error("model %s not loaded: %s", name, e)
                 self.metrics.model_load_failures.labels(name).inc()
@@ -227,7 +227,7 @@ class ModelManager:
         current[version] = mv  # swapped in only once warm: requests never see a cold version
         self.state[(name, version)] = ("READY", "")
         self.metrics.model_loaded.labels(name, str(version), mv.runtime.provider).set(1)
-        self.metrics.preinitialise(name, str(version))
+        self.metrics.preinitialise(name, str(version), queue_capacity_rows=mv.batcher.max_queue_rows)
         log.info("model %s version %d READY on %s (warm-up %.3f s)", name, version, mv.runtime.provider, mv.runtime.warmup_s)
         return True
 

@@ -161,6 +161,7 @@ def write_model_config(model_dir: str | os.PathLike, cfg: ModelConfig) -> Path:
     fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".config.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the server may run as another user (containers)
     os.replace(tmp, model_dir / CONFIG_FILE)
     return model_dir / CONFIG_FILE
 
