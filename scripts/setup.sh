@@ -37,6 +37,15 @@ if [[ "${1:-}" == "--system" && ! -x .venv-tools/bin/perf_analyzer ]]; then
   [[ -x .venv-tools/bin/perf_analyzer ]] || { echo "setup: perf_analyzer install failed" >&2; exit 1; }
 fi
 
+if [[ "${1:-}" == "--system" ]] && ! .venv-tools/bin/python -c 'import importlib.util as u, sys; sys.exit(not (u.find_spec("kserve") and u.find_spec("kubernetes")))' 2>/dev/null; then
+  # The KServe SDK's generated model classes, for tests/scale/test_kubernetes.py (deploy/kubernetes/check_kserve.py).
+  # kserve pins grpcio/protobuf/fastapi/... that clash with the project's; only its models are used, so
+  # it goes in without dependencies, beside `kubernetes`, whose model classes KServe's refer to.
+  echo "setup: installing the KServe SDK models into .venv-tools ..."
+  .venv-tools/bin/python -m pip install -q --disable-pip-version-check --no-warn-conflicts kubernetes==33.1.0 2>&1 | { grep -v "^WARNING: Location" || true; }
+  .venv-tools/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-warn-conflicts kserve==0.21.0 2>&1 | { grep -v "^WARNING: Location" || true; }
+fi
+
 stamp=.venv/.installed
 want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x .venv/bin/cnn ]]; then

@@ -66,8 +66,8 @@ def select_providers(wanted: list[str], cuda_fallback: bool, available: list[str
             log.warning("%s; falling back to the CPU", msg)
         else:
             raise RepositoryError(f"{where}: provider {name} is not available (available: {', '.join(available)})")
-    if "CPUExecutionProvider" not in out:
-        out.append("CPUExecutionProvider") if (cuda_fallback or not out) else None
+    if not out or (cuda_fallback and "CPUExecutionProvider" not in out):
+        out.append("CPUExecutionProvider")  # the fallback (onnxruntime also places unsupported ops there)
     return out
 
 
