@@ -5,6 +5,8 @@ to register the subcommands, and `cnn serve` has to run on a torch-free install.
 imported inside the run functions. Errors a user can act on print one line to stderr and return 2.
 
 Also runnable on its own: ``python -m training.cli train --model lenet5 --data digits --out runs/x``.
+Under ``torchrun --nproc_per_node N`` the same command trains data-parallel (training/distributed.py);
+rank 0 prints and writes, an error on another rank is printed with its rank.
 """
 
 from __future__ import annotations
@@ -34,7 +36,18 @@ def add_train_parser(subparsers) -> None:
                    help="override a recipe key, e.g. --set lr=0.01 --set augment.rotate=10 (repeatable)")
     p.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue RUN_DIR/last.pt exactly where it stopped (same recipe; --epochs may extend)")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda", "auto"),
+                   help="train on cpu (default), cuda or auto (cuda when available); under torchrun each process "
+                        "takes cuda:LOCAL_RANK and the processes talk over NCCL (gloo on cpu)")
     p.set_defaults(func=run_train)
+
+
+def _prog() -> str:
+    """"cnn train", or "cnn train [rank N]" on a torchrun process other than rank 0."""
+    import os
+
+    rank = os.environ.get("RANK", "0")
+    return "cnn train" if rank in ("", "0") else f"cnn train [rank {rank}]"
 
 
 def run_train(args) -> int:
@@ -42,10 +55,11 @@ def run_train(args) -> int:
         _train(args)
         return 0
     except TrainingError as e:
-        print(f"cnn train: error: {e}", file=sys.stderr)
+        print(f"{_prog()}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("cnn train: interrupted; continue with --resume RUN_DIR/last.pt", file=sys.stderr)
+        if _prog() == "cnn train":
+            print("cnn train: interrupted; continue with --resume RUN_DIR/last.pt", file=sys.stderr)
         return 130
 
 
@@ -86,7 +100,7 @@ def _train(args) -> None:
         recipe_name = Path(recipe_name).stem
         out = args.out
     fit(model, data, cfg, out, recipe_name=recipe_name, resume=args.resume,
-        log=lambda s: print(s, flush=True))
+        log=lambda s: print(s, flush=True), device=getattr(args, "device", None) or "cpu")
 
 
 def add_inspect_parser(subparsers) -> None:

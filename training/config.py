@@ -39,6 +39,7 @@ class TrainConfig:
     deterministic: bool = True       # torch.use_deterministic_algorithms(True): bit-repeatable CPU runs
     threads: int = 0                 # torch intra-op threads; 0 = all CPU cores this process may use
     channels_last: bool = False      # NHWC memory layout: faster CPU convs for ResNets/MobileNets, not LeNet
+    sync_bn: bool = False            # under torchrun on CUDA: SyncBatchNorm normalises over the whole batch
     # --- optimiser
     optimizer: str = "sgd"           # sgd | adam | adamw
     lr: float = 0.1                  # peak learning rate
