@@ -53,6 +53,9 @@ def model_repository(trained_run, tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
     cnn("export", str(trained_run / "best.pt"), "--repository", str(repo), "--name", MODEL_NAME)
     assert (repo / MODEL_NAME / "1" / "model.onnx").is_file()
+    # readable by a server running as another user (the container's uid 10001 on a bind mount)
+    for path in (repo / MODEL_NAME, repo / MODEL_NAME / "1", repo / MODEL_NAME / "config.yaml", repo / MODEL_NAME / "1" / "model.onnx"):
+        assert path.stat().st_mode & 0o004, f"{path} is not world-readable"
     return repo
 
 

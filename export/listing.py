@@ -1,0 +1,218 @@
+"""Read what a model repository holds, without torch or onnx (serving install: numpy, pyyaml, onnxruntime).
+
+`read_metadata_props` parses only the top level of the ONNX ModelProto protobuf and seeks past the
+graph, so listing a repository of large models reads a few hundred bytes per model. A truncated or
+corrupted file gives a RepositoryError that names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from server.errors import RepositoryError
+from server.repository import (
+    METADATA_KEY,
+    MODEL_FILE,
+    ModelMetadata,
+    list_models,
+    list_versions,
+    load_model_config,
+)
+
+# ModelProto field numbers (onnx.proto3): ir_version=1, graph=7, metadata_props=14.
+_IR_VERSION, _GRAPH, _METADATA_PROPS = 1, 7, 14
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def _read_varint(f: BinaryIO) -> int:
+    result = shift = 0
+    for _ in range(10):
+        b = f.read(1)
+        if not b:
+            raise _Corrupt("ends inside a varint (truncated)")
+        result |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return result
+        shift += 7
+    raise _Corrupt("varint longer than 10 bytes (corrupted)")
+
+
+def _varint_from(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise _Corrupt("bad varint in metadata entry")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _string_pair(buf: bytes) -> tuple[str, str]:
+    """StringStringEntryProto: key=1, value=2."""
+    pos, key, value = 0, "", ""
+    while pos < len(buf):
+        tag, pos = _varint_from(buf, pos)
+        if tag & 7 != 2:
+            raise _Corrupt("metadata entry has a non-string field")
+        n, pos = _varint_from(buf, pos)
+        if pos + n > len(buf):
+            raise _Corrupt("metadata entry runs past its end")
+        text = buf[pos : pos + n].decode("utf-8", errors="strict")
+        pos += n
+        if tag >> 3 == 1:
+            key = text
+        elif tag >> 3 == 2:
+            value = text
+    return key, value
+
+
+def read_metadata_props(path: str | os.PathLike) -> dict[str, str]:
+    """The ONNX model's metadata_props as a dict, reading only the top-level protobuf fields."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise _Corrupt("is empty")
+        props: dict[str, str] = {}
+        seen_graph = seen_ir = False
+        with open(path, "rb") as f:
+            while f.tell() < size:
+                tag = _read_varint(f)
+                number, wire = tag >> 3, tag & 7
+                if number == 0:
+                    raise _Corrupt(f"field number 0 at byte {f.tell()} (corrupted)")
+                if wire == 0:
+                    _read_varint(f)
+                elif wire == 1:
+                    f.seek(8, os.SEEK_CUR)
+                elif wire == 5:
+                    f.seek(4, os.SEEK_CUR)
+                elif wire == 2:
+                    n = _read_varint(f)
+                    if f.tell() + n > size:
+                        raise _Corrupt(f"field {number} needs {n} bytes at byte {f.tell()} but the file has {size} (truncated)")
+                    if number == _METADATA_PROPS:
+                        key, value = _string_pair(f.read(n))
+                        props[key] = value
+                    else:
+                        f.seek(n, os.SEEK_CUR)
+                else:
+                    raise _Corrupt(f"wire type {wire} at byte {f.tell()} (corrupted)")
+                seen_graph |= number == _GRAPH and wire == 2
+                seen_ir |= number == _IR_VERSION and wire == 0
+            if f.tell() != size:
+                raise _Corrupt("last field runs past the end of the file (truncated)")
+        if not (seen_graph and seen_ir):
+            raise _Corrupt("has no graph or ir_version")
+    except _Corrupt as e:
+        raise RepositoryError(f"{path}: not a valid ONNX model: {e}") from None
+    except UnicodeDecodeError:
+        raise RepositoryError(f"{path}: not a valid ONNX model: metadata is not UTF-8 (corrupted)") from None
+    except OSError as e:
+        raise RepositoryError(f"{path}: cannot read: {e.strerror or e}") from None
+    return props
+
+
+def read_model_metadata(path: str | os.PathLike) -> ModelMetadata:
+    props = read_metadata_props(path)
+    if METADATA_KEY not in props:
+        raise RepositoryError(f"{path}: no '{METADATA_KEY}' metadata (not exported by `cnn export`?)")
+    return ModelMetadata.from_json(props[METADATA_KEY], where=str(path))
+
+
+def _size_on_disk(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            p = Path(root) / name
+            if not p.is_symlink():
+                total += p.stat().st_size
+    return total
+
+
+@dataclass
+class VersionInfo:
+    version: int
+    path: str
+    size_bytes: int
+    precision: str = ""
+    test_accuracy: float | None = None
+    input_shape: list[int] = field(default_factory=list)
+    labels: int = 0
+    created: str = ""
+    error: str = ""
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    config_error: str = ""
+    max_batch_size: int | None = None
+    versions: list[VersionInfo] = field(default_factory=list)
+
+
+def describe_repository(repository: str | os.PathLike) -> list[ModelInfo]:
+    out = []
+    for name in list_models(repository):
+        model_dir = Path(repository) / name
+        info = ModelInfo(name=name)
+        try:
+            info.max_batch_size = load_model_config(model_dir).max_batch_size
+        except RepositoryError as e:
+            info.config_error = str(e)
+        for v in list_versions(model_dir):
+            p = model_dir / str(v) / MODEL_FILE
+            vi = VersionInfo(version=v, path=str(p), size_bytes=_size_on_disk(p.parent))
+            try:
+                md = read_model_metadata(p)
+                acc = md.metrics.get("test_accuracy")
+                vi.test_accuracy = float(acc) if isinstance(acc, (int, float)) else None
+                vi.input_shape = list(md.input_shape)
+                vi.labels = len(md.labels)
+                vi.precision = str(md.extra.get("precision", "fp32"))
+                vi.created = md.created
+            except RepositoryError as e:
+                vi.error = str(e)
+            info.versions.append(vi)
+        out.append(info)
+    return out
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def format_table(models: list[ModelInfo]) -> str:
+    rows = [("MODEL", "VERSION", "PRECISION", "TEST ACC", "INPUT (C,H,W)", "CLASSES", "SIZE", "STATUS")]
+    for m in models:
+        if not m.versions:
+            rows.append((m.name, "-", "", "", "", "", "", m.config_error or "no versions"))
+        for v in m.versions:
+            status = v.error or m.config_error or "ok"
+            acc = f"{v.test_accuracy:.4f}" if v.test_accuracy is not None else "-"
+            shape = "x".join(map(str, v.input_shape)) if v.input_shape else "-"
+            rows.append((m.name, str(v.version), v.precision or "-", acc, shape, str(v.labels or "-"), _human(v.size_bytes), status))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def to_json(models: list[ModelInfo]) -> str:
+    import dataclasses
+
+    data: list[dict[str, Any]] = [dataclasses.asdict(m) for m in models]
+    return json.dumps({"models": data}, indent=2)
