@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from server._onnx_scan import external_data_locations
+from server.onnx_wire import external_data_locations
 from server.errors import RepositoryError
 from server.repository import METADATA_KEY, ModelConfig, ModelMetadata, check_external_data
 
