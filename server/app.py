@@ -8,8 +8,12 @@ only moves bytes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import multiprocessing as mp
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -61,7 +65,7 @@ class Server:
         await self.manager.start()
         opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
-                ("grpc.so_reuseport", 0)]
+                ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0)]  # workers share the port; else one server owns it
         interceptors = []
         if cfg.auth_tokens_file:
             def denied(method: str, code: grpc.StatusCode) -> None:
@@ -127,7 +131,7 @@ class Server:
         await self._stopped.wait()
 
 
-async def main(config: ServerConfig) -> int:
+async def main(config: ServerConfig, ready_pipe=None) -> int:
     server = Server(config)
     await server.start()
     loop = asyncio.get_running_loop()
@@ -137,8 +141,12 @@ async def main(config: ServerConfig) -> int:
     host = config.grpc_address.rpartition(":")[0]
     metrics = f"http://{config.metrics_address.rpartition(':')[0]}:{server.metrics_port}/metrics" if config.metrics_address else "off"
     ready = ", ".join(f"{n} v{','.join(map(str, sorted(v)))}" for n, v in sorted(server.manager.serving.items()) if v) or "none"
-    # Tests and scripts parse this line to find the ports (port 0 picks free ones).
-    print(f"serving gRPC on {host}:{server.grpc_port} metrics {metrics} models: {ready}", flush=True)
+    if ready_pipe is not None:  # a worker: the supervisor prints one line for all of them
+        ready_pipe.send((server.grpc_port, metrics, ready))
+        ready_pipe.close()
+    else:
+        # Tests and scripts parse this line to find the ports (port 0 picks free ones).
+        print(f"serving gRPC on {host}:{server.grpc_port} metrics {metrics} models: {ready}", flush=True)
     await stop_requested.wait()
     await server.stop()
     return 0
@@ -147,4 +155,67 @@ async def main(config: ServerConfig) -> int:
 def run(config: ServerConfig) -> int:
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.workers > 1:
+        return _supervise(config)
     return asyncio.run(main(config))
+
+
+def _worker(config: ServerConfig, index: int, ready_pipe) -> None:
+    for h in logging.getLogger().handlers:
+        h.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s"))
+    sys.exit(asyncio.run(main(config, ready_pipe)))
+
+
+def _supervise(config: ServerConfig) -> int:
+    """`workers` whole servers (models, batchers, metrics each) on one gRPC port with SO_REUSEPORT: the kernel
+    spreads connections across them, so one process's event loop stops being the ceiling. The parent forks
+    them before any gRPC or onnxruntime state exists, prints one ready line, forwards SIGTERM/SIGINT (each
+    worker drains as a single server does) and exits with the worst exit code. Worker i serves /metrics on
+    the configured port + i (port 0: any free port each)."""
+    host, _, port = config.grpc_address.rpartition(":")
+    reserve = None
+    if int(port) == 0:  # one port for all of them, held until they have bound it
+        reserve = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
+        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reserve.bind((host.strip("[]"), 0))
+        port = str(reserve.getsockname()[1])
+    ctx = mp.get_context("fork")
+    procs, pipes = [], []
+    for i in range(config.workers):
+        metrics = config.metrics_address
+        if metrics:
+            mhost, _, mport = metrics.rpartition(":")
+            metrics = f"{mhost}:{int(mport) + i if int(mport) else 0}"
+        wcfg = dataclasses.replace(config, grpc_address=f"{host}:{port}", metrics_address=metrics)
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_worker, args=(wcfg, i, child_end), name=f"cnn-serve-worker-{i}")
+        p.start()
+        child_end.close()
+        procs.append(p)
+        pipes.append(parent_end)
+
+    def forward(sig, _frame):
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    answers = []
+    for pipe in pipes:
+        try:
+            answers.append(pipe.recv())
+        except EOFError:  # that worker failed to start; its error is in the log
+            forward(signal.SIGTERM, None)
+            for q in procs:
+                q.join()
+            return max(q.exitcode or 0 for q in procs) or 2
+    if reserve is not None:
+        reserve.close()
+    grpc_port, metrics, ready = answers[0]
+    others = ", ".join(a[1].rpartition(":")[2].split("/")[0] for a in answers[1:]) if metrics != "off" else ""
+    print(f"serving gRPC on {host}:{grpc_port} metrics {metrics} models: {ready} (workers: {config.workers}"
+          + (f"; the others' metrics ports: {others}" if others else "") + ")", flush=True)
+    for p in procs:
+        p.join()
+    return max(p.exitcode or 0 for p in procs)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import queue
+import threading
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -68,12 +70,62 @@ class _Request:
     t_enqueue: float
     t_enqueue_wall: float = field(default_factory=time.perf_counter)
     taken: bool = False
+    expired: bool = False  # failed by its deadline timer (counted as "deadline", not also as "cancelled")
+
+
+def _settle(fut: asyncio.Future, result, exc: BaseException | None) -> None:
+    if fut.cancelled():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+class _InstanceThreads:
+    """`n` threads that run blocking calls for the event loop: a SimpleQueue in, call_soon_threadsafe out.
+
+    About half the CPU of `loop.run_in_executor` per call (no concurrent.futures.Future, no wrap_future
+    chain; docs/benchmarks.md), which matters when a batch of a tiny model takes ~30 us."""
+
+    def __init__(self, n: int, name: str) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._run, name=f"ort-{name}_{i}", daemon=True) for i in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            loop, fut, fn, args = item
+            try:
+                result, exc = fn(*args), None
+            except BaseException as e:  # handed to the awaiting coroutine
+                result, exc = None, e
+            try:
+                loop.call_soon_threadsafe(_settle, fut, result, exc)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    def call(self, loop: asyncio.AbstractEventLoop, fn, *args) -> asyncio.Future:
+        fut = loop.create_future()
+        self._queue.put((loop, fut, fn, args))
+        return fut
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join()
 
 
 class DynamicBatcher:
     def __init__(self, run_batch: RunBatch, *, max_batch_size: int, max_queue_delay_s: float,
                  max_queue_rows: int, preferred_batch_sizes: tuple[int, ...] = (), instances: int = 1,
-                 executor: Executor | None = None, observer: BatchObserver | None = None, name: str = "model") -> None:
+                 executor: Executor | None = None, observer: BatchObserver | None = None, name: str = "model",
+                 merge: bool = True) -> None:
         # Validate eagerly: a bad setting is a configuration error now, not a hang later.
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
@@ -93,9 +145,10 @@ class DynamicBatcher:
         self.preferred = frozenset(preferred_batch_sizes)
         self.max_preferred = max(preferred_batch_sizes, default=max_batch_size)
         self.instances = instances
+        self.merge = merge  # False: one request per execution (dynamic_batching: null)
         self._run_batch = run_batch
-        self._own_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"ort-{name}")
+        self._executor = executor  # None: the batcher's own threads, one per instance
+        self._threads = _InstanceThreads(instances, name) if executor is None else None
         self._observer = observer or _NullObserver()
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_rows = 0
@@ -129,8 +182,8 @@ class DynamicBatcher:
             self._wakeup.set()
         if self._workers:
             await asyncio.gather(*self._workers, return_exceptions=True)
-        if self._own_executor:
-            self._executor.shutdown(wait=True)
+        if self._threads is not None:
+            self._threads.shutdown()
 
     @property
     def queued_rows(self) -> int:
@@ -166,21 +219,18 @@ class DynamicBatcher:
         self._queued_rows += rows
         self._observer.on_queue_depth(self._queued_rows)
         self._wakeup.set()
+        # One loop timer per request instead of asyncio.wait (which builds a waiter future, a timeout handle and
+        # done-callbacks each time): ~24 us less per request with a deadline (docs/benchmarks.md).
+        timer = loop.call_at(deadline, self._expire, req) if deadline is not None else None
         try:
-            if deadline is None:
-                return await req.future
-            done, _ = await asyncio.wait({req.future}, timeout=max(0.0, deadline - loop.time()))
-            if done:
-                return req.future.result()
-            self._observer.on_reject("deadline")
-            req.future.cancel()
-            where = "while it was being computed" if req.taken else "while it was queued; it was not computed"
-            raise DeadlineExceeded(f"the request's deadline passed {where} (model '{self.name}')")
+            return await req.future
         except asyncio.CancelledError:
-            if not req.taken:
+            if not req.taken and not req.expired:
                 self._observer.on_reject("cancelled")
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             if not req.taken:  # cancelled or timed out in the queue: leave it now, free its rows
                 try:
                     self._queue.remove(req)
@@ -188,6 +238,15 @@ class DynamicBatcher:
                     self._observer.on_queue_depth(self._queued_rows)
                 except ValueError:
                     pass
+
+    def _expire(self, req: _Request) -> None:
+        """The request's deadline passed: fail it (unless answered); a queued one is then skipped by the workers."""
+        if req.future.done():
+            return
+        req.expired = True
+        self._observer.on_reject("deadline")
+        where = "while it was being computed" if req.taken else "while it was queued; it was not computed"
+        req.future.set_exception(DeadlineExceeded(f"the request's deadline passed {where} (model '{self.name}')"))
 
     # ---------------------------------------------------------------------------------------------
     # workers
@@ -216,7 +275,7 @@ class DynamicBatcher:
                 except TimeoutError:
                     break
             batch, rows, now = [], 0, loop.time()
-            while self._queue and rows + self._queue[0].rows <= self.max_batch_size:
+            while self._queue and rows + self._queue[0].rows <= self.max_batch_size and (self.merge or not batch):
                 r = self._queue.popleft()
                 self._queued_rows -= r.rows
                 r.taken = True
@@ -258,7 +317,10 @@ class DynamicBatcher:
             else:
                 inputs = {k: np.concatenate([r.inputs[k] for r in batch], axis=0) for k in batch[0].inputs}
             t1 = time.perf_counter()
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs, instance)
+            if self._threads is not None:
+                outputs = await self._threads.call(loop, self._run_batch, inputs, instance)
+            else:
+                outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs, instance)
             t2 = time.perf_counter()
             for k, v in outputs.items():  # output count checked against input count
                 if v.shape[:1] != (rows,):

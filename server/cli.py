@@ -19,6 +19,7 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--default-model", help="model used by Classify when the request names none")
     p.add_argument("--drain-grace-s", type=float, help="seconds in-flight requests get to finish on SIGTERM (default 20)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument("--workers", type=int, help="server processes sharing the gRPC port via SO_REUSEPORT (default 1)")
     p.add_argument("--tls-cert-file", help="PEM server certificate: serve gRPC over TLS")
     p.add_argument("--tls-key-file", help="PEM private key for --tls-cert-file")
     p.add_argument("--tls-client-ca-file", help="PEM CA: require client certificates it signed (mTLS)")
@@ -32,7 +33,7 @@ def run_serve(args) -> int:
     from server.errors import RepositoryError
 
     overrides = {k: getattr(args, k) for k in ("repository", "grpc_address", "metrics_address", "poll_interval_s",
-                                               "allow_model_control", "default_model", "drain_grace_s", "log_level",
+                                               "allow_model_control", "default_model", "drain_grace_s", "log_level", "workers",
                                                "tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file")}
     try:
         config = load_config(args.config, overrides=overrides)

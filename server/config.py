@@ -34,6 +34,7 @@ class ServerConfig:
     max_image_pixels: int = 4096 * 4096  # Classify: larger images are refused before decoding
     max_images_per_request: int = 256  # Classify
     log_level: str = "INFO"
+    workers: int = 1  # server processes sharing grpc_address via SO_REUSEPORT; each loads every model (memory x N)
     tls_cert_file: str = ""  # PEM server certificate (chain); with tls_key_file switches gRPC to TLS
     tls_key_file: str = ""  # PEM private key of the certificate
     tls_client_ca_file: str = ""  # PEM CA bundle; set: clients must present a certificate it signed (mTLS)
@@ -67,6 +68,8 @@ class ServerConfig:
                       "tls_cert_file and tls_key_file must be set together")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise bad("tls_client_ca_file", "client certificates need TLS: set tls_cert_file and tls_key_file too")
+        if not 1 <= self.workers <= 64:
+            raise bad("workers", f"must be in 1..64, got {self.workers}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise bad("log_level", f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         return self

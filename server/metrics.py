@@ -105,6 +105,16 @@ class Metrics:
                          "grpcio": _dist_version("grpcio")})
         for rpc in INFERENCE_RPCS + OTHER_RPCS:
             self.in_flight.labels(rpc)  # 0 from the start: "in flight" is a series before the first call
+        self._children: dict = {}
+
+    def child(self, metric, *labels: str):
+        """`metric.labels(*labels)`, cached: the hot path asks for the same few series on every request, and
+        `labels()` validates, stringifies and locks each time. Only for series that are never removed."""
+        key = (id(metric), labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
 
     # ---------------------------------------------------------------------------------------------
     # label pre-initialisation: series exist at 0 before the first event, so rate(), increase() and

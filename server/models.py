@@ -254,6 +254,7 @@ class ModelManager:
                 instances=cfg.instances,
                 observer=_VersionObserver(name, version, stats, self.metrics),
                 name=name,
+                merge=db is not None,  # batching off: each request runs alone
             )
             batcher.start()
             return ModelVersion(name, version, cfg, runtime, batcher, stats)

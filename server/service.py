@@ -151,8 +151,9 @@ class InferenceService:
             raise InvalidInput(f"inputs[0].name: unexpected input '{x.name}'; model '{mv.name}' expects '{spec.name}'")
         if x.datatype != spec.datatype:
             raise InvalidInput(f"inputs[0].datatype: '{x.name}' is {x.datatype}; model '{mv.name}' expects {spec.datatype}")
-        want = "[-1, " + ", ".join(map(str, spec.shape)) + "]"
+        want = None  # the message text, built only for an error
         if len(x.shape) != 1 + len(spec.shape):
+            want = "[-1, " + ", ".join(map(str, spec.shape)) + "]"
             raise InvalidInput(f"inputs[0].shape: {list(x.shape)} has {len(x.shape)} dims; model '{mv.name}' expects {want}")
         rows = x.shape[0]
         if rows < 1:
@@ -161,10 +162,13 @@ class InferenceService:
             raise InvalidInput(f"inputs[0].shape: batch of {rows} rows exceeds max_batch_size {mv.config.max_batch_size} of model '{mv.name}'")
         for i, (got, exp) in enumerate(zip(x.shape[1:], spec.shape), start=1):
             if exp > 0 and got != exp:
+                want = "[-1, " + ", ".join(map(str, spec.shape)) + "]"
                 raise InvalidInput(f"inputs[0].shape: {list(x.shape)} does not match model '{mv.name}' input {want} (dim {i})")
         return spec.name, x.data, rows
 
     def _check_outputs(self, req: InferRequest, mv: ModelVersion) -> list[RequestedOutput]:
+        if not req.outputs:  # the common case: every output, nothing to check
+            return [RequestedOutput(o.name) for o in mv.runtime.outputs]
         specs = {o.name: o for o in mv.runtime.outputs}
         if len(req.outputs) > len(specs):
             raise InvalidInput(f"'outputs' asks for {len(req.outputs)} tensors; model '{mv.name}' has {len(specs)} ({', '.join(specs)})")
@@ -185,7 +189,7 @@ class InferenceService:
         name, data, rows = self.validate(req, mv)
         wanted = self._check_outputs(req, mv)
         if data.dtype.kind == "f" and not np.isfinite(data).all():
-            self.metrics.nonfinite_inputs.labels(mv.name).inc()
+            self.metrics.child(self.metrics.nonfinite_inputs, mv.name).inc()
         t0 = time.perf_counter()
         try:
             result = await mv.batcher.submit({name: data}, rows, self._deadline(req, mv))
@@ -195,7 +199,7 @@ class InferenceService:
             raise
         with mv.stats.lock:
             mv.stats.success.add(time.perf_counter() - t0)
-        self.metrics.inference_rows.labels(mv.name, str(mv.version)).inc(rows)
+        self.metrics.child(self.metrics.inference_rows, mv.name, str(mv.version)).inc(rows)
         outputs = []
         for o in wanted:
             arr = result[o.name]

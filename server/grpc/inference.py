@@ -33,6 +33,7 @@ CONFIG_DATATYPE = {"BOOL": mc.TYPE_BOOL, "UINT8": mc.TYPE_UINT8, "UINT16": mc.TY
                    "INT64": mc.TYPE_INT64, "FP16": mc.TYPE_FP16, "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64,
                    "BYTES": mc.TYPE_STRING}
 MAX_DIMS = 8
+_LE_DTYPES = {k: np.dtype(v).newbyteorder("<") for k, v in KSERVE_TO_NUMPY.items()}  # wire byte order, built once
 # Largest element count a shape may describe (product of its non-zero dims). Far above anything that
 # fits max_message_bytes, and small enough that numpy never overflows computing sizes from it.
 MAX_ELEMENTS = 2**32
@@ -59,9 +60,9 @@ def decode_request(req: pb.ModelInferRequest, deadline: float | None) -> InferRe
                 or math.prod(d for d in shape if d > 0) > MAX_ELEMENTS):
             raise InvalidInput(f"{where}.shape: {list(shape)} is not a valid shape (non-negative, at most {MAX_DIMS} dims, "
                                f"at most {MAX_ELEMENTS} elements)")
-        if t.datatype not in KSERVE_TO_NUMPY:
+        dtype = _LE_DTYPES.get(t.datatype)
+        if dtype is None:
             raise InvalidInput(f"{where}.datatype: unsupported datatype {t.datatype!r} for input '{t.name}'")
-        dtype = np.dtype(KSERVE_TO_NUMPY[t.datatype]).newbyteorder("<")
         count = math.prod(shape)  # Python ints: no silent int64 wrap-around
         if req.raw_input_contents:
             raw = req.raw_input_contents[i]
@@ -115,7 +116,10 @@ def encode_response(r: InferResponse) -> pb.ModelInferResponse:
         if o.datatype == "BYTES":
             out.raw_output_contents.append(_bytes_tensor(o.data))
         else:
-            out.raw_output_contents.append(np.ascontiguousarray(o.data).astype(o.data.dtype.newbyteorder("<"), copy=False).tobytes())
+            data = o.data
+            if data.dtype.byteorder == ">":  # the wire is little-endian; tobytes() makes the C-order copy
+                data = data.astype(data.dtype.newbyteorder("<"))
+            out.raw_output_contents.append(data.tobytes())
     return out
 
 

@@ -50,7 +50,7 @@ def rpc(name: str, model_of=lambda request: ""):
         async def handler(self, request, context):
             metrics: Metrics = self.metrics
             t0 = time.perf_counter()
-            in_flight = metrics.in_flight.labels(name)
+            in_flight = metrics.child(metrics.in_flight, name)
             in_flight.inc()
             model = model_of(request)
             model = model if model in self.service.manager.serving else ""
@@ -76,8 +76,8 @@ def rpc(name: str, model_of=lambda request: ""):
                 await context.abort(code, f"internal error: {type(e).__name__}")
             finally:
                 in_flight.dec()
-                metrics.requests.labels(name, model, version, code.name).inc()
-                metrics.request_duration.labels(name, model).observe(time.perf_counter() - t0)
+                metrics.child(metrics.requests, name, model, version, code.name).inc()
+                metrics.child(metrics.request_duration, name, model).observe(time.perf_counter() - t0)
 
         return handler
 

@@ -263,3 +263,21 @@ def test_two_instances_run_batches_in_parallel():
 
     asyncio.run(main())
     assert peak[0] == 2
+
+
+def test_merge_off_runs_each_request_alone():
+    """dynamic_batching: null -> merge=False: requests that queue while the instance is busy still run one by one."""
+    rt = FakeRuntime()
+
+    async def main():
+        b = make(rt, max_queue_delay_s=0, merge=False)
+        b.start()
+        rt.gate.clear()  # the first request blocks the instance; the others queue behind it
+        pending = [asyncio.ensure_future(b.submit(rows(i, 2), 2)) for i in range(4)]
+        await asyncio.sleep(0.05)
+        rt.gate.set()
+        await asyncio.gather(*pending)
+        await b.close()
+
+    asyncio.run(main())
+    assert [len(x) for x in rt.batches] == [2, 2, 2, 2]

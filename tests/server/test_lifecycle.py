@@ -190,3 +190,49 @@ def test_bad_config_value_names_the_key(model_repository, tmp_path):
     assert proc.returncode == 2 and "CNN_SERVER_GRPC_ADRESS" in proc.stderr
 
 
+
+
+def _established_by_pid(pid: int, port: int) -> int:
+    """Established TCP connections to local `port` whose socket `pid` holds."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                parts = line.split()
+                if int(parts[1].rsplit(":", 1)[1], 16) == port and parts[3] == "01":
+                    inodes.add(parts[9])
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            held += 1
+    return held
+
+
+def test_workers_share_one_port_and_drain_on_sigterm(model_repository, tmp_path):
+    """workers: 2 -> two whole servers on one port (SO_REUSEPORT): connections reach both; SIGTERM stops both, exit 0."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    s = start_server(model_repository, "--poll-interval-s", "0", "--workers", "2", log_dir=tmp_path)
+    channels = []
+    try:
+        with open(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children") as f:
+            workers = [int(p) for p in f.read().split()]
+        assert len(workers) == 2
+        for _ in range(16):  # separate connections (local subchannel pools); the kernel hashes each to a worker
+            ch = grpc.insecure_channel(s.address, options=[("grpc.use_local_subchannel_pool", 1)])
+            channels.append(ch)
+            status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=MODEL_NAME), timeout=10)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        port = int(s.address.rpartition(":")[2])
+        held = [_established_by_pid(w, port) for w in workers]
+        assert sum(held) == 16 and min(held) > 0, held
+    finally:
+        for ch in channels:
+            ch.close()
+        assert s.stop() == 0
+    assert not any(os.path.exists(f"/proc/{w}") for w in workers)

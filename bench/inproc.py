@@ -1,0 +1,112 @@
+"""The server's own per-request cost without gRPC: the ModelInfer handler called in-process.
+
+    python -m bench.inproc [--repo REPO] [--concurrency 1,64] [--requests 20000] [--rows 1] [--deadline]
+
+Builds the real ModelManager, InferenceService and InferenceServicer (whatever tree is first on
+PYTHONPATH: point it at a scratch copy to measure a change), then awaits `ModelInfer(request, context)`
+with a stand-in context, `concurrency` calls in flight at a time. Reported: CPU µs and wall µs per
+request (process CPU includes the onnxruntime thread). No sockets and no other process are involved,
+so on a shared machine this is the steadiest before/after number for the Python hot path (protobuf
+decode/encode, validation, batcher, thread hop, metrics). Run from a scratch tree with
+`PYTHONPATH=TREE python -m bench.inproc`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+class _Context:
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self):
+        return self.remaining
+
+    async def abort(self, code, details):
+        raise RuntimeError(f"abort {code}: {details}")
+
+
+async def _measure(repo: Path, concurrency: list[int], requests: int, rows: int, deadline: bool, rounds: int) -> dict:
+    import numpy as np
+
+    from protos.inference import grpc_service_pb2 as pb
+    from server.grpc.inference import InferenceServicer
+    from server.metrics import Metrics
+    from server.models import ModelManager
+    from server.service import InferenceService
+
+    metrics = Metrics()
+    manager = ModelManager(repo, metrics, poll_interval_s=0)
+    await manager.start()
+    service = InferenceService(manager, metrics)
+    servicer = InferenceServicer(service, metrics)
+    name = manager.ready_models()[0]
+    x = np.random.default_rng(0).standard_normal((rows, 1, 28, 28)).astype("<f4")
+    req = pb.ModelInferRequest(model_name=name)
+    req.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    req.raw_input_contents.append(x.tobytes())
+    wire = req.SerializeToString()
+    ctx = _Context(60.0 if deadline else None)
+    out = {}
+    try:
+        for c in concurrency:
+            per = []
+            for _ in range(rounds):
+                sem_left = requests
+
+                async def worker():
+                    nonlocal sem_left
+                    while sem_left > 0:
+                        sem_left -= 1
+                        r = pb.ModelInferRequest.FromString(wire)  # as gRPC hands it over
+                        resp = await servicer.ModelInfer(r, ctx)
+                        resp.SerializeToString()
+
+                await asyncio.gather(*(worker() for _ in range(min(c, 8))))  # warm-up
+                sem_left = requests
+                c0, w0 = time.process_time(), time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(c)))
+                c1, w1 = time.process_time(), time.perf_counter()
+                per.append({"cpu_us": (c1 - c0) / requests * 1e6, "wall_us": (w1 - w0) / requests * 1e6})
+            out[c] = {"cpu_us": statistics.median(p["cpu_us"] for p in per),
+                      "wall_us": statistics.median(p["wall_us"] for p in per), "rounds": per}
+    finally:
+        await manager.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.inproc", description=__doc__.split("\n\n")[0])
+    p.add_argument("--repo", type=Path, default=Path(__file__).resolve().parent.parent / "runs/bench/models/repo-lenet5")
+    p.add_argument("--concurrency", default="1,64")
+    p.add_argument("--requests", type=int, default=20000)
+    p.add_argument("--rows", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--deadline", action="store_true", help="calls carry a 60 s gRPC deadline (as most clients set)")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level="WARNING")
+    res = asyncio.run(_measure(a.repo, [int(c) for c in a.concurrency.split(",")], a.requests, a.rows, a.deadline, a.rounds))
+    import server
+
+    if a.json:
+        print(json.dumps({"server": server.__file__, "results": res}))
+    else:
+        print(f"server tree: {Path(server.__file__).parent.parent}")
+        for c, r in res.items():
+            rounds = ", ".join(f"{x['cpu_us']:.1f}" for x in r["rounds"])
+            print(f"concurrency {c:4d}: {r['cpu_us']:8.1f} CPU µs/req  {r['wall_us']:8.1f} wall µs/req  (rounds: {rounds})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The benchmark cannot rot: every scenario runs end to end in seconds (`python -m bench run --smoke`) and
+writes well-formed JSON, Markdown and PNG. No thresholds: smoke numbers mean nothing.
+
+The bench runs in a subprocess (it imports the server's `inference` stubs, which this process must not;
+see tests/conftest.py). LeNet-5 from the session fixture stands in for ResNet-20 as well.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STEMS = {1: "s1_tiny_vs_echo", 2: "s2_compute_vs_raw", 3: "s3_client_batches", 4: "s4_batching", 5: "s5_workers",
+         6: "s6_memory_cold_start"}
+PNGS = {6: "s6_memory"}
+
+
+def _bench(*args: str, timeout: float = 540) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture(scope="module")
+def smoke_run(model_repository, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "run"
+    proc = _bench("run", "--smoke", "--out", str(out), "--lenet-repo", str(model_repository),
+                  "--resnet-repo", str(model_repository), "--compare-root", str(ROOT))  # B = the same tree
+    assert proc.returncode == 0, f"bench exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    return out
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def test_summary_lists_every_scenario_and_target(smoke_run):
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert summary["errors"] == {}
+    assert sorted(int(k) for k in summary["scenarios"]) == [1, 2, 3, 4, 5, 6]
+    env = summary["env"]
+    assert env["hardware"]["cores_online"] >= 1 and env["hardware"]["memory_total_bytes"] > 0
+    assert env["hardware"]["lscpu"], "lscpu output is part of every result"
+    for key in ("python", "onnxruntime", "grpcio", "numpy", "cnn-stack"):
+        assert env["versions"][key], key
+    assert env["settings"]["mode"] == "smoke"
+    for t in summary["targets"]:
+        assert {"name", "measured", "threshold", "met", "scenario"} <= set(t) and _finite_number(t["value"])
+    assert {t["scenario"] for t in summary["targets"]} == {1, 2, 3, 6}
+    md = (smoke_run / "summary.md").read_text()
+    assert "## Targets" in md and "| target | measured | threshold | met |" in md
+
+
+@pytest.mark.parametrize("n", sorted(STEMS))
+def test_scenario_outputs_exist_and_are_well_formed(smoke_run, n):
+    stem = STEMS[n]
+    result = json.loads((smoke_run / f"{stem}.json").read_text())
+    assert result["scenario"] == n and result["env"]["versions"]["onnxruntime"]
+    md = (smoke_run / f"{stem}.md").read_text()
+    assert md.startswith(f"# Scenario {n}:") and "\n|" in md, "a Markdown table"
+    png = (smoke_run / f"{PNGS.get(n, stem)}.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 2000
+
+
+def test_s1_measures_server_and_echo_at_every_concurrency(smoke_run):
+    r = json.loads((smoke_run / "s1_tiny_vs_echo.json").read_text())
+    assert [row["concurrency"] for row in r["rows"]] == r["mode"]["s1_conc"] * 2  # server, then server B
+    assert sum("[server B" in t["name"] for t in r["targets"]) == 2
+    for row in r["rows"]:
+        assert row["errors"] == 0
+        for k in ("echo_rps", "server_rps", "ratio", "echo_p50_ms", "server_p50_ms", "server_p99_ms", "server_cpu_us"):
+            assert _finite_number(row[k]) and row[k] > 0, k
+    assert r["raw_batch1"]["run_p50_ms"] > 0
+
+
+def test_s2_reads_batch_sizes_and_times_raw_onnxruntime_at_them(smoke_run):
+    r = json.loads((smoke_run / "s2_compute_vs_raw.json").read_text())
+    assert set(r["points"]) == {"server", "server B"}
+    for pts in r["points"].values():
+        for p in pts:
+            assert p["batches"] and sum(int(b) * c for b, (c, _) in p["batches"].items()) > 0
+            assert p["raw"]["images_per_s"] > 0 and p["raw"]["measured_sizes"]
+    assert all(row["ratio"] > 0 for row in r["rows"])
+
+
+def test_s3_to_s6_have_their_measures(smoke_run):
+    s3 = json.loads((smoke_run / "s3_client_batches.json").read_text())
+    assert all(row["server_img_s"] > 0 and row["raw_img_s"] > 0 and row["errors"] == 0 for row in s3["rows"])
+    s4 = json.loads((smoke_run / "s4_batching.json").read_text())
+    assert {row["variant"] for row in s4["rows"]} == {"batching off", "delay 0 µs"}
+    assert all(row["rps"] > 0 and row["mean_batch"] >= 1 for row in s4["rows"])
+    s5 = json.loads((smoke_run / "s5_workers.json").read_text())
+    assert {row["workers"] for row in s5["rows"]} == {1, 2} and all(row["rps"] > 0 for row in s5["rows"])
+    s6 = json.loads((smoke_run / "s6_memory_cold_start.json").read_text())
+    assert s6["rss_warm_bytes"] > 10 * 2**20 and s6["requests"] >= s6["mode"]["s6_requests"]
+    assert 0 < s6["cold_start_median_s"] < 120 and len(s6["rss_samples"]) == 11
+
+
+def test_ab_compares_two_trees_in_one_run(model_repository, tmp_path):
+    proc = _bench("ab", "--b", str(ROOT), "--repo", str(model_repository), "--concurrency", "2", "--rounds", "1",
+                  "--duration", "0.3", "--out", str(tmp_path), timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "ab.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["A_rps"] > 0 and rows[0]["B_rps"] > 0 and rows[0]["B_cpu_us"] > 0
+    assert (tmp_path / "ab.md").read_text().startswith("# A/B")
+
+
+def test_inproc_measures_the_handler_without_grpc(model_repository):
+    proc = subprocess.run([sys.executable, "-m", "bench.inproc", "--repo", str(model_repository), "--concurrency", "1,4",
+                           "--requests", "200", "--rounds", "1", "--deadline", "--json"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
+    assert set(res) == {"1", "4"} and all(v["cpu_us"] > 0 for v in res.values())
