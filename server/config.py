@@ -75,6 +75,20 @@ class ServerConfig:
         return self
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; errors start with `what` and the path."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"{what} {p}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {p}: must be a mapping of keys to values")
+    return data
+
+
 def _coerce(key: str, value: Any, typ: type, source: str) -> Any:
     try:
         if typ is bool:
@@ -103,14 +117,7 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     where: dict[str, str] = {}
     if path:
         p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"config file {p}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p}: must be a mapping of keys to values")
+        data = read_yaml_mapping(p, "config file")
         for k, v in data.items():
             if k not in fields:
                 raise ConfigError(f"config file {p}: unknown key '{k}' (valid: {', '.join(fields)})")

@@ -24,9 +24,8 @@ import logging
 from pathlib import Path
 
 import grpc
-import yaml
 
-from server.config import ConfigError
+from server.config import ConfigError, read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +51,7 @@ def group_of(method: str) -> str:
 
 def load_tokens(path: str) -> dict[str, list[str]]:
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"auth_tokens_file {p}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"auth_tokens_file {p}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"auth_tokens_file {p}: must map groups ({', '.join(GROUPS)}) to lists of tokens")
+    data = read_yaml_mapping(p, "auth_tokens_file")  # group -> list of tokens
     out = {}
     for group, tokens in data.items():
         if group not in GROUPS:

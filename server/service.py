@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server import __version__
-from server.errors import InvalidInput, ModelNotFound, Unavailable, Unimplemented
+from server.errors import InvalidInput, ServingError, Unavailable, Unimplemented
 from server.imaging import ImageLimits, decode, from_raw, to_model_input
 from server.metrics import Metrics
 from server.models import ModelManager, ModelVersion
@@ -107,11 +107,9 @@ class InferenceService:
     def model_ready(self, name: str, version: str) -> bool:
         try:
             self.manager.get(name, version)
-            return not self.draining
-        except (ModelNotFound, Unavailable):
+        except ServingError:  # not found, not ready, bad version string: all "not ready"
             return False
-        except Exception:
-            return False
+        return not self.draining
 
     def model(self, name: str, version: str = "") -> ModelVersion:
         return self.manager.get(name, version)

@@ -27,6 +27,7 @@ from onnx import TensorProto, helper
 
 from server.repository import DynamicBatching
 from tests.conftest import MODEL_NAME, start_server
+from tests.threads import CallerThreads
 from tests.reliability.helpers import Stubs, classify_request, lenet_request, metric_sum, pb, wait_for_metric
 from tests.server.onnx_models import publish, scale_model, slow_model
 
@@ -153,15 +154,13 @@ def test_overload_refuses_excess_fast_bounds_admitted_latency_and_recovers(slow_
     assert s.proc.poll() is None
 
 
-class Background:
+class Background(CallerThreads):
     """Closed-loop callers keeping a model's queue occupied; records every outcome."""
 
     def __init__(self, address: str, model: str, threads: int) -> None:
         self.address, self.model = address, model
-        self.stop = threading.Event()
         self.codes: list[str] = []
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        super().__init__(threads)
 
     def _run(self) -> None:
         with Stubs(self.address) as stubs:
@@ -173,16 +172,6 @@ class Background:
                     code = e.code().name
                 with self.lock:
                     self.codes.append(code)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
 
 
 @pytest.mark.parametrize("how", ["timeout-parameter", "grpc-deadline"])

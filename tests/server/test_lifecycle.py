@@ -16,20 +16,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from client import ClassificationClient
 from tests.conftest import MODEL_NAME, digit_examples, start_server
 from tests.server.onnx_models import publish, slow_model
+from tests.threads import CallerThreads
 
 
-class Looper:
+class Looper(CallerThreads):
     """Classify in a loop from a few threads; record every outcome and the versions that answered."""
+
+    join_timeout_s = 30.0
 
     def __init__(self, address: str, threads: int = 3) -> None:
         self.address = address
-        self.stop = threading.Event()
         self.ok = 0
         self.errors: list[Exception] = []
         self.versions: list[str] = []
-        self.lock = threading.Lock()
         self.image = digit_examples()[0].read_bytes()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        super().__init__(threads)
 
     def _run(self) -> None:
         with ClassificationClient(self.address) as c:
@@ -42,16 +43,6 @@ class Looper:
                 except Exception as e:  # noqa: BLE001 - asserted to be empty
                     with self.lock:
                         self.errors.append(e)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
 
     def wait_for_version(self, version: str, timeout_s: float = 30) -> bool:
         deadline = time.monotonic() + timeout_s
