@@ -60,14 +60,17 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
 def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x: torch.Tensor, y: torch.Tensor,
                     transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor], g: torch.Generator,
                     batch_size: int, label_smoothing: float = 0.0, grad_clip: float = 0.0, *,
-                    ctx: DistContext | None = None, aug_generator: torch.Generator | None = None) -> dict[str, float]:
+                    ctx: DistContext | None = None, aug_generator: torch.Generator | None = None,
+                    amp: str = "off") -> dict[str, float]:
     """One pass over (x uint8 (N, C, H, W), y (N,)) in a seeded random order. Returns loss/accuracy/speed.
 
     ``g`` draws the permutation (and the augmentation, unless ``aug_generator`` is given). Under DDP
     (``ctx.enabled``) every rank draws the same permutation from ``g``, takes its part of each global
     batch of ``batch_size`` and augments it with its own ``aug_generator``; the returned numbers are
-    reduced over the ranks."""
+    reduced over the ranks. ``amp="bf16"`` runs the forward pass and the loss under bfloat16 autocast
+    (the parameters, their gradients and the optimiser state stay float32)."""
     model.train()
+    dev_type = y.device.type
     ctx = ctx or DistContext()
     n = x.shape[0]
     perm = torch.randperm(n, generator=g)                      # (N,)
@@ -82,8 +85,9 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x: torc
         idx = distributed.shard(idx, ctx)                      # (B / world_size,) this rank's part
         xb = transform(x[idx], ag)                             # (b, C, H, W) float32, normalised
         yb = y[idx]                                            # (b,)
-        logits = model(xb)                                     # (b, num_classes)
-        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            logits = model(xb)                                 # (b, num_classes)
+            loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         # DDP averages the ranks' gradients; weight uneven parts (a last partial batch) by their size so
         # the average is the mean over the global batch. 1.0 whenever the parts are equal.
@@ -297,7 +301,7 @@ def _fit(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, ctx: Dist
             torch.manual_seed(distributed.derive_seed(cfg.seed, "torch", ctx.rank, epoch))  # dropout
         lr = opt.param_groups[0]["lr"]
         tr = train_one_epoch(train_model, opt, sched, data.train_x, train_y, transform, g, cfg.batch_size,
-                             cfg.label_smoothing, cfg.grad_clip, ctx=ctx, aug_generator=aug_g)
+                             cfg.label_smoothing, cfg.grad_clip, ctx=ctx, aug_generator=aug_g, amp=cfg.amp)
         if ctx.enabled:
             distributed.broadcast_buffers(model, ctx)  # every rank evaluates the model rank 0 saves
             va = evaluate_sharded(model, data.val_x, val_y, normalize, cfg.eval_batch_size, ctx)

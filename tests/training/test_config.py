@@ -74,6 +74,7 @@ def test_overrides_are_typed():
     ("epochs=0", "'epochs': must be >= 1"),
     ("optimizer=rmsprop", "'optimizer': must be one of sgd, adam, adamw"),
     ("schedule=poly", "'schedule'"),
+    ("amp=fp16", "'amp': must be one of off, bf16"),
     ("augment.erase_prob=1.5", "'augment.erase_prob'"),
     ("label_smoothing=1", "'label_smoothing'"),
     ("noequals", "key=value"),

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from training import checkpoint as ckpt_io
 from training.config import resolve_config
@@ -150,6 +151,45 @@ def test_optimizers_build_and_step():
         assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]  # no decay on biases
     cfg = resolve_config("lenet5_digits", ["optimizer=sgd", "nesterov=true"])
     assert make_optimizer(create_model("lenet5"), cfg).defaults["nesterov"] is True
+
+
+def test_bf16_autocast_trains_in_float32_state():
+    """amp=bf16: the forward pass runs in bfloat16, the parameters, gradients and optimiser stay float32,
+    the loss goes down, and two runs with the same seed are identical (deterministic on CPU)."""
+    from training.augment import Normalize
+    from training.loop import train_one_epoch
+    from training.models import create_model
+    from training.optim import make_optimizer, make_scheduler
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=g)  # (N, C, H, W)
+    y = torch.arange(64) % 4                                                   # (N,)
+    x[y == 1, :, :14] = 255                                                    # learnable: class -> bright band
+    x[y == 2, :, 14:] = 255
+    x[y == 3] = 0
+    norm = Normalize([0.5], [0.25])
+    seen_dtypes = set()
+
+    def run() -> tuple[list[float], nn.Module]:
+        torch.manual_seed(0)
+        model = create_model("resnet20", num_classes=4, in_channels=1, input_size=28)
+        model.fc.register_forward_hook(lambda m, i, o: seen_dtypes.add(o.dtype))
+        cfg = resolve_config("lenet5_digits", ["optimizer=adam", "lr=3e-3", "schedule=constant", "amp=bf16"])
+        opt = make_optimizer(model, cfg)
+        sched = make_scheduler(opt, cfg, steps_per_epoch=4)
+        gen = torch.Generator().manual_seed(1)
+        losses = [train_one_epoch(model, opt, sched, x, y, lambda xb, _g: norm(xb), gen, 16, amp="bf16")["loss"]
+                  for _ in range(5)]
+        return losses, model
+
+    losses, model = run()
+    assert seen_dtypes == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+    assert losses[-1] < 0.5 * losses[0], losses
+    again, model2 = run()
+    assert again == losses
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_confusion_matrix():
