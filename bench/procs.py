@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from client import testing
+from client.testing import ServerProcess
+
 ROOT = Path(__file__).resolve().parent.parent
-READY_LINE = re.compile(r"serving gRPC on (\S+):(\d+)")
 ECHO_LINE = re.compile(r"echo serving on (\S+):(\d+)")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -26,19 +26,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@dataclass
-class Proc:
-    name: str
-    proc: subprocess.Popen
-    address: str
-    log_path: Path
-    t_spawn: float  # time.monotonic() just before Popen
-    t_ready_line: float  # when the ready line was read
-    extra: dict = field(default_factory=dict)
+class Proc(ServerProcess):
+    """A process under test (a server or the echo reference), with what /proc says about it and its children."""
+
+    def __init__(self, name: str, proc: subprocess.Popen, address: str, log_path: Path, t_spawn: float,
+                 t_ready_line: float, extra: dict | None = None, *, metrics_url: str | None = None):
+        super().__init__(proc, address, metrics_url, log_path, t_spawn, t_ready_line)
+        self.name = name
+        self.extra = {} if extra is None else extra
 
     @property
-    def pid(self) -> int:
-        return self.proc.pid
+    def t_ready_line(self) -> float:  # when the ready line was read
+        return self.t_ready
 
     def pids(self) -> list[int]:
         return tree_pids(self.pid)
@@ -49,22 +48,6 @@ class Proc:
 
     def cpu_s(self) -> float:
         return sum(cpu_seconds(p) for p in self.pids())
-
-    def stop(self, timeout: float = 30) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
 
 def _read(path: str) -> str:
@@ -134,36 +117,17 @@ def _env(server_root: Path | None, extra: dict | None = None) -> dict:
     return env
 
 
-def _wait_line(proc: subprocess.Popen, pattern: re.Pattern, log_path: Path, what: str, timeout_s: float) -> re.Match:
-    deadline = time.monotonic() + timeout_s
-    line = ""
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        m = pattern.search(line)
-        if m:
-            return m
-    proc.kill()
-    proc.wait()
-    raise RuntimeError(f"{what} did not start (last line {line!r}); log:\n{log_path.read_text(errors='replace')[-3000:]}")
-
-
 def start_server(repository: Path, log_dir: Path, *, server_root: Path | None = None, port: int = 0,
                  args: tuple[str, ...] = (), env: dict | None = None, timeout_s: float = 120,
                  launcher: list[str] | None = None, name: str = "server") -> Proc:
     """`cnn serve` (from `server_root`, default this checkout) on 127.0.0.1:`port`; returns once ready."""
     root = Path(server_root or ROOT).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
-    cmd = [sys.executable, *(launcher or ["-m", "client.cli"]), "serve", "--repository", str(repository),
-           "--grpc-address", f"127.0.0.1:{port}", "--metrics-address", "127.0.0.1:0", "--poll-interval-s", "0", *args]
-    with open(log_path, "w") as log:
-        t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(root, env),
-                                preexec_fn=_pin_server)
-    m = _wait_line(proc, READY_LINE, log_path, f"server ({' '.join(cmd)})", timeout_s)
-    return Proc(name, proc, f"{m.group(1)}:{m.group(2)}", log_path, t0, time.monotonic())
+    s = testing.start_server(repository, "--poll-interval-s", "0", *args, cwd=root, env=_env(root, env),
+                             log_path=log_dir / f"{name}-{time.monotonic_ns()}.log", timeout_s=timeout_s,
+                             preexec_fn=_pin_server, grpc_address=f"127.0.0.1:{port}",
+                             launcher=launcher or ("-m", "client.cli"))
+    return Proc(name, s.proc, s.address, s.log_path, s.t_spawn, s.t_ready, metrics_url=s.metrics_url)
 
 
 def start_echo(log_dir: Path, *, reply: str = "model", await_mode: str = "none", timeout_s: float = 60) -> Proc:
@@ -174,7 +138,7 @@ def start_echo(log_dir: Path, *, reply: str = "model", await_mode: str = "none",
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(None),
                                 preexec_fn=_pin_server)
-    m = _wait_line(proc, ECHO_LINE, log_path, "echo server", timeout_s)
+    m = testing.wait_for_line(proc, ECHO_LINE, log_path, "echo server", timeout_s)
     return Proc("echo" if await_mode == "none" else f"echo-{await_mode}", proc, f"{m.group(1)}:{m.group(2)}", log_path, t0, time.monotonic())
 
 

@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import random
-import re
 import subprocess
 import sys
 import tempfile
@@ -39,8 +38,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from client.testing import start_server
+
 ROOT = Path(__file__).resolve().parent.parent
-READY_LINE = re.compile(r"serving gRPC on (\S+):(\d+) metrics (?:http://(\S+):(\d+)/metrics|off)")
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 CLASSIFY = "/cnn.v1.Classification/Classify"
 SERVER_LIVE = "/inference.GRPCInferenceService/ServerLive"
@@ -151,25 +151,6 @@ def proc_status(pid: int) -> dict:
     except OSError:
         out["fds"] = None
     return out
-
-
-def start_server(repository: Path, log_path: Path, timeout_s: float = 120) -> tuple[subprocess.Popen, str, str | None]:
-    cmd = [sys.executable, "-m", "client.cli", "serve", "--repository", str(repository), "--grpc-address", "127.0.0.1:0",
-           "--metrics-address", "127.0.0.1:0", "--poll-interval-s", "0", "--log-level", "ERROR"]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        m = READY_LINE.search(line)
-        if m:
-            metrics = f"http://{m.group(3)}:{m.group(4)}/metrics" if m.group(3) else None
-            return proc, f"{m.group(1)}:{m.group(2)}", metrics
-    proc.kill()
-    raise SystemExit(f"bench.soak: the server did not start; see {log_path}")
 
 
 def server_counters(metrics_url: str | None) -> dict:
@@ -356,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "runs" / "soak" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
-    proc = None
+    server = None
     scratch = None
     try:
         if args.address:
@@ -369,22 +350,21 @@ def main(argv: list[str] | None = None) -> int:
                 export_checkpoint(args.checkpoint, repo, args.model or "lenet5-digits")
             models = sorted(d.name for d in repo.iterdir() if d.is_dir() and not d.name.startswith("."))
             model = args.model or (models[0] if len(models) == 1 else "lenet5-digits")
-            proc, address, metrics_url = start_server(repo, out / "server.log")
-            pid = proc.pid
+            try:
+                server = start_server(repo, "--poll-interval-s", "0", "--log-level", "ERROR", cwd=ROOT,
+                                      log_path=out / "server.log", timeout_s=120)
+            except RuntimeError as e:
+                raise SystemExit(f"bench.soak: {e}") from None
+            address, pid, metrics_url = server.address, server.pid, server.metrics_url
         print(f"soak: {args.requests:,} requests (+{args.warmup:,} warm-up) against {model} at {address}, "
               f"concurrency {args.concurrency}; output {out}")
         result = soak(address, pid, metrics_url, model, requests=args.requests, warmup=args.warmup, samples=args.samples,
                       concurrency=args.concurrency, timeout_s=args.timeout)
-        alive = proc is None or proc.poll() is None
+        alive = server is None or server.proc.poll() is None
     finally:
         rc = None
-        if proc is not None:
-            proc.terminate()
-            try:
-                rc = proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                rc = proc.wait()
+        if server is not None:
+            rc = server.stop(60)
         if scratch is not None:
             scratch.cleanup()
     result["settings"] = {"model": model, "requests": args.requests, "warmup": args.warmup, "samples": args.samples,

@@ -8,22 +8,20 @@ process itself never imports the server's `inference` stubs: tritonclient regist
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from client import testing as client_testing
+from client.testing import ServerProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 MODEL_NAME = "lenet5-digits"
-READY_LINE = re.compile(r"serving gRPC on (\S+):(\d+) metrics (?:http://(\S+):(\d+)/metrics|off)")
 
 
 def cnn(*args: str, timeout: float = 600, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -67,55 +65,15 @@ def repository_copy(model_repository, tmp_path) -> Path:
     return dst
 
 
-@dataclass
-class RunningServer:
-    proc: subprocess.Popen
-    address: str  # host:port of gRPC
-    metrics_url: str | None
-    log_path: Path
-
-    def metrics_text(self) -> str:
-        assert self.metrics_url, "metrics are off for this server"
-        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
-            return r.read().decode()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+RunningServer = ServerProcess  # a `cnn serve` subprocess: address, metrics_url, metrics_text(), log(), stop()
 
 
 def start_server(repository: Path, *args: str, env: dict | None = None, log_dir: Path | None = None,
-                 timeout_s: float = 60) -> RunningServer:
-    """`cnn serve` on free ports; returns once it printed its ready line."""
-    log_dir = log_dir or repository.parent
-    log_path = log_dir / f"server-{time.monotonic_ns()}.log"
-    out = open(log_path, "w")
-    cmd = [PY, "-m", "client.cli", "serve", "--repository", str(repository), "--grpc-address", "127.0.0.1:0",
-           "--metrics-address", "127.0.0.1:0", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=out, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    deadline = time.monotonic() + timeout_s
-    line = ""
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        m = READY_LINE.search(line)
-        if m:
-            metrics = f"http://{m.group(3)}:{m.group(4)}/metrics" if m.group(3) else None
-            return RunningServer(proc, f"{m.group(1)}:{m.group(2)}", metrics, log_path)
-    proc.kill()
-    proc.wait()
-    raise AssertionError(f"server did not start: {line!r}\n{log_path.read_text()}")
+                 timeout_s: float = 60) -> ServerProcess:
+    """`cnn serve` (this checkout) on free ports; returns once it printed its ready line."""
+    log_path = (log_dir or repository.parent) / f"server-{time.monotonic_ns()}.log"
+    return client_testing.start_server(repository, *args, python=PY, cwd=ROOT, env=env, log_path=log_path,
+                                       timeout_s=timeout_s)
 
 
 @pytest.fixture(scope="session")
