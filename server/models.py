@@ -4,12 +4,15 @@
 onnxruntime `ModelRuntime` behind its own `DynamicBatcher`. Polling loads and warms a new version
 *before* it is swapped in, so no request fails during a publish; a version that fails to load is
 reported (log, metric, RepositoryIndex reason) and the serving version stays; a removed version
-leaves the serving map at once and drains its queue.
+leaves the serving map at once and drains its queue. A changed config.yaml (batching, instances,
+providers, threads, warm-up) reloads the served versions the same way: the new one is loaded and warmed
+beside the old, swapped in, and the old one drains; if the reload fails the old one keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -90,6 +93,12 @@ class _VersionObserver:
         self._compute.observe(r.compute_infer_s)
 
 
+def _needs_reload(served: repo.ModelConfig, new: repo.ModelConfig) -> bool:
+    """A served version must be reloaded when anything but the version policy changed (the policy only
+    chooses which versions serve, which sync() handles without touching the others)."""
+    return dataclasses.replace(served, version_policy=new.version_policy) != new
+
+
 @dataclass
 class ModelVersion:
     name: str
@@ -111,6 +120,7 @@ class ModelManager:
         self.state: dict[tuple[str, int], tuple[str, str]] = {}  # (name, version) -> (state, reason)
         self.model_errors: dict[str, str] = {}  # model-level problems (bad config), by name
         self._failed_files: dict[tuple[str, int], float] = {}  # (name, version) -> mtime that failed
+        self._failed_reloads: dict[tuple[str, int], repo.ModelConfig] = {}  # (name, version) -> config that failed
         self._unloaded: set[str] = set()  # unloaded on request: the poller leaves them alone
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task | None = None
@@ -194,6 +204,8 @@ class ModelManager:
             return
         available = repo.list_versions(model_dir)
         current = self.serving.setdefault(name, {})
+        for v in [v for v, mv in current.items() if _needs_reload(mv.config, cfg) and v in available]:
+            await self._reload_version(name, v, cfg, current)
         policy = cfg.version_policy
         if policy.kind == "latest":
             # Newest first, skipping versions that fail to load: a broken publish never takes down the
@@ -230,6 +242,29 @@ class ModelManager:
         self.metrics.preinitialise(name, str(version), queue_capacity_rows=mv.batcher.max_queue_rows)
         log.info("model %s version %d READY on %s (warm-up %.3f s)", name, version, mv.runtime.provider, mv.runtime.warmup_s)
         return True
+
+    async def _reload_version(self, name: str, version: int, cfg: repo.ModelConfig, current: dict) -> None:
+        """config.yaml changed under a served version: load it again with the new settings, then swap."""
+        if self._failed_reloads.get((name, version)) == cfg:
+            return  # this config already failed for this version: do not retry (and re-log) every poll
+        old = current[version]
+        log.info("model %s version %d: config.yaml changed, reloading", name, version)
+        mv = await self._load_version(name, version, cfg)
+        if mv is None:  # the old version keeps serving; the failure is logged, counted and shown in the index
+            self._failed_reloads[(name, version)] = cfg
+            reason = self.state[(name, version)][1]
+            self.state[(name, version)] = ("READY", f"serving the previous config; reload failed: {reason}")
+            return
+        self._failed_reloads.pop((name, version), None)
+        current[version] = mv
+        self.state[(name, version)] = ("READY", "")
+        if old.runtime.provider != mv.runtime.provider:
+            self.metrics.model_loaded.remove(name, str(version), old.runtime.provider)
+        self.metrics.model_loaded.labels(name, str(version), mv.runtime.provider).set(1)
+        self.metrics.preinitialise(name, str(version), queue_capacity_rows=mv.batcher.max_queue_rows)
+        log.info("model %s version %d READY with the new config on %s; draining the old one (%d queued rows)",
+                 name, version, mv.runtime.provider, old.batcher.queued_rows)
+        await old.batcher.close(drain=True)
 
     async def _load_version(self, name: str, version: int, cfg: repo.ModelConfig) -> ModelVersion | None:
         self.state[(name, version)] = ("LOADING", "")

@@ -227,3 +227,58 @@ def test_workers_share_one_port_and_drain_on_sigterm(model_repository, tmp_path)
             ch.close()
         assert s.stop() == 0
     assert not any(os.path.exists(f"/proc/{w}") for w in workers)
+
+
+def _rewrite_config(repo, **changes) -> None:
+    """Change config.yaml keys the way an operator's tool should: write a temp file, rename it over."""
+    import yaml
+
+    path = repo / MODEL_NAME / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        target, *rest = key.split("__")
+        if rest:
+            cfg[target][rest[0]] = value
+        else:
+            cfg[key] = value
+    tmp = path.with_name(".config.yaml.tmp")
+    tmp.write_text(yaml.safe_dump(cfg))
+    os.rename(tmp, path)
+
+
+def test_config_change_reloads_the_served_version_under_load(repository_copy):
+    s = start_server(repository_copy, "--poll-interval-s", "0.3")
+    c = tc.InferenceServerClient(s.address)
+    try:
+        with Looper(s.address) as loop:
+            assert loop.wait_for_version("1")
+            before = c.get_model_config(MODEL_NAME).config
+            assert before.dynamic_batching.max_queue_delay_microseconds != 1234
+            _rewrite_config(repository_copy, dynamic_batching__max_queue_delay_us=1234, instances=2)
+            deadline = time.monotonic() + 20
+            cfg = before
+            while time.monotonic() < deadline and cfg.dynamic_batching.max_queue_delay_microseconds != 1234:
+                time.sleep(0.2)
+                cfg = c.get_model_config(MODEL_NAME).config
+            assert cfg.dynamic_batching.max_queue_delay_microseconds == 1234 and cfg.instance_group[0].count == 2
+            n = loop.ok
+            time.sleep(0.5)
+            assert loop.ok > n
+            # a config that cannot load (CUDA required, none here): the previous config keeps serving
+            _rewrite_config(repository_copy, providers=["cuda"], cuda_fallback=False)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and "reload failed" not in _index(s.address)[(MODEL_NAME, "1")][1]:
+                time.sleep(0.2)
+            state, reason = _index(s.address)[(MODEL_NAME, "1")]
+            assert state == "READY" and "reload failed" in reason and "cuda" in reason.lower(), reason
+            n = loop.ok
+            time.sleep(0.5)
+            assert loop.ok > n
+            assert c.get_model_config(MODEL_NAME).config.instance_group[0].count == 2
+        assert loop.errors == [], loop.errors[:3]
+        assert set(loop.versions) == {"1"}
+    finally:
+        c.close()
+        assert s.stop() == 0, s.log()
+    log = s.log()
+    assert "config.yaml changed, reloading" in log and "READY with the new config" in log
