@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "cnn-stack"
 # Exactly the Open Inference Protocol / Triton extensions this server implements.
 EXTENSIONS = ("classification", "model_configuration", "statistics", "model_repository", "model_repository(unload_dependents)")
+# Classify requests whose images total more than this many bytes are decoded in a worker thread.
+INLINE_DECODE_MAX_BYTES = 64 * 1024
 _EXTENSIONS_NO_CONTROL = ("classification", "model_configuration", "statistics", "model_repository")
 
 
@@ -247,18 +249,14 @@ class InferenceService:
         spec = mv.runtime.input
         if spec.dtype.kind != "f":
             raise InvalidInput(f"model '{mv.name}' takes {spec.datatype} input, not images; use ModelInfer for it")
-        pre = mv.runtime.metadata.preprocessing
-        rows = []
-        for i, im in enumerate(images):
-            where = f"images[{i}]"
-            if im.encoded is not None:
-                img = decode(im.encoded, f"{where}.encoded", self.image_limits)
-            elif im.raw is not None:
-                img = from_raw(*im.raw, field=f"{where}.raw", limits=self.image_limits)
-            else:
-                raise InvalidInput(f"{where}: set 'encoded' or 'raw'")
-            rows.append(to_model_input(img, pre, spec.dtype, where))
-        x = np.stack(rows)  # (N, C, H, W)
+        # Small images decode on the loop (~30 us for a 28x28 PNG, less than a thread hop); anything bigger
+        # goes to a thread so one large photo does not stall every other request on this event loop.
+        size = sum(len(im.encoded) if im.encoded is not None else len(im.raw[0]) if im.raw is not None else 0
+                   for im in images)
+        if size > INLINE_DECODE_MAX_BYTES:
+            x = await asyncio.to_thread(self._model_input, images, mv)
+        else:
+            x = self._model_input(images, mv)  # (N, C, H, W)
         if x.shape[1:] != tuple(d if d > 0 else x.shape[1 + i] for i, d in enumerate(spec.shape)):
             raise InvalidInput(f"model '{mv.name}' input {list(spec.shape)} does not match its preprocessing metadata {list(x.shape[1:])}")
         mb = mv.config.max_batch_size
@@ -272,6 +270,21 @@ class InferenceService:
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return mv, [[Prediction(labels[j] if j < len(labels) else str(j), int(j), float(p[j])) for j in ids]
                     for p, ids in zip(probs, order)]
+
+    def _model_input(self, images: list[ImageInput], mv: ModelVersion) -> np.ndarray:
+        """Decode, resize and normalise every image as the model's metadata says: (N, C, H, W)."""
+        spec, pre = mv.runtime.input, mv.runtime.metadata.preprocessing
+        rows = []
+        for i, im in enumerate(images):
+            where = f"images[{i}]"
+            if im.encoded is not None:
+                img = decode(im.encoded, f"{where}.encoded", self.image_limits)
+            elif im.raw is not None:
+                img = from_raw(*im.raw, field=f"{where}.raw", limits=self.image_limits)
+            else:
+                raise InvalidInput(f"{where}: set 'encoded' or 'raw'")
+            rows.append(to_model_input(img, pre, spec.dtype, where))
+        return np.stack(rows)
 
     @staticmethod
     def _probabilities(result: dict[str, np.ndarray], mv: ModelVersion) -> np.ndarray:

@@ -138,3 +138,22 @@ def test_unknown_model_is_not_found_and_server_keeps_serving(server, name):
                 c.classify([digit_examples()[0].read_bytes()], model=name)
             assert e.value.code() == grpc.StatusCode.NOT_FOUND and "nope" in e.value.details()
         assert c.classify([digit_examples()[0].read_bytes()])[0]
+
+
+def test_classify_large_photo_is_decoded_off_the_loop_with_the_same_answer(server):
+    """An image over INLINE_DECODE_MAX_BYTES goes through the worker-thread decode path and gets the answer
+    the small original gets (a 16x nearest-neighbour upscale, stored uncompressed, resizes back to it)."""
+    import io
+
+    from server.service import INLINE_DECODE_MAX_BYTES
+
+    f = digit_examples()[0]
+    small = Image.open(f).convert("L")
+    buf = io.BytesIO()
+    small.resize((small.width * 16, small.height * 16), Image.NEAREST).save(buf, "PNG", compress_level=0)
+    big = buf.getvalue()
+    assert len(big) > INLINE_DECODE_MAX_BYTES
+    with ClassificationClient(server.address) as c:
+        [want], [got] = c.classify([f.read_bytes()], top_k=3), c.classify([big], top_k=3)
+    assert [p.label for p in got][:1] == [p.label for p in want][:1]
+    assert abs(got[0].probability - want[0].probability) < 0.05
