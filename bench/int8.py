@@ -171,8 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['model']} | {'x'.join(map(str, r['input_shape']))} | {r['variant']} | {r['threads']} | "
                      f"{r['images_per_s']:,.0f} | {r['speedup_vs_fp32']:.2f}x | {r['test_accuracy']:.4f} "
                      f"({r['test_images']} images) | {r['accuracy_change_vs_fp32']:+.4f} | {r['size_bytes'] / 1e6:.2f} MB |")
-    lines += ["", f"Models: trained here for {args.epochs} epochs on {args.data} (a smoke test of the pipeline, "
-              "not finished models) unless --checkpoint was given. Accuracy: the whole test split, measured by "
+    if args.checkpoint:
+        models = "; ".join(f"{r['model']}: {r['dataset']}, {r['trained_epochs']} epochs, checkpoint test accuracy "
+                           f"{r['checkpoint_test_accuracy'] if r['checkpoint_test_accuracy'] is not None else 'unknown'}" for r in rows if r["variant"] == "fp32" and r["threads"] == args.threads[0])
+        lines += ["", f"Models: the checkpoints given ({models})."]
+    else:
+        lines += ["", f"Models: trained here for {args.epochs} epochs on {args.data} (a smoke test of the pipeline, "
+                  "not finished models)."]
+    lines += ["Accuracy: the whole test split, measured by "
               "`cnn export` with onnxruntime. images/s: median of the timed runs, variants interleaved. "
               "Load average at start / end: "
               f"{', '.join(f'{x:.1f}' for x in env['hardware']['loadavg_at_start'])} / "
