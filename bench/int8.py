@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     settings = {"batch": args.batch, "threads": args.threads, "repeats": args.repeats, "min_seconds": args.min_seconds,
-                "calibration_images": args.calibration_images, "epochs": args.epochs, "data": args.data,
+                "calibration_images": args.calibration_images,
+                **({} if args.checkpoint else {"epochs": args.epochs, "data": args.data}),  # the brief training's
                 "torch": str(torch.__version__), "onnxruntime": ort.__version__}
     env = describe(settings) if describe else {"settings": settings}
     env.setdefault("hardware", {})["loadavg_at_start"] = list(os.getloadavg())
