@@ -132,6 +132,8 @@ class Server:
 
 
 async def main(config: ServerConfig, ready_pipe=None) -> int:
+    if config.gil_switch_interval_s:
+        sys.setswitchinterval(config.gil_switch_interval_s)
     server = Server(config)
     await server.start()
     loop = asyncio.get_running_loop()

@@ -55,9 +55,16 @@ def rows(start, n):
 
 
 def make(rt, obs=None, **kw):
-    args = dict(max_batch_size=8, max_queue_delay_s=0.05, max_queue_rows=64)
+    # inline_max_run_s=0: these tests block the fake runtime on purpose, which must happen on an instance
+    # thread; running lone tiny batches on the loop is tested on its own below.
+    args = dict(max_batch_size=8, max_queue_delay_s=0.05, max_queue_rows=64, inline_max_run_s=0.0)
     args.update(kw)
     return DynamicBatcher(rt, observer=obs, name="m", **args)
+
+
+def test_invalid_settings_are_rejected_eagerly_inline():
+    with pytest.raises(ValueError, match="inline_max_run_s"):
+        make(FakeRuntime(), inline_max_run_s=-1.0)
 
 
 def test_invalid_settings_are_rejected_eagerly():
@@ -281,3 +288,60 @@ def test_merge_off_runs_each_request_alone():
 
     asyncio.run(main())
     assert [len(x) for x in rt.batches] == [2, 2, 2, 2]
+
+
+def test_lone_tiny_batches_run_on_the_loop_and_company_goes_to_the_instance_thread():
+    threads: list[str] = []
+
+    def rt(inputs, instance):
+        threads.append(threading.current_thread().name)
+        time.sleep(float(inputs["x"][0, 0]))  # the first value says how long this call takes
+        return {"y": inputs["x"] * 2}
+
+    loop_thread = threading.current_thread().name
+
+    async def main():
+        b = make(rt, max_queue_delay_s=0.0, inline_max_run_s=0.01)
+        b.start()
+        try:
+            first = await b.submit({"x": np.zeros((1, 1), np.float32)}, 1)  # unknown cost: a thread
+            lone = [await b.submit({"x": np.zeros((1, 1), np.float32)}, 1) for _ in range(3)]
+            together = await asyncio.gather(*(b.submit({"x": np.zeros((1, 1), np.float32)}, 1) for _ in range(6)))
+            for a in (first, *lone, *together):
+                assert a["y"].shape == (1, 1)
+            inline_after_company = b.inline_runs
+            slow = await b.submit({"x": np.full((1, 1), 0.2, np.float32)}, 1)  # 200 ms: the estimate climbs over 10 ms
+            after_slow = await b.submit({"x": np.zeros((1, 1), np.float32)}, 1)
+            assert slow["y"][0, 0] == np.float32(0.4) and after_slow["y"].shape == (1, 1)
+            return inline_after_company
+        finally:
+            await b.close()
+
+    inline_after_company = asyncio.run(main())
+    assert threads[0] != loop_thread                                  # first call: cost unknown
+    assert threads[1:4] == [loop_thread] * 3                          # alone and fast: on the loop
+    assert len(threads) == 7                                         # the six at once ran as one batch ...
+    assert threads[4] != loop_thread                                  # ... on the instance thread
+    assert inline_after_company == 3
+    assert threads[5] == loop_thread and threads[6] != loop_thread    # the 200 ms call raised the estimate
+
+
+def test_inline_runs_can_be_switched_off():
+    threads: list[str] = []
+
+    def rt(inputs, instance):
+        threads.append(threading.current_thread().name)
+        return {"y": inputs["x"]}
+
+    async def main():
+        b = make(rt, max_queue_delay_s=0.0, inline_max_run_s=0.0)
+        b.start()
+        try:
+            for _ in range(4):
+                await b.submit({"x": np.zeros((1, 1), np.float32)}, 1)
+            return b.inline_runs
+        finally:
+            await b.close()
+
+    assert asyncio.run(main()) == 0
+    assert threading.current_thread().name not in threads

@@ -143,6 +143,8 @@ def test_server_config_precedence(tmp_path):
                       overrides={"grpc_address": "127.0.0.1:3000", "repository": None})
     assert (cfg.poll_interval_s, cfg.drain_grace_s, cfg.grpc_address) == (5.0, 9.0, "127.0.0.1:3000")
     assert cfg.repository == "model_repository" and cfg.grpc_address.startswith("127.0.0.1")
+    assert cfg.gil_switch_interval_s == 0.0005
+    assert load_config(None, env={"CNN_SERVER_GIL_SWITCH_INTERVAL_S": "0"}).gil_switch_interval_s == 0.0
 
 
 @pytest.mark.parametrize("env,key", [
@@ -150,6 +152,7 @@ def test_server_config_precedence(tmp_path):
     ({"CNN_SERVER_GRPC_ADDRESS": "nohostport"}, "grpc_address"),
     ({"CNN_SERVER_ALLOW_MODEL_CONTROL": "maybe"}, "allow_model_control"),
     ({"CNN_SERVER_NOPE": "1"}, "CNN_SERVER_NOPE"),
+    ({"CNN_SERVER_GIL_SWITCH_INTERVAL_S": "1"}, "gil_switch_interval_s"),
 ])
 def test_server_config_errors_name_the_key(env, key):
     with pytest.raises(ConfigError, match=key):
