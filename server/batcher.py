@@ -1,7 +1,8 @@
 """Dynamic batching: many callers' rows -> one model execution -> results split back exactly.
 
 No gRPC and no onnxruntime imports: the batcher is handed a blocking `run_batch(inputs, instance)`
-callable and runs it in a thread pool, one worker task per model instance. Requests are counted by
+callable and runs it on its own instance threads (a lone request to a model whose call takes under
+INLINE_MAX_RUN_S runs on the event loop instead), one worker task per model instance. Requests are counted by
 rows (a request of 5 images is 5 rows), batched in arrival order up to `max_batch_size` rows, and
 dispatched when the batch is full, reaches a preferred size, or the oldest request has waited
 `max_queue_delay_s`. A full queue refuses at once (Unavailable); a request whose deadline passes while
