@@ -266,13 +266,12 @@ def _bad_versions(good: bytes) -> list[tuple[str, bytes, tuple[str, ...]]]:
     ]
 
 
-class Mixed:
+class Mixed(CallerThreads):
     """Classify LeNet-5 from two threads and ModelInfer another model from a third; record everything."""
 
     def __init__(self, address: str) -> None:
+        super().__init__(0)  # its own three threads, two targets
         self.address = address
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
         self.errors: list[str] = []
         self.lenet_versions: list[str] = []
         self.other_ok = 0
@@ -306,16 +305,6 @@ class Mixed:
                     with self.lock:
                         self.errors.append(f"scale-fp32: {e.code().name}: {e.details()}")
                 time.sleep(0.01)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
 
 
 def _publish_atomically(repo: Path, version: int, data: bytes) -> None:

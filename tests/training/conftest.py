@@ -72,3 +72,18 @@ def make_folder(root: Path, classes=("cat", "dog", "frog"), per_class: int = 12,
 @pytest.fixture
 def idx_dir(tmp_path):
     return make_idx_dir(tmp_path / "idx")
+
+
+def assert_same_run(a: dict, b: dict, epochs: int) -> None:
+    """Two checkpoints of one run (say, straight and interrupted + resumed) are bit-identical: weights,
+    momentum, RNG and the per-epoch history except the timing columns."""
+    assert a["epoch"] == b["epoch"] == epochs
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    for k, v in a["optimizer"]["state"].items():
+        assert torch.equal(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
+    assert torch.equal(a["rng"]["generator"], b["rng"]["generator"])
+    strip = ("images_per_s", "epoch_seconds")
+    ha = [{k: v for k, v in r.items() if k not in strip} for r in a["history"]]
+    hb = [{k: v for k, v in r.items() if k not in strip} for r in b["history"]]
+    assert ha == hb
