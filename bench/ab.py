@@ -56,7 +56,9 @@ def run_ab(a_root: Path, b_root: Path, repo: Path, out: Path, *, concurrency: li
         row["cpu_B/A"] = row["B_cpu_us"] / row["A_cpu_us"] if row["A_cpu_us"] else float("nan")
         rows_out.append(row)
     env = describe({"a": str(a_root), "b": str(b_root), "repo": str(repo), "rounds": rounds, "duration_s": duration_s,
-                    "rows_per_request": rows})
+                    "rows_per_request": rows,
+                    "env_a": " ".join(f"{k}={v}" for k, v in (env_a or {}).items()) or "-",
+                    "env_b": " ".join(f"{k}={v}" for k, v in (env_b or {}).items()) or "-"})
     result = {"env": env, "rows": rows_out, "raw": res}
     cols = [("concurrency", "conc"), ("A_rps", "A req/s"), ("B_rps", "B req/s"), ("rps_B/A", "B/A req/s"),
             ("A_p50_ms", "A p50 ms"), ("B_p50_ms", "B p50 ms"), ("A_p99_ms", "A p99 ms"), ("B_p99_ms", "B p99 ms"),

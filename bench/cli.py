@@ -31,6 +31,13 @@ def _parse_scenarios(text: str) -> list[int]:
     return out
 
 
+def _env_pairs(items: list[str], flag: str) -> dict[str, str]:
+    bad = [i for i in items if "=" not in i]
+    if bad:
+        raise SystemExit(f"python -m bench ab: {flag} takes KEY=VALUE, got {bad[0]!r}")
+    return dict(i.split("=", 1) for i in items)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description="Serving benchmarks (docs/benchmarks.md).")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -56,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--requests", type=int, help="scenario 6: requests after warm-up (overrides the mode)")
     ab = sub.add_parser("ab", help="the same load against two server trees, interleaved (before/after a change)")
     ab.add_argument("--a", type=Path, default=ROOT, help="server tree A (default this checkout)")
-    ab.add_argument("--b", type=Path, required=True, help="server tree B (e.g. a scratch copy with a change)")
+    ab.add_argument("--b", type=Path, default=ROOT, help="server tree B (e.g. a scratch copy with a change; default this checkout)")
+    for side in ("a", "b"):
+        ab.add_argument(f"--env-{side}", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"environment for server {side.upper()} (repeatable), e.g. CNN_SERVER_GIL_SWITCH_INTERVAL_S=0")
     ab.add_argument("--repo", type=Path, help="model repository (default: the cached LeNet-5)")
     ab.add_argument("--rows", type=int, default=1, help="images per request")
     ab.add_argument("--concurrency", default="1,64", help="comma-separated (default 1,64)")
@@ -146,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         repo = models.ensure("lenet5", args.repo, log=_log)
         out = (args.out or ROOT / "runs" / "bench" / ("ab-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))).resolve()
         run_ab(args.a.resolve(), args.b.resolve(), repo, out, concurrency=[int(c) for c in args.concurrency.split(",")],
-               rounds=args.rounds, duration_s=args.duration, rows=args.rows, processes=args.clients, log=_log)
+               rounds=args.rounds, duration_s=args.duration, rows=args.rows, processes=args.clients, log=_log,
+               env_a=_env_pairs(args.env_a, "--env-a"), env_b=_env_pairs(args.env_b, "--env-b"))
         print((out / "ab.md").read_text())
         return 0
     if args.command == "models":

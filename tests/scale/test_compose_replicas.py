@@ -28,6 +28,7 @@ import yaml
 from client import ClassificationClient
 from server.config import ServerConfig
 from tests.conftest import MODEL_NAME, ROOT, digit_examples, start_server
+from tests.deploy.test_compose import compose_cmd
 
 NGINX_DIR = ROOT / "deploy" / "nginx"
 COMPOSE_CONF = NGINX_DIR / "nginx.compose.conf"
@@ -35,15 +36,6 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "cnn-serving.json"
 FILES = ("docker-compose.yml", "docker-compose.replicas.yml")
 REPLICAS = ("server-1", "server-2")
 BALANCER_LISTEN = "127.0.0.1:8000"
-
-
-def compose_cmd() -> list[str]:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    pytest.fail("neither docker-compose nor `docker compose` found: run scripts/setup.sh --system "
-                "(installs Debian's docker-compose package)")
 
 
 def compose_config(*files: str, profile: str | None = None) -> dict:
