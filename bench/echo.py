@@ -30,6 +30,7 @@ import grpc
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
+from server.eventloop import EVENT_LOOPS, run_loop
 
 
 class EchoServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -94,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--reply", choices=("model", "echo"), default="model")
     p.add_argument("--await-mode", choices=("none", "yield", "thread"), default="none")
+    p.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio",
+                   help="event loop implementation (the server's `event_loop` setting)")
     a = p.parse_args(argv)
-    asyncio.run(serve(a.host, a.port, a.reply, await_mode=a.await_mode))
+    run_loop(serve(a.host, a.port, a.reply, await_mode=a.await_mode), a.event_loop)
     return 0
 
 

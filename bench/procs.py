@@ -130,16 +130,19 @@ def start_server(repository: Path, log_dir: Path, *, server_root: Path | None = 
     return Proc(name, s.proc, s.address, s.log_path, s.t_spawn, s.t_ready, metrics_url=s.metrics_url)
 
 
-def start_echo(log_dir: Path, *, reply: str = "model", await_mode: str = "none", timeout_s: float = 60) -> Proc:
+def start_echo(log_dir: Path, *, reply: str = "model", await_mode: str = "none", event_loop: str = "asyncio",
+               timeout_s: float = 60) -> Proc:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"echo-{time.monotonic_ns()}.log"
-    cmd = [sys.executable, "-m", "bench.echo", "--port", "0", "--reply", reply, "--await-mode", await_mode]
+    cmd = [sys.executable, "-m", "bench.echo", "--port", "0", "--reply", reply, "--await-mode", await_mode,
+           "--event-loop", event_loop]
     with open(log_path, "w") as log:
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(None),
                                 preexec_fn=_pin_server)
     m = testing.wait_for_line(proc, ECHO_LINE, log_path, "echo server", timeout_s)
-    return Proc("echo" if await_mode == "none" else f"echo-{await_mode}", proc, f"{m.group(1)}:{m.group(2)}", log_path, t0, time.monotonic())
+    name = "echo" + ("" if await_mode == "none" else f"-{await_mode}") + ("" if event_loop == "asyncio" else f"-{event_loop}")
+    return Proc(name, proc, f"{m.group(1)}:{m.group(2)}", log_path, t0, time.monotonic())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ writes sN_<name>.json / .md / .png into the run folder.
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import subprocess
 import sys
@@ -148,6 +149,14 @@ def _trees(ctx: Ctx) -> list[tuple[str, Path]]:
     return out
 
 
+def server_event_loop() -> str:
+    """The event loop the servers under test run (CNN_SERVER_EVENT_LOOP, else the server's default): the echo
+    reference runs the same one, so the ratio measures the server's own work."""
+    from server.config import ServerConfig
+
+    return os.environ.get("CNN_SERVER_EVENT_LOOP", ServerConfig.event_loop)
+
+
 def s1_tiny_vs_echo(ctx: Ctx) -> dict:
     m = ctx.mode
     repo = ctx.lenet_repo
@@ -158,7 +167,7 @@ def s1_tiny_vs_echo(ctx: Ctx) -> dict:
     runs: dict[str, dict[int, list[dict]]] = {"echo": {}, **{label: {} for label, _ in trees}}
     rss = {}
     try:
-        targets_procs.append(("echo", procs.start_echo(ctx.logs)))
+        targets_procs.append(("echo", procs.start_echo(ctx.logs, event_loop=server_event_loop())))
         for label, root in trees:
             targets_procs.append((label, procs.start_server(repo, ctx.logs, server_root=root, name=label.replace(" ", "-"))))
         for c in m.s1_conc:
@@ -201,7 +210,7 @@ def s1_tiny_vs_echo(ctx: Ctx) -> dict:
     md = (_header(ctx, 1, f"tiny model ({name}), one image per request, vs a bare grpc.aio echo server",
                   "ModelInfer, 1x1x28x28 FP32 raw, closed loop. The echo server (bench/echo.py) parses the same "
                   "ModelInferRequest and answers a ModelInferResponse of the same size through the same generated "
-                  "gRPC code and server options. CPU µs/req is the server process's user+system CPU per answered "
+                  f"gRPC code, server options and event loop ({server_event_loop()}). CPU µs/req is the server process's user+system CPU per answered "
                   "request (all threads): it is far less sensitive to a busy machine than requests/s."
                   + (f" `server B` is `{ctx.compare_root}`, measured interleaved in the same run." if len(trees) > 1 else ""))
           + "\n" + report.table(rows, cols)

@@ -25,6 +25,7 @@ from protos.cnn import classification_pb2, classification_pb2_grpc
 from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from server.config import ServerConfig
 from server.errors import RepositoryError
+from server.eventloop import run_loop
 from server.grpc.classification import ClassificationServicer
 from server.grpc.inference import InferenceServicer
 from server.imaging import ImageLimits
@@ -134,9 +135,10 @@ class Server:
 async def main(config: ServerConfig, ready_pipe=None) -> int:
     if config.gil_switch_interval_s:
         sys.setswitchinterval(config.gil_switch_interval_s)
+    loop = asyncio.get_running_loop()
+    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
     server = Server(config)
     await server.start()
-    loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
@@ -159,13 +161,13 @@ def run(config: ServerConfig) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.workers > 1:
         return _supervise(config)
-    return asyncio.run(main(config))
+    return run_loop(main(config), config.event_loop)
 
 
 def _worker(config: ServerConfig, index: int, ready_pipe) -> None:
     for h in logging.getLogger().handlers:
         h.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s"))
-    sys.exit(asyncio.run(main(config, ready_pipe)))
+    sys.exit(run_loop(main(config, ready_pipe), config.event_loop))
 
 
 def _supervise(config: ServerConfig) -> int:

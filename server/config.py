@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from server.eventloop import EVENT_LOOPS
+
 ENV_PREFIX = "CNN_SERVER_"
 
 
@@ -43,6 +45,8 @@ class ServerConfig:
     #                                      for the GIL the busy event loop holds (Python's default 5 ms left
     #                                      ResNet-20 idle between batches: 0.5 ms gave +19 % images/s at c=64,
     #                                      LeNet-5 unchanged; docs/benchmarks.md); 0: keep Python's default
+    event_loop: str = "uvloop"  # uvloop | asyncio: uvloop (libuv) cut the server's CPU per request by ~8 % and
+    #                              raised LeNet-5 requests/s by ~6 % at c=64 (docs/benchmarks.md)
 
     def validate(self, where: Mapping[str, str] | None = None) -> "ServerConfig":
         where = where or {}
@@ -74,6 +78,13 @@ class ServerConfig:
             raise bad("tls_client_ca_file", "client certificates need TLS: set tls_cert_file and tls_key_file too")
         if self.gil_switch_interval_s != 0 and not 1e-5 <= self.gil_switch_interval_s <= 0.1:
             raise bad("gil_switch_interval_s", f"must be 0 (Python's default) or in 1e-05..0.1, got {self.gil_switch_interval_s}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise bad("event_loop", f"must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
+        if self.event_loop == "uvloop":
+            try:
+                import uvloop  # noqa: F401
+            except ImportError:
+                raise bad("event_loop", "uvloop is not installed (pip install uvloop), or set event_loop: asyncio") from None
         if not 1 <= self.workers <= 64:
             raise bad("workers", f"must be in 1..64, got {self.workers}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -115,10 +115,11 @@ def test_removed_model_stops_being_served(repository_copy):
         assert s.stop() == 0
 
 
-def test_sigterm_finishes_every_accepted_request_then_refuses(tmp_path):
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])  # the default, and the standard library's
+def test_sigterm_finishes_every_accepted_request_then_refuses(tmp_path, event_loop):
     repo = tmp_path / "repo"
     publish(repo, "slow", slow_model(), max_batch_size=2)
-    s = start_server(repo, "--poll-interval-s", "0", "--drain-grace-s", "60")
+    s = start_server(repo, "--poll-interval-s", "0", "--drain-grace-s", "60", env={"CNN_SERVER_EVENT_LOOP": event_loop})
     n = 12
     results: list = [None] * n
 
@@ -159,6 +160,7 @@ def test_sigterm_finishes_every_accepted_request_then_refuses(tmp_path):
     assert failed == [], failed[:2]
     assert s.proc.wait(60) == 0, s.log()
     assert "draining" in s.log()
+    assert f"event loop: {event_loop}." in s.log()
 
 
 def test_missing_repository_is_a_clear_start_error(tmp_path):

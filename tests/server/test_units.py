@@ -145,6 +145,8 @@ def test_server_config_precedence(tmp_path):
     assert cfg.repository == "model_repository" and cfg.grpc_address.startswith("127.0.0.1")
     assert cfg.gil_switch_interval_s == 0.0005
     assert load_config(None, env={"CNN_SERVER_GIL_SWITCH_INTERVAL_S": "0"}).gil_switch_interval_s == 0.0
+    assert cfg.event_loop == "uvloop"
+    assert load_config(None, env={"CNN_SERVER_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
 
 
 @pytest.mark.parametrize("env,key", [
@@ -153,6 +155,7 @@ def test_server_config_precedence(tmp_path):
     ({"CNN_SERVER_ALLOW_MODEL_CONTROL": "maybe"}, "allow_model_control"),
     ({"CNN_SERVER_NOPE": "1"}, "CNN_SERVER_NOPE"),
     ({"CNN_SERVER_GIL_SWITCH_INTERVAL_S": "1"}, "gil_switch_interval_s"),
+    ({"CNN_SERVER_EVENT_LOOP": "trio"}, "event_loop"),
 ])
 def test_server_config_errors_name_the_key(env, key):
     with pytest.raises(ConfigError, match=key):
