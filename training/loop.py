@@ -46,6 +46,11 @@ def setup_torch(cfg: TrainConfig, processes_per_node: int = 1) -> None:
     """Threads (``threads = 0``: this process's share of the cores), determinism and every global seed."""
     torch.set_num_threads(cfg.threads or max(1, default_threads() // processes_per_node))
     torch.use_deterministic_algorithms(cfg.deterministic)
+    # Deterministic mode also fills every new tensor with NaN by default (a debugging aid that catches reads
+    # of uninitialised memory). Kernels that are deterministic write their outputs in full, so the fill
+    # changes no result, but it costs a pass over memory per allocation: MobileNetV2 on 2 CPU cores trained
+    # ~15 % faster without it, with bit-identical weights (docs/training.md).
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
