@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import multiprocessing as mp
 import os
@@ -135,8 +136,10 @@ class Server:
 async def main(config: ServerConfig, ready_pipe=None) -> int:
     if config.gil_switch_interval_s:
         sys.setswitchinterval(config.gil_switch_interval_s)
+    if config.gc_gen0_threshold:
+        gc.set_threshold(config.gc_gen0_threshold, *gc.get_threshold()[1:])
     loop = asyncio.get_running_loop()
-    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
+    log.info("event loop: %s.%s; gc thresholds %s", type(loop).__module__, type(loop).__name__, gc.get_threshold())
     server = Server(config)
     await server.start()
     stop_requested = asyncio.Event()

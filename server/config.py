@@ -45,6 +45,9 @@ class ServerConfig:
     #                                      for the GIL the busy event loop holds (Python's default 5 ms left
     #                                      ResNet-20 idle between batches: 0.5 ms gave +19 % images/s at c=64,
     #                                      LeNet-5 unchanged; docs/benchmarks.md); 0: keep Python's default
+    gc_gen0_threshold: int = 0  # gc.set_threshold(N, 10, 10); 0 keeps Python's 700. 50,000 took LeNet-5's p99 at
+    #                             c=64 from 52 to 38 ms (req/s +1-3 %) but RSS growth over 100k requests from 2 % to
+    #                             8.6 % (docs/benchmarks.md): a tail-latency option, not the default
     event_loop: str = "uvloop"  # uvloop | asyncio: uvloop (libuv) cut the server's CPU per request by ~8 % and
     #                              raised LeNet-5 requests/s by ~6 % at c=64 (docs/benchmarks.md)
 
@@ -78,6 +81,8 @@ class ServerConfig:
             raise bad("tls_client_ca_file", "client certificates need TLS: set tls_cert_file and tls_key_file too")
         if self.gil_switch_interval_s != 0 and not 1e-5 <= self.gil_switch_interval_s <= 0.1:
             raise bad("gil_switch_interval_s", f"must be 0 (Python's default) or in 1e-05..0.1, got {self.gil_switch_interval_s}")
+        if self.gc_gen0_threshold != 0 and not 100 <= self.gc_gen0_threshold <= 10_000_000:
+            raise bad("gc_gen0_threshold", f"must be 0 (Python's default) or in 100..10000000, got {self.gc_gen0_threshold}")
         if self.event_loop not in EVENT_LOOPS:
             raise bad("event_loop", f"must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
         if self.event_loop == "uvloop":

@@ -146,6 +146,8 @@ def test_server_config_precedence(tmp_path):
     assert cfg.gil_switch_interval_s == 0.0005
     assert load_config(None, env={"CNN_SERVER_GIL_SWITCH_INTERVAL_S": "0"}).gil_switch_interval_s == 0.0
     assert cfg.event_loop == "uvloop"
+    assert cfg.gc_gen0_threshold == 0
+    assert load_config(None, env={"CNN_SERVER_GC_GEN0_THRESHOLD": "50000"}).gc_gen0_threshold == 50_000
     assert load_config(None, env={"CNN_SERVER_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
 
 
@@ -156,6 +158,7 @@ def test_server_config_precedence(tmp_path):
     ({"CNN_SERVER_NOPE": "1"}, "CNN_SERVER_NOPE"),
     ({"CNN_SERVER_GIL_SWITCH_INTERVAL_S": "1"}, "gil_switch_interval_s"),
     ({"CNN_SERVER_EVENT_LOOP": "trio"}, "event_loop"),
+    ({"CNN_SERVER_GC_GEN0_THRESHOLD": "5"}, "gc_gen0_threshold"),
 ])
 def test_server_config_errors_name_the_key(env, key):
     with pytest.raises(ConfigError, match=key):
