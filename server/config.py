@@ -48,8 +48,8 @@ class ServerConfig:
     gc_gen0_threshold: int = 0  # gc.set_threshold(N, 10, 10); 0 keeps Python's 700. 50,000 took LeNet-5's p99 at
     #                             c=64 from 52 to 38 ms (req/s +1-3 %) but RSS growth over 100k requests from 2 % to
     #                             8.6 % (docs/benchmarks.md): a tail-latency option, not the default
-    event_loop: str = "uvloop"  # uvloop | asyncio: uvloop (libuv) cut the server's CPU per request by ~8 % and
-    #                              raised LeNet-5 requests/s by ~6 % at c=64 (docs/benchmarks.md)
+    event_loop: str = "uvloop"  # uvloop | asyncio: uvloop (libuv) cut the server's CPU per request by 5-10 % and
+    #                              raised LeNet-5 requests/s by 4-7 % (bench/results/ab/event-loop.md)
 
     def validate(self, where: Mapping[str, str] | None = None) -> "ServerConfig":
         where = where or {}
