@@ -12,7 +12,6 @@ writes sN_<name>.json / .md / .png into the run folder.
 from __future__ import annotations
 
 import dataclasses
-import os
 import statistics
 import subprocess
 import sys
@@ -150,11 +149,11 @@ def _trees(ctx: Ctx) -> list[tuple[str, Path]]:
 
 
 def server_event_loop() -> str:
-    """The event loop the servers under test run (CNN_SERVER_EVENT_LOOP, else the server's default): the echo
-    reference runs the same one, so the ratio measures the server's own work."""
-    from server.config import ServerConfig
+    """The event loop the servers under test run (the server's own config resolution: CNN_SERVER_* over
+    defaults): the echo reference runs the same one, so the ratio measures the server's own work."""
+    from server.config import load_config
 
-    return os.environ.get("CNN_SERVER_EVENT_LOOP", ServerConfig.event_loop)
+    return load_config(None).event_loop
 
 
 def s1_tiny_vs_echo(ctx: Ctx) -> dict:
