@@ -153,6 +153,26 @@ def test_small_input_adaptations():
     assert create_model("mobilenet_v2", input_size=224).stem[0].stride == (2, 2)
 
 
+def _final_map(name: str, size: int, **kw) -> tuple[int, int]:
+    m = create_model(name, in_channels=1, input_size=size, width_mult=0.25, **kw).eval()
+    seen = {}
+    (m.last if name == "mobilenet_v2" else m.blocks).register_forward_hook(
+        lambda mod, inp, out: seen.update(shape=tuple(out.shape[2:])))
+    with torch.no_grad():
+        m(torch.zeros(1, 1, size, size))
+    return seen["shape"]
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+def test_mobilenets_stop_downsampling_at_min_feature_size(name):
+    assert _final_map(name, 28) == (4, 4)        # 28 -> 14 -> 7 -> 4, the last stride-2 stage keeps 4x4
+    assert _final_map(name, 32) == (4, 4)
+    assert _final_map(name, 224) == (7, 7)       # the paper's strides: total stride 32
+    assert _final_map(name, 28, min_feature_size=1) == (2, 2)  # every stride-2 stage downsamples
+    with pytest.raises(ValueError, match="min_feature_size"):
+        create_model(name, min_feature_size=0)
+
+
 # Every model was checked this way by hand; the suite keeps the plain net and the one with the unusual
 # ops (ResNet-20's option-A shortcut: strided slicing + channel padding) to stay fast.
 @pytest.mark.parametrize("name", ["lenet5", "resnet20"])

@@ -5,9 +5,10 @@ v1: a 3x3 conv then 13 depthwise-separable blocks (3x3 depthwise conv + BN + act
 1x1 linear projection; residual when the shape is kept), a final 1x1 conv to 1280, ReLU6 by default.
 Both take ``width_mult`` (channel multiplier, rounded to multiples of 8).
 
-Small input (< 64): the first conv's stride becomes 1 (total stride 16 instead of 32), so a 28x28
-image ends as a 2x2 map (28 -> 14 -> 7 -> 4 -> 2) rather than vanishing to 1x1 after four stages.
-Large input keeps the paper's strides.
+Small input (< 64): the first conv's stride becomes 1, and a stride-2 stage keeps stride 1 when its
+output would be smaller than ``min_feature_size`` (default 4), so a 28x28 image ends as a 4x4 map
+(28 -> 14 -> 7 -> 4 -> 4) rather than shrinking to 2x2 or 1x1: on Fashion-MNIST the last stages then
+still see where a collar or a sleeve is. Large input keeps the paper's strides (224 -> 7x7).
 Options: activation, dropout (before the FC), batch_norm (on by default).
 """
 
@@ -22,6 +23,11 @@ from training.models.common import ConvNormAct, check_common, conv_out, init_wei
 
 def _round8(c: float) -> int:
     return max(8, int(c + 4) // 8 * 8)
+
+
+def _stride(size: int, stride: int, min_feature_size: int) -> int:
+    """A downsampling stage keeps stride 1 when stride 2 would take the map below min_feature_size."""
+    return stride if stride == 1 or conv_out(size, 3, stride, 1) >= min_feature_size else 1
 
 
 class DepthwiseSeparable(nn.Sequential):
@@ -60,15 +66,18 @@ class MobileNetV1(_Head):
            (512, 1), (512, 1), (1024, 2), (1024, 1)]
 
     def __init__(self, num_classes: int, in_channels: int, input_size: int, activation: str, dropout: float,
-                 batch_norm: bool, width_mult: float):
+                 batch_norm: bool, width_mult: float, min_feature_size: int):
         super().__init__()
         check_common(num_classes, in_channels, input_size, dropout)
+        if min_feature_size < 1:
+            raise ValueError(f"min_feature_size must be >= 1, got {min_feature_size}")
         stride0 = 2 if input_size >= 64 else 1
         cin = _round8(32 * width_mult)
         self.stem = ConvNormAct(in_channels, cin, 3, stride0, 1, batch_norm=batch_norm, activation=activation)
         size = conv_out(input_size, 3, stride0, 1)
         blocks = []
         for c, s in self.CFG:
+            s = _stride(size, s, min_feature_size)
             cout = _round8(c * width_mult)
             blocks.append(DepthwiseSeparable(cin, cout, s, batch_norm, activation))
             size, cin = conv_out(size, 3, s, 1), cout
@@ -89,14 +98,19 @@ class MobileNetV2(_Head):
            (6, 320, 1, 1)]
 
     def __init__(self, num_classes: int, in_channels: int, input_size: int, activation: str, dropout: float,
-                 batch_norm: bool, width_mult: float):
+                 batch_norm: bool, width_mult: float, min_feature_size: int):
         super().__init__()
         check_common(num_classes, in_channels, input_size, dropout)
+        if min_feature_size < 1:
+            raise ValueError(f"min_feature_size must be >= 1, got {min_feature_size}")
         stride0 = 2 if input_size >= 64 else 1
         cin = _round8(32 * width_mult)
         self.stem = ConvNormAct(in_channels, cin, 3, stride0, 1, batch_norm=batch_norm, activation=activation)
+        size = conv_out(input_size, 3, stride0, 1)
         blocks, names = [], []
         for t, c, n, s in self.CFG:
+            s = _stride(size, s, min_feature_size)
+            size = conv_out(size, 3, s, 1)
             cout = _round8(c * width_mult)
             for i in range(n):
                 blocks.append(InvertedResidual(cin, cout, s if i == 0 else 1, t, batch_norm, activation))
@@ -117,13 +131,17 @@ class MobileNetV2(_Head):
 
 @register_model
 def mobilenet_v1(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, activation: str = "relu",
-                 dropout: float = 0.0, batch_norm: bool = True, width_mult: float = 1.0) -> MobileNetV1:
-    """MobileNet v1 (depthwise separable convolutions); first stride 1 on input_size < 64."""
-    return MobileNetV1(num_classes, in_channels, input_size, activation, dropout, batch_norm, width_mult)
+                 dropout: float = 0.0, batch_norm: bool = True, width_mult: float = 1.0,
+                 min_feature_size: int = 4) -> MobileNetV1:
+    """MobileNet v1 (depthwise separable convolutions); small input: first stride 1, final map >= 4x4."""
+    return MobileNetV1(num_classes, in_channels, input_size, activation, dropout, batch_norm, width_mult,
+                       min_feature_size)
 
 
 @register_model
 def mobilenet_v2(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, activation: str = "relu6",
-                 dropout: float = 0.2, batch_norm: bool = True, width_mult: float = 1.0) -> MobileNetV2:
-    """MobileNet v2 (inverted residuals, linear bottlenecks); first stride 1 on input_size < 64."""
-    return MobileNetV2(num_classes, in_channels, input_size, activation, dropout, batch_norm, width_mult)
+                 dropout: float = 0.2, batch_norm: bool = True, width_mult: float = 1.0,
+                 min_feature_size: int = 4) -> MobileNetV2:
+    """MobileNet v2 (inverted residuals, linear bottlenecks); small input: first stride 1, final map >= 4x4."""
+    return MobileNetV2(num_classes, in_channels, input_size, activation, dropout, batch_norm, width_mult,
+                       min_feature_size)
