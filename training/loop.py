@@ -31,7 +31,7 @@ from training.config import TrainConfig, config_from_dict, recipe_sha256
 from training.data import Dataset, load_dataset
 from training.distributed import DistContext
 from training.errors import ConfigError, DataError
-from training.models import create_model
+from training.models import create_model, resolved_arguments
 from training.optim import make_optimizer, make_scheduler
 
 
@@ -164,7 +164,8 @@ def build(model_name: str, data: Dataset, cfg: TrainConfig) -> tuple[nn.Module, 
     if H != W:
         raise DataError(f"{data.name}: images are {H}x{W}; the models take square inputs")
     kwargs = {"num_classes": len(data.labels), "in_channels": C, "input_size": H, **cfg.model}
-    return create_model(model_name, **kwargs), kwargs
+    model = create_model(model_name, **kwargs)           # names a bad argument before anything else
+    return model, resolved_arguments(model_name, **kwargs)  # the checkpoint records defaults too
 
 
 def _same_recipe(recipe: dict[str, Any], saved: dict[str, Any]) -> bool:

@@ -38,8 +38,9 @@ def test_checkpoint_contract(digits_run):
     out, summary, cfg = digits_run
     ck = ckpt_io.load_checkpoint(out / "best.pt")
     assert ck["format_version"] == 1 and ck["model_name"] == "lenet5"
+    # every argument, defaults included, so a later change of a default cannot change a rebuilt model
     assert ck["model_kwargs"] == {"num_classes": 10, "in_channels": 1, "input_size": 28, "activation": "relu",
-                                  "pool": "max"}
+                                  "pool": "max", "dropout": 0.0, "batch_norm": False}
     assert ck["labels"] == [str(i) for i in range(10)] and ck["input_shape"] == [1, 28, 28]
     pre = ck["preprocessing"]
     assert pre["color_mode"] == "L" and pre["height"] == pre["width"] == 28 and pre["resize"] == "bilinear"

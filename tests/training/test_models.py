@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.models import create_model, list_models, model_arguments, register_model
+from training.models import create_model, list_models, model_arguments, register_model, resolved_arguments
 from training.models.common import ACTIVATIONS
 
 REQUIRED = ["lenet5", "alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "googlenet", "resnet18", "resnet20",
@@ -191,3 +191,13 @@ def test_exports_to_onnx_with_dynamic_batch(name, tmp_path):
         want = m(x).numpy()
     assert got.shape == (5, 10)
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_resolved_arguments_fill_in_defaults():
+    args = resolved_arguments("mobilenet_v2", num_classes=3, width_mult=0.5)
+    assert args["num_classes"] == 3 and args["width_mult"] == 0.5
+    assert args["min_feature_size"] == 4 and args["activation"] == "relu6"   # defaults recorded
+    assert set(args) == set(model_arguments("mobilenet_v2"))
+    assert create_model("mobilenet_v2", **args).fc.out_features == 3         # rebuilds from them alone
+    with pytest.raises(ValueError, match="width"):
+        resolved_arguments("mobilenet_v2", widht_mult=0.5)

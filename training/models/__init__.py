@@ -38,6 +38,19 @@ def model_arguments(name: str) -> list[str]:
     return [p for p in inspect.signature(fn).parameters]
 
 
+def resolved_arguments(name: str, **kwargs) -> dict:
+    """Every keyword argument of ``create_model(name, **kwargs)`` with its value, defaults filled in.
+
+    Checkpoints store this, so a model rebuilds the same after a default changes in a later release."""
+    fn = _lookup(name)
+    sig = inspect.signature(fn)
+    unknown = sorted(k for k in kwargs if k not in sig.parameters)
+    if unknown:
+        raise ModelError(f"model {name!r} does not accept {', '.join(map(repr, unknown))}; "
+                         f"it accepts: {', '.join(sig.parameters)}")
+    return {k: kwargs.get(k, p.default) for k, p in sig.parameters.items() if k in kwargs or p.default is not p.empty}
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model. Unknown names or arguments raise ModelError (a ValueError)."""
     fn = _lookup(name)
