@@ -42,27 +42,27 @@ def resolved_arguments(name: str, **kwargs) -> dict:
     """Every keyword argument of ``create_model(name, **kwargs)`` with its value, defaults filled in.
 
     Checkpoints store this, so a model rebuilds the same after a default changes in a later release."""
-    fn = _lookup(name)
-    sig = inspect.signature(fn)
-    unknown = sorted(k for k in kwargs if k not in sig.parameters)
-    if unknown:
-        raise ModelError(f"model {name!r} does not accept {', '.join(map(repr, unknown))}; "
-                         f"it accepts: {', '.join(sig.parameters)}")
-    return {k: kwargs.get(k, p.default) for k, p in sig.parameters.items() if k in kwargs or p.default is not p.empty}
+    params = _checked_parameters(name, kwargs)
+    return {k: kwargs.get(k, p.default) for k, p in params.items() if k in kwargs or p.default is not p.empty}
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model. Unknown names or arguments raise ModelError (a ValueError)."""
-    fn = _lookup(name)
-    accepted = inspect.signature(fn).parameters
-    unknown = sorted(k for k in kwargs if k not in accepted)
-    if unknown:
-        raise ModelError(f"model {name!r} does not accept {', '.join(map(repr, unknown))}; "
-                         f"it accepts: {', '.join(accepted)}")
+    _checked_parameters(name, kwargs)
     try:
-        return fn(**kwargs)
+        return _REGISTRY[name](**kwargs)
     except (TypeError, ValueError) as e:
         raise ModelError(f"model {name!r}: {e}") from e
+
+
+def _checked_parameters(name: str, kwargs: dict) -> "dict[str, inspect.Parameter]":
+    """The constructor's parameters; raises ModelError naming unknown models and arguments."""
+    params = inspect.signature(_lookup(name)).parameters
+    unknown = sorted(k for k in kwargs if k not in params)
+    if unknown:
+        raise ModelError(f"model {name!r} does not accept {', '.join(map(repr, unknown))}; "
+                         f"it accepts: {', '.join(params)}")
+    return dict(params)
 
 
 def _lookup(name: str) -> Callable[..., nn.Module]:
