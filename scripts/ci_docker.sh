@@ -337,6 +337,9 @@ step "docker-compose stop server (drain)"
 "$COMPOSE" "${COMPOSE_FILES[@]}" stop server 2>&1 | sed 's/^/  /'
 code=$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$server_id")
 [[ $code == 0 ]] || die "server exited $code on SIGTERM (want 0: drained)"
-"$DOCKER" logs "$server_id" 2>&1 | grep -q "draining" || die "server log has no drain message"
+# Read the whole log first: `docker logs | grep -q` under pipefail fails when grep exits at its first match
+# and docker logs, still writing, dies of SIGPIPE (seen once in CI with "draining" in the log).
+server_log=$("$DOCKER" logs "$server_id" 2>&1)
+grep -q "draining" <<<"$server_log" || die "server log has no drain message"
 done_step
 log "total $(( $(date +%s) - T_START ))s"
