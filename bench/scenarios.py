@@ -163,10 +163,11 @@ def s1_tiny_vs_echo(ctx: Ctx) -> dict:
     payload = model_infer_request(name, 1)
     targets_procs: list[tuple[str, procs.Proc]] = []
     trees = _trees(ctx)
+    event_loop = server_event_loop()  # the echo runs the servers' loop; the report names it
     runs: dict[str, dict[int, list[dict]]] = {"echo": {}, **{label: {} for label, _ in trees}}
     rss = {}
     try:
-        targets_procs.append(("echo", procs.start_echo(ctx.logs, event_loop=server_event_loop())))
+        targets_procs.append(("echo", procs.start_echo(ctx.logs, event_loop=event_loop)))
         for label, root in trees:
             targets_procs.append((label, procs.start_server(repo, ctx.logs, server_root=root, name=label.replace(" ", "-"))))
         for c in m.s1_conc:
@@ -209,7 +210,7 @@ def s1_tiny_vs_echo(ctx: Ctx) -> dict:
     md = (_header(ctx, 1, f"tiny model ({name}), one image per request, vs a bare grpc.aio echo server",
                   "ModelInfer, 1x1x28x28 FP32 raw, closed loop. The echo server (bench/echo.py) parses the same "
                   "ModelInferRequest and answers a ModelInferResponse of the same size through the same generated "
-                  f"gRPC code, server options and event loop ({server_event_loop()}). CPU µs/req is the server process's user+system CPU per answered "
+                  f"gRPC code, server options and event loop ({event_loop}). CPU µs/req is the server process's user+system CPU per answered "
                   "request (all threads): it is far less sensitive to a busy machine than requests/s."
                   + (f" `server B` is `{ctx.compare_root}`, measured interleaved in the same run." if len(trees) > 1 else ""))
           + "\n" + report.table(rows, cols)

@@ -119,9 +119,9 @@ def test_removed_model_stops_being_served(repository_copy):
 def test_sigterm_finishes_every_accepted_request_then_refuses(tmp_path, event_loop):
     repo = tmp_path / "repo"
     publish(repo, "slow", slow_model(), max_batch_size=2)
-    gc0 = 700 if event_loop == "uvloop" else 50_000  # Python's default; gc_gen0_threshold set on the other run
+    setting, gc0 = ("0", 700) if event_loop == "uvloop" else ("50000", 50_000)  # 0 keeps Python's 700
     s = start_server(repo, "--poll-interval-s", "0", "--drain-grace-s", "60",
-                     env={"CNN_SERVER_EVENT_LOOP": event_loop, "CNN_SERVER_GC_GEN0_THRESHOLD": "0" if gc0 == 700 else str(gc0)})
+                     env={"CNN_SERVER_EVENT_LOOP": event_loop, "CNN_SERVER_GC_GEN0_THRESHOLD": setting})
     n = 12
     results: list = [None] * n
 
