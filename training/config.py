@@ -41,7 +41,7 @@ class TrainConfig:
     threads: int = 0                 # torch intra-op threads; 0 = all CPU cores this process may use
     channels_last: bool = False      # NHWC memory layout: faster CPU convs for ResNets/MobileNets, not LeNet
     keep_freed_memory: bool = True   # glibc keeps freed buffers instead of unmapping them (~1.2x images/s
-                                     # on CPU; RSS stays at its peak): training/allocator.py
+                                     # on CPU; RSS stays at its peak; single-process runs only): allocator.py
     amp: str = "off"                 # off | bf16: forward + loss under bfloat16 autocast (weights, optimiser,
                                      # validation and test stay float32); ~1.7x for ResNet-20 on AMX CPUs
     sync_bn: bool = False            # under torchrun on CUDA: SyncBatchNorm normalises over the whole batch

@@ -43,7 +43,7 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def setup_torch(cfg: TrainConfig, processes_per_node: int = 1) -> None:
+def setup_torch(cfg: TrainConfig, processes_per_node: int = 1, distributed: bool = False) -> None:
     """Threads (``threads = 0``: this process's share of the cores), determinism and every global seed."""
     torch.set_num_threads(cfg.threads or max(1, default_threads() // processes_per_node))
     torch.use_deterministic_algorithms(cfg.deterministic)
@@ -52,8 +52,8 @@ def setup_torch(cfg: TrainConfig, processes_per_node: int = 1) -> None:
     # changes no result, but it costs a pass over memory per allocation: MobileNetV2 on 2 CPU cores trained
     # ~15 % faster without it, with bit-identical weights (docs/training.md).
     torch.utils.deterministic.fill_uninitialized_memory = False
-    if cfg.keep_freed_memory:
-        keep_freed_memory()
+    if cfg.keep_freed_memory and not distributed:  # not in a process group: DDP runs on gloo aborted at exit
+        keep_freed_memory()                          # in 2 of 7 CI runs with it (docs/training.md)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
@@ -214,7 +214,7 @@ def _fit(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, ctx: Dist
     dev = ctx.device
     if dev.type == "cuda" and cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-    setup_torch(cfg, ctx.local_world_size if ctx.enabled else 1)
+    setup_torch(cfg, ctx.local_world_size if ctx.enabled else 1, distributed=ctx.enabled)
     data = load_dataset(data_spec, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size,
                         color_mode=cfg.color_mode)
     model, model_kwargs = build(model_name, data, cfg)
