@@ -4,8 +4,9 @@ No gRPC and no onnxruntime imports: the batcher is handed a blocking `run_batch(
 callable and runs it on its own instance threads (a lone request to a model whose call takes under
 INLINE_MAX_RUN_S runs on the event loop instead), one worker task per model instance. Requests are counted by
 rows (a request of 5 images is 5 rows), batched in arrival order up to `max_batch_size` rows, and
-dispatched when the batch is full, reaches a preferred size, or the oldest request has waited
-`max_queue_delay_s`. A full queue refuses at once (Unavailable); a request whose deadline passes while
+dispatched once an instance is free and the event loop stops bringing new requests (MAX_GATHER_PATIENCE),
+when the batch is full or reaches a preferred size, or after the oldest request has waited
+`max_queue_delay_s` (if that is set). A full queue refuses at once (Unavailable); a request whose deadline passes while
 queued is dropped before compute (DeadlineExceeded); a cancelled request leaves the queue; an
 exception fails only the requests of its own batch.
 """
@@ -34,6 +35,12 @@ RunBatch = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]]  # (inp
 # the call (LeNet-5 at batch 1: ~35 us). With company waiting, batches always go to the instance threads,
 # so compute overlaps the loop's gRPC work. The estimate is a decaying minimum of measured calls.
 INLINE_MAX_RUN_S = 100e-6
+# Before a batch leaves, the worker yields to the event loop so that requests gRPC has already received reach
+# the queue (each yield is one loop pass, which polls the sockets). It stops after `patience` passes in a row
+# bring nothing. The patience adapts: it doubles (up to MAX_GATHER_PATIENCE) when yielding found company and
+# halves (down to 1) when it did not, so one request at a time pays one loop pass, and a busy server batches
+# what its loop is still reading instead of running many tiny batches (docs/benchmarks.md).
+MAX_GATHER_PATIENCE = 16
 
 
 class BatchObserver(Protocol):
@@ -165,6 +172,7 @@ class DynamicBatcher:
         self.inline_max_run_s = float(inline_max_run_s)  # 0: never run on the loop
         self._run_s = float("inf")  # estimated cost of one model call, seconds (unknown: inf); see _timed_run
         self.inline_runs = 0  # executions that ran on the event loop (for tests and statistics)
+        self._patience = 1  # loop passes without a new request before a batch leaves; see _gather_arrivals
         self._wakeup: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._closed = False
@@ -196,6 +204,11 @@ class DynamicBatcher:
             await asyncio.gather(*self._workers, return_exceptions=True)
         if self._threads is not None:
             self._threads.shutdown()
+
+    @property
+    def gather_patience(self) -> int:
+        """Loop passes without a new request after which the next batch leaves (1..MAX_GATHER_PATIENCE)."""
+        return self._patience
 
     @property
     def queued_rows(self) -> int:
@@ -265,6 +278,19 @@ class DynamicBatcher:
     # ---------------------------------------------------------------------------------------------
     # workers
 
+    async def _gather_arrivals(self) -> None:
+        """Yield to the loop while passes keep bringing requests (see MAX_GATHER_PATIENCE)."""
+        start = len(self._queue)
+        idle = 0
+        while self._queue and not self._closed and not self._ready_to_dispatch() and idle < self._patience:
+            n = len(self._queue)
+            await asyncio.sleep(0)
+            idle = idle + 1 if len(self._queue) == n else 0
+        if len(self._queue) > start:
+            self._patience = min(MAX_GATHER_PATIENCE, self._patience * 2)
+        else:
+            self._patience = max(1, self._patience // 2)
+
     def _ready_to_dispatch(self) -> bool:
         rows = self._queued_rows
         return rows >= self.max_batch_size or rows >= self.max_preferred or rows in self.preferred
@@ -278,6 +304,8 @@ class DynamicBatcher:
                     return None
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            if self.merge:
+                await self._gather_arrivals()
             # Gather: wait for company until the batch is full or the oldest request has waited enough.
             while self._queue and not self._closed and not self._ready_to_dispatch():
                 remaining = self._queue[0].t_enqueue + self.max_queue_delay_s - loop.time()

@@ -345,3 +345,66 @@ def test_inline_runs_can_be_switched_off():
 
     assert asyncio.run(main()) == 0
     assert threading.current_thread().name not in threads
+
+
+async def _staggered(b, n):
+    """Request i arrives i event-loop passes after the first, as gRPC hands requests over one by one."""
+
+    async def one(i):
+        for _ in range(i):
+            await asyncio.sleep(0)
+        return await b.submit(rows(i, 1), 1)
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_requests_arriving_over_several_loop_passes_share_a_batch():
+    """No queue delay: the batch still takes what arrives while the loop keeps bringing requests."""
+    rt = FakeRuntime()
+
+    async def main():
+        b = make(rt, max_batch_size=8, max_queue_delay_s=0.0)
+        b.start()
+        outs = await _staggered(b, 8)
+        patience = b.gather_patience
+        await b.close()
+        return outs, patience
+
+    outs, patience = asyncio.run(main())
+    assert [len(x) for x in rt.batches] == [8], "eight requests one loop pass apart must form one batch"
+    np.testing.assert_array_equal(rt.batches[0].ravel(), np.arange(8))
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out["y"].ravel(), [2 * i])
+    assert patience > 1, "gathering that found company raises the patience"
+
+
+def test_gather_patience_falls_back_to_one_pass_when_requests_come_alone():
+    rt = FakeRuntime()
+
+    async def main():
+        b = make(rt, max_batch_size=8, max_queue_delay_s=0.0)
+        b.start()
+        await _staggered(b, 8)
+        raised = b.gather_patience
+        for i in range(6):  # one at a time: waiting finds nobody, so the patience halves each time
+            await b.submit(rows(i, 1), 1)
+        lone = b.gather_patience
+        await b.close()
+        return raised, lone
+
+    raised, lone = asyncio.run(main())
+    assert raised > 1 and lone == 1
+    assert [len(x) for x in rt.batches] == [8, 1, 1, 1, 1, 1, 1]
+
+
+def test_batching_off_never_gathers():
+    rt = FakeRuntime()
+
+    async def main():
+        b = make(rt, max_batch_size=8, max_queue_delay_s=0.0, merge=False)
+        b.start()
+        await _staggered(b, 4)
+        await b.close()
+
+    asyncio.run(main())
+    assert [len(x) for x in rt.batches] == [1, 1, 1, 1]
