@@ -2,7 +2,8 @@
 
 No gRPC and no onnxruntime imports: the batcher is handed a blocking `run_batch(inputs, instance)`
 callable and runs it on its own instance threads (a lone request to a model whose call takes under
-INLINE_MAX_RUN_S runs on the event loop instead), one worker task per model instance. Requests are counted by
+INLINE_MAX_RUN_S runs on the event loop instead), or an async `run_batch_async` that it awaits on the loop
+(instances in child processes, server/instance_process.py); one worker task per model instance. Requests are counted by
 rows (a request of 5 images is 5 rows), batched in arrival order up to `max_batch_size` rows, and
 dispatched once an instance is free and the event loop stops bringing new requests (MAX_GATHER_PATIENCE),
 when the batch is full or reaches a preferred size, or after the oldest request has waited
@@ -21,7 +22,7 @@ import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from server.errors import DeadlineExceeded, InternalError, ServingError, Unavail
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]]  # (inputs, instance) -> outputs
+RunBatchAsync = Callable[[dict[str, np.ndarray], int], Awaitable[dict[str, np.ndarray]]]  # awaited on the loop
 # A model call expected to take less than this runs on the event loop itself when its request is the only
 # one in the batcher: the hop to an instance thread and back (two thread wake-ups) then costs several times
 # the call (LeNet-5 at batch 1: ~35 us). With company waiting, batches always go to the instance threads,
@@ -135,11 +137,18 @@ class _InstanceThreads:
 
 
 class DynamicBatcher:
-    def __init__(self, run_batch: RunBatch, *, max_batch_size: int, max_queue_delay_s: float,
+    def __init__(self, run_batch: RunBatch | None, *, max_batch_size: int, max_queue_delay_s: float,
                  max_queue_rows: int, preferred_batch_sizes: tuple[int, ...] = (), instances: int = 1,
                  executor: Executor | None = None, observer: BatchObserver | None = None, name: str = "model",
-                 merge: bool = True, inline_max_run_s: float = INLINE_MAX_RUN_S) -> None:
+                 merge: bool = True, inline_max_run_s: float = INLINE_MAX_RUN_S,
+                 run_batch_async: RunBatchAsync | None = None) -> None:
+        """`run_batch` runs on the batcher's instance threads (or `executor`); `run_batch_async` instead is awaited
+        on the event loop (an instance that computes elsewhere, e.g. in a child process)."""
         # Validate eagerly: a bad setting is a configuration error now, not a hang later.
+        if (run_batch is None) == (run_batch_async is None):
+            raise ValueError("give exactly one of run_batch and run_batch_async")
+        if run_batch_async is not None and executor is not None:
+            raise ValueError("executor applies to run_batch only")
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
         if not max_queue_delay_s >= 0:
@@ -162,8 +171,9 @@ class DynamicBatcher:
         self.instances = instances
         self.merge = merge  # False: one request per execution (dynamic_batching: null)
         self._run_batch = run_batch
+        self._run_batch_async = run_batch_async
         self._executor = executor  # None: the batcher's own threads, one per instance
-        self._threads = _InstanceThreads(instances, name) if executor is None else None
+        self._threads = _InstanceThreads(instances, name) if executor is None and run_batch is not None else None
         self._observer = observer or _NullObserver()
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_rows = 0
@@ -376,6 +386,8 @@ class DynamicBatcher:
                 self.inline_runs += 1
             elif self._threads is not None:
                 outputs = await self._threads.call(loop, self._timed_run, inputs, instance)
+            elif self._run_batch_async is not None:
+                outputs = await self._run_batch_async(inputs, instance)
             else:
                 outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs, instance)
             t2 = time.perf_counter()

@@ -23,6 +23,7 @@ from server import repository as repo
 from server.batcher import BatchReport, DynamicBatcher
 from server.errors import ModelNotFound, ModelNotReady, RepositoryError
 from server.metrics import Metrics
+from server.instance_process import ProcessRuntime
 from server.runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,11 @@ class ModelVersion:
     runtime: ModelRuntime
     batcher: DynamicBatcher
     stats: ModelStats
+
+    async def retire(self) -> None:
+        """Finish every queued and executing request, then release the runtime (sessions or child processes)."""
+        await self.batcher.close(drain=True)
+        await self.runtime.aclose()
 
 
 class ModelManager:
@@ -264,14 +270,15 @@ class ModelManager:
         self.metrics.preinitialise(name, str(version), queue_capacity_rows=mv.batcher.max_queue_rows)
         log.info("model %s version %d READY with the new config on %s; draining the old one (%d queued rows)",
                  name, version, mv.runtime.provider, old.batcher.queued_rows)
-        await old.batcher.close(drain=True)
+        await old.retire()
 
     async def _load_version(self, name: str, version: int, cfg: repo.ModelConfig) -> ModelVersion | None:
         self.state[(name, version)] = ("LOADING", "")
         path = repo.model_path(self.repository, name, version)
         t0 = time.perf_counter()
         try:
-            runtime = await asyncio.get_running_loop().run_in_executor(None, ModelRuntime, path, cfg, version)
+            make = ProcessRuntime if cfg.instance_isolation == "process" else ModelRuntime
+            runtime = await asyncio.get_running_loop().run_in_executor(None, make, path, cfg, version)
         except RepositoryError as e:
             reason = str(e)
         except Exception as e:  # anything else from a bad file is still a load failure, not a crash
@@ -280,8 +287,10 @@ class ModelManager:
             self.metrics.model_load_duration.labels(name).observe(time.perf_counter() - t0)
             stats = ModelStats()
             db = cfg.dynamic_batching
+            process = runtime.isolation == "process"
             batcher = DynamicBatcher(
-                lambda inputs, instance, rt=runtime: rt.run(inputs, instance),
+                None if process else (lambda inputs, instance, rt=runtime: rt.run(inputs, instance)),
+                run_batch_async=runtime.run_async if process else None,
                 max_batch_size=cfg.max_batch_size,
                 max_queue_delay_s=(db.max_queue_delay_us / 1e6) if db else 0.0,
                 max_queue_rows=db.max_queue_size if db else max(cfg.max_batch_size * 16, 1024),
@@ -305,7 +314,7 @@ class ModelManager:
         self.state[(name, version)] = ("UNLOADING", reason)
         self.metrics.model_loaded.remove(name, str(version), mv.runtime.provider)
         log.info("model %s version %d unloading (%s); draining %d queued rows", name, version, reason, mv.batcher.queued_rows)
-        await mv.batcher.close(drain=True)
+        await mv.retire()
         self.state.pop((name, version), None)
 
     async def _unload_model(self, name: str, reason: str) -> None:
@@ -341,7 +350,7 @@ class ModelManager:
             await asyncio.gather(self._poller, return_exceptions=True)
         for name in list(self.serving):
             for mv in self.serving[name].values():
-                await mv.batcher.close(drain=True)
+                await mv.retire()
 
     def index(self) -> list[tuple[str, str, str, str]]:
         """(name, version, state, reason) for every model and version known."""

@@ -52,6 +52,9 @@ class VersionPolicy:
     versions: list[int] = field(default_factory=list)  # for kind=specific
 
 
+INSTANCE_ISOLATIONS = ("thread", "process")
+
+
 @dataclass
 class ModelConfig:
     name: str  # must equal the folder name
@@ -63,6 +66,10 @@ class ModelConfig:
     cuda_fallback: bool = True  # if "cuda" is asked for but absent: fall back to CPU (True) or refuse the load
     intra_op_threads: int = 1  # per session; 1 is best with client + server sharing 2 cores (see bench/)
     inter_op_threads: int = 1
+    # Where each instance's onnxruntime session runs: "thread" (a thread of the server process) or "process"
+    # (a child process per instance, tensors through shared memory: onnxruntime never waits for the event
+    # loop's GIL, and a crashing model does not take the server down; ~75 MB more memory per instance).
+    instance_isolation: str = "thread"
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     warmup_batch_sizes: list[int] = field(default_factory=lambda: [1])  # run at load, before READY
 
@@ -82,6 +89,8 @@ class ModelConfig:
             v = getattr(self, key)
             if not isinstance(v, int) or not 0 <= v <= 256:
                 raise bad(key, f"must be an integer in 0..256 (0 = onnxruntime's default), got {v!r}")
+        if self.instance_isolation not in INSTANCE_ISOLATIONS:
+            raise bad("instance_isolation", f"must be one of {', '.join(INSTANCE_ISOLATIONS)}, got {self.instance_isolation!r}")
         if not self.providers or any(p not in ("cpu", "cuda") for p in self.providers):
             raise bad("providers", f"must be a non-empty list of 'cuda' / 'cpu', got {self.providers!r}")
         if not isinstance(self.cuda_fallback, bool):

@@ -71,60 +71,91 @@ def select_providers(wanted: list[str], cuda_fallback: bool, available: list[str
     return out
 
 
+def session_options(config: ModelConfig) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = config.intra_op_threads
+    opts.inter_op_num_threads = config.inter_op_threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning worker threads burn the cores that the gRPC front needs (measured: bench/).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
+def open_sessions(path: Path, config: ModelConfig, providers: list[str], count: int) -> list[ort.InferenceSession]:
+    opts = session_options(config)
+    try:
+        return [ort.InferenceSession(str(path), sess_options=opts, providers=providers) for _ in range(count)]
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... classes
+        raise RepositoryError(f"{path}: onnxruntime cannot load the model: {str(e).strip()[:500]}") from None
+
+
+@dataclass(frozen=True)
+class SessionDescription:
+    """What a session says about itself, as plain data (it crosses the pipe from an instance process)."""
+
+    provider: str
+    metadata_json: str | None  # the ONNX metadata entry METADATA_KEY, None if absent
+    inputs: tuple[tuple[str, str, tuple], ...]  # (name, onnxruntime type string, shape as onnxruntime gives it)
+    outputs: tuple[tuple[str, str, tuple], ...]
+
+    @classmethod
+    def of(cls, sess: ort.InferenceSession) -> "SessionDescription":
+        return cls(sess.get_providers()[0], sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY),
+                   tuple((t.name, t.type, tuple(t.shape)) for t in sess.get_inputs()),
+                   tuple((t.name, t.type, tuple(t.shape)) for t in sess.get_outputs()))
+
+
 class ModelRuntime:
-    """`instances` onnxruntime sessions of one model version, warmed up and ready to run."""
+    """`instances` onnxruntime sessions of one model version, warmed up and ready to run (in this process)."""
+
+    isolation = "thread"
 
     def __init__(self, path: str | Path, config: ModelConfig, version: int) -> None:
+        self._prepare(path, config, version)
+        self.sessions: list[ort.InferenceSession] = open_sessions(self.path, config, self.providers, config.instances)
+        self._describe(SessionDescription.of(self.sessions[0]))
+        self.warmup_s = self.warm_up()
+
+    def _prepare(self, path: str | Path, config: ModelConfig, version: int) -> None:
+        """Checks that need no session: the file, its external data, the providers."""
         self.path = Path(path)
         self.config = config
         self.version = version
-        where = str(self.path)
         if not self.path.is_file():
-            raise RepositoryError(f"{where}: model file is missing")
+            raise RepositoryError(f"{self.path}: model file is missing")
         self._check_external_data()
-        self.providers = select_providers(config.providers, config.cuda_fallback, where=where)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = config.intra_op_threads
-        opts.inter_op_num_threads = config.inter_op_threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning worker threads burn the cores that the gRPC front needs (measured: bench/).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.sessions: list[ort.InferenceSession] = []
-        try:
-            for _ in range(config.instances):
-                self.sessions.append(ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers))
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... classes
-            raise RepositoryError(f"{where}: onnxruntime cannot load the model: {str(e).strip()[:500]}") from None
-        sess = self.sessions[0]
-        self.provider = sess.get_providers()[0]
-        meta = sess.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in meta:
+        self.providers = select_providers(config.providers, config.cuda_fallback, where=str(self.path))
+
+    def _describe(self, d: SessionDescription) -> None:
+        """Tensor specs, labels and preprocessing from the session's own description; refuse what cannot serve."""
+        where = str(self.path)
+        self.provider = d.provider
+        if d.metadata_json is None:
             raise RepositoryError(f"{where}: ONNX metadata lacks '{METADATA_KEY}' (export it with `cnn export`)")
-        self.metadata = ModelMetadata.from_json(meta[METADATA_KEY], where)
-        self.inputs = [self._spec(t, where) for t in sess.get_inputs()]
-        self.outputs = [self._spec(t, where) for t in sess.get_outputs()]
+        self.metadata = ModelMetadata.from_json(d.metadata_json, where)
+        self.inputs = [self._spec(t, where) for t in d.inputs]
+        self.outputs = [self._spec(t, where) for t in d.outputs]
         if len(self.inputs) != 1:
             raise RepositoryError(f"{where}: the server serves models with exactly one input, this one has {len(self.inputs)}")
         if self.inputs[0].datatype == "BOOL":
             raise RepositoryError(f"{where}: input '{self.inputs[0].name}' is BOOL; a numeric input is expected")
         if len(self.metadata.labels) not in {s.shape[-1] for s in self.outputs if s.shape}:
             raise RepositoryError(f"{where}: metadata has {len(self.metadata.labels)} labels but no output has that many classes")
-        self.warmup_s = self.warm_up()
 
     def _check_external_data(self) -> None:
         """Refuse external-data references outside the version folder before onnxruntime opens anything."""
         check_external_data(self.path, external_data_locations(self.path))
 
     @staticmethod
-    def _spec(t, where: str) -> TensorSpec:
-        if t.type not in ORT_TO_KSERVE:
-            raise RepositoryError(f"{where}: tensor '{t.name}' has unsupported type {t.type}")
-        shape = list(t.shape)
+    def _spec(t: tuple[str, str, tuple], where: str) -> TensorSpec:
+        name, type_, shape = t
+        if type_ not in ORT_TO_KSERVE:
+            raise RepositoryError(f"{where}: tensor '{name}' has unsupported type {type_}")
         if not shape:
-            raise RepositoryError(f"{where}: tensor '{t.name}' is a scalar; a batch axis is required")
+            raise RepositoryError(f"{where}: tensor '{name}' is a scalar; a batch axis is required")
         dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape[1:])
-        return TensorSpec(t.name, ORT_TO_KSERVE[t.type], dims)
+        return TensorSpec(name, ORT_TO_KSERVE[type_], dims)
 
     @property
     def input(self) -> TensorSpec:
@@ -148,3 +179,10 @@ class ModelRuntime:
             for i in range(len(self.sessions)):
                 self.run({spec.name: x}, i)
         return time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Release the sessions (the batcher has drained)."""
+        self.sessions = []
+
+    async def aclose(self) -> None:
+        self.close()

@@ -185,6 +185,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             c.dynamic_batching.default_queue_policy.allow_timeout_override = True
         c.parameters["labels"].string_value = ",".join(rt.metadata.labels)
         c.parameters["provider"].string_value = rt.provider
+        c.parameters["instance_isolation"].string_value = cfg.instance_isolation
         return pb.ModelConfigResponse(config=c)
 
     @rpc("ModelInfer", lambda r: r.model_name)

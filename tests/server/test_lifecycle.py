@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from client import ClassificationClient
 from tests.conftest import MODEL_NAME, digit_examples, start_server
+from tests.procs import child_pids
 from tests.server.onnx_models import publish, slow_model
 from tests.threads import CallerThreads
 
@@ -287,3 +288,43 @@ def test_config_change_reloads_the_served_version_under_load(repository_copy):
         assert s.stop() == 0, s.log()
     log = s.log()
     assert "config.yaml changed, reloading" in log and "READY with the new config" in log
+
+
+def test_process_isolation_serves_the_same_answers_and_survives_a_killed_instance(repository_copy, server):
+    import signal
+
+    _rewrite_config(repository_copy, instance_isolation="process")
+    s = start_server(repository_copy, "--poll-interval-s", "0")
+    c = tc.InferenceServerClient(s.address)
+    try:
+        assert c.get_model_config(MODEL_NAME).config.parameters["instance_isolation"].string_value == "process"
+        images = [p.read_bytes() for p in digit_examples()]
+        with ClassificationClient(s.address) as isolated, ClassificationClient(server.address) as threaded:
+            assert isolated.classify(images, top_k=3) == threaded.classify(images, top_k=3)
+        children = child_pids(s.proc.pid)
+        assert len(children) == 1, children  # instances: 1
+        with Looper(s.address) as loop:
+            deadline = time.monotonic() + 10
+            while loop.ok < 20 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(children[0], signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and (child_pids(s.proc.pid) in ([], children)):
+                time.sleep(0.1)
+            n = loop.ok
+            time.sleep(1.0)
+            assert loop.ok > n, "the restarted instance serves"
+        # at most the batch that was in flight when the child died fails, with INTERNAL and the reason
+        assert len(loop.errors) <= 3, loop.errors
+        for e in loop.errors:
+            assert "instance process 0 exited (exit code -9)" in str(e), e
+        replacement = child_pids(s.proc.pid)
+        assert len(replacement) == 1 and replacement != children
+    finally:
+        c.close()
+        assert s.stop() == 0, s.log()
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{replacement[0]}") and time.monotonic() < deadline:  # reaped once orphaned
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{replacement[0]}"), "the instance process exits with the server"
+    assert "instance process 0 restarted" in s.log()
