@@ -31,7 +31,8 @@ from server.errors import DeadlineExceeded, InternalError, ServingError, Unavail
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]]  # (inputs, instance) -> outputs
-RunBatchAsync = Callable[[dict[str, np.ndarray], int], Awaitable[dict[str, np.ndarray]]]  # awaited on the loop
+# awaited on the loop: (inputs, instance) -> (outputs, seconds the model itself computed)
+RunBatchAsync = Callable[[dict[str, np.ndarray], int], Awaitable[tuple[dict[str, np.ndarray], float]]]
 # A model call expected to take less than this runs on the event loop itself when its request is the only
 # one in the batcher: the hop to an instance thread and back (two thread wake-ups) then costs several times
 # the call (LeNet-5 at batch 1: ~35 us). With company waiting, batches always go to the instance threads,
@@ -43,6 +44,11 @@ INLINE_MAX_RUN_S = 100e-6
 # halves (down to 1) when it did not, so one request at a time pays one loop pass, and a busy server batches
 # what its loop is still reading instead of running many tiny batches (docs/benchmarks.md).
 MAX_GATHER_PATIENCE = 16
+# ... but only while the model is cheap next to the time between its executions. When the instance computes most
+# of the time (a compute-bound model under load), a yield would leave it idle while the loop answers the previous
+# batch (ResNet-20 at c=64: ~3 ms per batch, -17 % images/s), and the queue already fills batches: dispatch at once.
+# The busy fraction is a moving average of (model seconds / seconds between dispatches), per instance.
+GATHER_MAX_BUSY = 0.5
 
 
 class BatchObserver(Protocol):
@@ -183,6 +189,7 @@ class DynamicBatcher:
         self._run_s = float("inf")  # estimated cost of one model call, seconds (unknown: inf); see _timed_run
         self.inline_runs = 0  # executions that ran on the event loop (for tests and statistics)
         self._patience = 1  # loop passes without a new request before a batch leaves; see _gather_arrivals
+        self._busy = 0.0  # moving average of the instances' busy fraction; see GATHER_MAX_BUSY
         self._wakeup: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._closed = False
@@ -214,6 +221,11 @@ class DynamicBatcher:
             await asyncio.gather(*self._workers, return_exceptions=True)
         if self._threads is not None:
             self._threads.shutdown()
+
+    @property
+    def busy_fraction(self) -> float:
+        """Moving average of model seconds / seconds between dispatches (0..1); gathering stops above GATHER_MAX_BUSY."""
+        return self._busy
 
     @property
     def gather_patience(self) -> int:
@@ -314,7 +326,7 @@ class DynamicBatcher:
                     return None
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self.merge:
+            if self.merge and self._busy < GATHER_MAX_BUSY:
                 await self._gather_arrivals()
             # Gather: wait for company until the batch is full or the oldest request has waited enough.
             while self._queue and not self._closed and not self._ready_to_dispatch():
@@ -346,19 +358,25 @@ class DynamicBatcher:
 
     async def _worker(self, instance: int) -> None:
         loop = asyncio.get_running_loop()
+        t_prev, model_s = None, 0.0  # the previous dispatch and its model seconds
         while True:
             batch = await self._next_batch()
             if batch is None:
                 return
+            now = time.perf_counter()
+            if t_prev is not None and now > t_prev:
+                self._busy += 0.2 * (min(1.0, model_s / (now - t_prev)) - self._busy)
+            t_prev, model_s = now, 0.0
             self._executing += 1
             try:
-                await self._execute(loop, batch, instance)
+                model_s = await self._execute(loop, batch, instance)
             except Exception:  # never let a worker die: its batch was already failed in _execute
                 log.exception("batch worker %s/%d", self.name, instance)
             finally:
                 self._executing -= 1
 
-    def _timed_run(self, inputs: dict[str, np.ndarray], instance: int) -> dict[str, np.ndarray]:
+    def _timed_run(self, inputs: dict[str, np.ndarray], instance: int) -> tuple[dict[str, np.ndarray], float]:
+        """(outputs, seconds the model call took)."""
         t = time.perf_counter()
         outputs = self._run_batch(inputs, instance)
         dt = time.perf_counter() - t
@@ -367,9 +385,11 @@ class DynamicBatcher:
         # thread), so a plain average would never see that LeNet-5 takes ~35 us; a truly slow model still
         # climbs above the limit within a few calls.
         self._run_s = dt if dt < self._run_s else self._run_s + 0.1 * (dt - self._run_s)
-        return outputs
+        return outputs, dt
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Request], instance: int) -> None:
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Request], instance: int) -> float:
+        """Run one batch and answer its requests; returns the seconds the model call took (0 if it failed)."""
+        model_s = 0.0
         t0 = time.perf_counter()
         waits = [t0 - r.t_enqueue_wall for r in batch]
         rows = sum(r.rows for r in batch)
@@ -382,14 +402,15 @@ class DynamicBatcher:
             t1 = time.perf_counter()
             if self._threads is not None and self._waiting == 1 and self._run_s <= self.inline_max_run_s \
                     and not self._queue:
-                outputs = self._timed_run(inputs, instance)  # alone and tiny: cheaper than two thread wake-ups
+                outputs, model_s = self._timed_run(inputs, instance)  # alone and tiny: cheaper than two thread wake-ups
                 self.inline_runs += 1
             elif self._threads is not None:
-                outputs = await self._threads.call(loop, self._timed_run, inputs, instance)
+                outputs, model_s = await self._threads.call(loop, self._timed_run, inputs, instance)
             elif self._run_batch_async is not None:
-                outputs = await self._run_batch_async(inputs, instance)
+                outputs, model_s = await self._run_batch_async(inputs, instance)
             else:
                 outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs, instance)
+                model_s = time.perf_counter() - t1
             t2 = time.perf_counter()
             for k, v in outputs.items():  # output count checked against input count
                 if v.shape[:1] != (rows,):
@@ -412,3 +433,4 @@ class DynamicBatcher:
             report.compute_infer_s = time.perf_counter() - t0
         finally:
             self._observer.on_batch(report)
+        return model_s

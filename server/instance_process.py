@@ -166,7 +166,8 @@ class _Instance:
             self._in, self._out = _Region(in_fd), _Region(out_fd)
         return msg[1], msg[2]
 
-    async def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def run(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        """(outputs, seconds the child's session.run took)."""
         loop = asyncio.get_running_loop()
         if self._restart is not None:  # the child died: wait for (or fail with) its replacement
             await asyncio.shield(self._restart)
@@ -200,8 +201,8 @@ class _Instance:
         if fut is None or fut.done():
             return
         if msg[0] == "ok":
-            _, size, layout = msg
-            fut.set_result({k: v.copy() for k, v in self._out.views(size, layout).items()})  # the region is reused
+            _, size, layout, run_s = msg
+            fut.set_result(({k: v.copy() for k, v in self._out.views(size, layout).items()}, run_s))  # the region is reused
         else:
             fut.set_exception(InternalError(f"model '{self.config.name}' failed to run: {msg[1]}"))
 
@@ -294,7 +295,8 @@ class ProcessRuntime(ModelRuntime):
     def pids(self) -> list[int]:
         return [i.proc.pid for i in self._instances if i.proc is not None]
 
-    async def run_async(self, inputs: dict[str, np.ndarray], instance: int = 0) -> dict[str, np.ndarray]:
+    async def run_async(self, inputs: dict[str, np.ndarray], instance: int = 0) -> tuple[dict[str, np.ndarray], float]:
+        """(outputs, seconds the model computed in the child)."""
         return await self._instances[instance].run(inputs)
 
     def run(self, inputs, instance: int = 0, output_names=None):
@@ -361,9 +363,11 @@ def _child(argv: list[str] | None = None) -> int:
             return 0  # the parent closed the socket, or died
         _, size, layout = pickle.loads(data)
         try:
+            t = time.perf_counter()
             outputs = sess.run(names, inp.views(size, layout))
+            run_s = time.perf_counter() - t
             used, olayout = out.write(list(zip(names, outputs)))
-            reply = ("ok", used, olayout)
+            reply = ("ok", used, olayout, run_s)
         except Exception as e:  # reported to the batch's requests; the child keeps serving
             reply = ("error", f"{type(e).__name__}: {str(e).strip()[:2000]}")
         sock.send(pickle.dumps(reply))

@@ -408,3 +408,25 @@ def test_batching_off_never_gathers():
 
     asyncio.run(main())
     assert [len(x) for x in rt.batches] == [1, 1, 1, 1]
+
+
+def test_a_busy_instance_gets_its_next_batch_without_gathering():
+    """A compute-bound model (here 20 ms a batch) keeps its instance busy: the next batch leaves at once."""
+    rt = FakeRuntime(delay_s=0.02)
+
+    async def main():
+        b = make(rt, max_batch_size=8, max_queue_delay_s=0.0)
+        b.start()
+        for round_ in range(12):  # keep a request queued while each batch runs
+            await asyncio.gather(*(b.submit(rows(i, 1), 1) for i in range(3)))
+        busy = b.busy_fraction
+        before = len(rt.batches)
+        await _staggered(b, 8)  # arrivals one loop pass apart: not waited for while the instance is busy
+        await b.close()
+        return busy, [len(x) for x in rt.batches[before:]]
+
+    busy, sizes = asyncio.run(main())
+    assert busy > 0.5, busy
+    # the first arrival (or two) leaves at once; the rest queue while it runs (an idle instance: one batch of 8,
+    # test_requests_arriving_over_several_loop_passes_share_a_batch)
+    assert len(sizes) == 2 and sizes[0] <= 2 and sum(sizes) == 8, sizes

@@ -50,7 +50,9 @@ def test_answers_equal_the_in_process_runtime(tmp_path, datatype):
             outs = []
             for rows, instance in ((1, 0), (64, 1), (3, 0), (64, 0), (2, 1)):  # regions grow, then are reused
                 x = rng.integers(0, 40, size=(rows, 6)).astype(dtype)
-                outs.append((x, await proc.run_async({"input": x}, instance)))
+                got, model_s = await proc.run_async({"input": x}, instance)
+                assert 0 < model_s < 5
+                outs.append((x, got))
             return outs
 
         for x, got in asyncio.run(main()):
@@ -70,7 +72,7 @@ def test_a_model_error_fails_the_batch_and_the_child_keeps_serving(tmp_path):
         async def main():
             with pytest.raises(InternalError, match=r"model 'm' failed to run: .*input"):
                 await proc.run_async({"input": np.zeros((2, 5), np.float32)})  # 5 columns, the model takes 4
-            return await proc.run_async({"input": np.ones((2, 4), np.float32)})
+            return (await proc.run_async({"input": np.ones((2, 4), np.float32)}))[0]
 
         out = asyncio.run(main())
         np.testing.assert_array_equal(out["output"], np.full((2, 4), 2.0, np.float32))
@@ -93,7 +95,7 @@ def test_a_child_that_dies_mid_batch_fails_that_batch_and_is_restarted(tmp_path,
             os.kill(first, signal.SIGKILL)
             with pytest.raises(InternalError, match=r"model 'm' instance process 0 exited \(exit code -9\)"):
                 await task
-            return await proc.run_async({"input": np.full((3, 4), 2.0, np.float32)})  # waits for the replacement
+            return (await proc.run_async({"input": np.full((3, 4), 2.0, np.float32)}))[0]  # waits for the replacement
 
         out = asyncio.run(main())
         np.testing.assert_array_equal(out["output"], np.full((3, 4), 4.0, np.float32))
