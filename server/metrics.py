@@ -12,6 +12,7 @@ pre-initialised (`init_model`, `preinitialise`) so every series exists, at 0, be
 
 from __future__ import annotations
 
+import functools
 import platform
 from importlib import metadata as _metadata
 
@@ -103,8 +104,12 @@ class Metrics:
         ort = _dist_version("onnxruntime") or _dist_version("onnxruntime-gpu")
         self.build.info({"version": __version__, "python": platform.python_version(), "onnxruntime": ort,
                          "grpcio": _dist_version("grpcio")})
+        # RPCs in flight, by name: plain counters that the adapters bump on the event loop (no lock per request);
+        # the gauge reads them when scraped. Every RPC's series exists, at 0, from the start.
+        self.in_flight_counts: dict[str, int] = {}
         for rpc in INFERENCE_RPCS + OTHER_RPCS:
-            self.in_flight.labels(rpc)  # 0 from the start: "in flight" is a series before the first call
+            self.in_flight_counts[rpc] = 0
+            self.in_flight.labels(rpc).set_function(functools.partial(self.in_flight_counts.__getitem__, rpc))
         self._children: dict = {}
 
     def child(self, metric, *labels: str):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -100,6 +101,21 @@ def _needs_reload(served: repo.ModelConfig, new: repo.ModelConfig) -> bool:
     return dataclasses.replace(served, version_policy=new.version_policy) != new
 
 
+@dataclass(frozen=True)
+class RequestPlan:
+    """What every request to one served version is checked against, computed once (the hot path reads it)."""
+
+    input_name: str
+    input_datatype: str
+    input_ndim: int  # with the batch axis
+    input_tail: tuple[int, ...]  # dims after the batch axis; -1 = free
+    tail_fixed: bool  # no free dims: a request's shape[1:] must equal input_tail
+    max_rows: int
+    default_outputs: tuple  # RequestedOutput for every output (a request that names none)
+    output_datatypes: dict  # output name -> datatype
+    default_timeout_s: float | None  # dynamic_batching.default_timeout_ms, None if 0 or batching is off
+
+
 @dataclass
 class ModelVersion:
     name: str
@@ -108,6 +124,16 @@ class ModelVersion:
     runtime: ModelRuntime
     batcher: DynamicBatcher
     stats: ModelStats
+
+    @functools.cached_property
+    def plan(self) -> RequestPlan:
+        from server.service import RequestedOutput  # the service's type; it imports this module
+
+        spec, db = self.runtime.input, self.config.dynamic_batching
+        return RequestPlan(spec.name, spec.datatype, 1 + len(spec.shape), tuple(spec.shape), all(d > 0 for d in spec.shape),
+                           self.config.max_batch_size, tuple(RequestedOutput(o.name) for o in self.runtime.outputs),
+                           {o.name: o.datatype for o in self.runtime.outputs},
+                           db.default_timeout_ms / 1000.0 if db is not None and db.default_timeout_ms else None)
 
     async def retire(self) -> None:
         """Finish every queued and executing request, then release the runtime (sessions or child processes)."""

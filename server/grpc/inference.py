@@ -48,29 +48,34 @@ def _param(p: pb.InferParameter):
 
 
 def decode_request(req: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
-    if req.raw_input_contents and any(t.HasField("contents") for t in req.inputs):
-        raise InvalidInput("'raw_input_contents' and typed 'contents' are both set; use one or the other")
-    if req.raw_input_contents and len(req.raw_input_contents) != len(req.inputs):
-        raise InvalidInput(f"'raw_input_contents' has {len(req.raw_input_contents)} entries for {len(req.inputs)} inputs")
+    tensors = req.inputs  # each access to a repeated field builds a new wrapper: read them once
+    raws = req.raw_input_contents
+    if raws:
+        for t in tensors:
+            if t.HasField("contents"):
+                raise InvalidInput("'raw_input_contents' and typed 'contents' are both set; use one or the other")
+        if len(raws) != len(tensors):
+            raise InvalidInput(f"'raw_input_contents' has {len(raws)} entries for {len(tensors)} inputs")
     inputs = []
-    for i, t in enumerate(req.inputs):
-        where = f"inputs[{i}]"
+    for i, t in enumerate(tensors):
         shape = tuple(t.shape)
-        if (len(shape) > MAX_DIMS or any(d < 0 for d in shape)
-                or math.prod(d for d in shape if d > 0) > MAX_ELEMENTS):
-            raise InvalidInput(f"{where}.shape: {list(shape)} is not a valid shape (non-negative, at most {MAX_DIMS} dims, "
-                               f"at most {MAX_ELEMENTS} elements)")
-        dtype = _LE_DTYPES.get(t.datatype)
-        if dtype is None:
-            raise InvalidInput(f"{where}.datatype: unsupported datatype {t.datatype!r} for input '{t.name}'")
         count = math.prod(shape)  # Python ints: no silent int64 wrap-around
-        if req.raw_input_contents:
-            raw = req.raw_input_contents[i]
+        if (len(shape) > MAX_DIMS or (shape and min(shape) < 0)
+                or (count if count else math.prod(d for d in shape if d > 0)) > MAX_ELEMENTS):
+            raise InvalidInput(f"inputs[{i}].shape: {list(shape)} is not a valid shape (non-negative, at most {MAX_DIMS} dims, "
+                               f"at most {MAX_ELEMENTS} elements)")
+        datatype = t.datatype
+        dtype = _LE_DTYPES.get(datatype)
+        if dtype is None:
+            raise InvalidInput(f"inputs[{i}].datatype: unsupported datatype {datatype!r} for input '{t.name}'")
+        if raws:
+            raw = raws[i]
             if len(raw) != count * dtype.itemsize:
                 raise InvalidInput(f"raw_input_contents[{i}]: {len(raw)} bytes, but input '{t.name}' of shape {list(shape)} "
-                                   f"and datatype {t.datatype} needs {count * dtype.itemsize}")
+                                   f"and datatype {datatype} needs {count * dtype.itemsize}")
             data = np.frombuffer(raw, dtype=dtype).reshape(shape)
         else:
+            where = f"inputs[{i}]"
             fname = TYPED_FIELD.get(t.datatype)
             if fname is None:
                 raise InvalidInput(f"{where}.contents: datatype {t.datatype} has no typed contents field; send it in 'raw_input_contents'")
@@ -87,7 +92,7 @@ def decode_request(req: pb.ModelInferRequest, deadline: float | None) -> InferRe
                 data = wide.astype(dtype).reshape(shape)
             else:
                 data = np.asarray(values, dtype=dtype).reshape(shape)
-        inputs.append(InferInput(t.name, t.datatype, shape, data))
+        inputs.append(InferInput(t.name, datatype, shape, data))
     outputs = []
     for i, o in enumerate(req.outputs):
         k = 0
@@ -97,8 +102,9 @@ def decode_request(req: pb.ModelInferRequest, deadline: float | None) -> InferRe
                 raise InvalidInput(f"outputs[{i}].parameters.classification: must be a positive integer, got {k!r}")
         outputs.append(RequestedOutput(o.name, k))
     timeout_s = None
-    if "timeout" in req.parameters:
-        t = _param(req.parameters["timeout"])
+    params = req.parameters
+    if params and "timeout" in params:
+        t = _param(params["timeout"])
         if not isinstance(t, int) or isinstance(t, bool) or t < 0:
             raise InvalidInput(f"parameters.timeout: must be a non-negative integer of microseconds, got {t!r}")
         timeout_s = t / 1e6 if t > 0 else None
@@ -111,15 +117,16 @@ def _bytes_tensor(items: list[bytes]) -> bytes:
 
 def encode_response(r: InferResponse) -> pb.ModelInferResponse:
     out = pb.ModelInferResponse(model_name=r.model_name, model_version=r.model_version, id=r.id)
+    add, raws = out.outputs.add, out.raw_output_contents
     for o in r.outputs:
-        out.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
+        add(name=o.name, datatype=o.datatype, shape=o.shape)
         if o.datatype == "BYTES":
-            out.raw_output_contents.append(_bytes_tensor(o.data))
+            raws.append(_bytes_tensor(o.data))
         else:
             data = o.data
             if data.dtype.byteorder == ">":  # the wire is little-endian; tobytes() makes the C-order copy
                 data = data.astype(data.dtype.newbyteorder("<"))
-            out.raw_output_contents.append(data.tobytes())
+            raws.append(data.tobytes())
     return out
 
 
@@ -198,7 +205,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         Errors travel in-band (`error_message`) so one bad request does not end the stream."""
         answers: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
-        self.metrics.in_flight.labels("ModelStreamInfer").inc()
+        self.metrics.in_flight_counts["ModelStreamInfer"] += 1
 
         async def one(req: pb.ModelInferRequest) -> None:
             model = req.model_name if req.model_name in self.service.manager.serving else ""
@@ -238,7 +245,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             read_task.cancel()
             for t in list(pending):
                 t.cancel()
-            self.metrics.in_flight.labels("ModelStreamInfer").dec()
+            self.metrics.in_flight_counts["ModelStreamInfer"] -= 1
 
     @rpc("ModelStatistics", lambda r: r.name)
     async def ModelStatistics(self, request, context):

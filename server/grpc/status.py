@@ -50,8 +50,8 @@ def rpc(name: str, model_of=lambda request: ""):
         async def handler(self, request, context):
             metrics: Metrics = self.metrics
             t0 = time.perf_counter()
-            in_flight = metrics.child(metrics.in_flight, name)
-            in_flight.inc()
+            in_flight = metrics.in_flight_counts
+            in_flight[name] += 1
             model = model_of(request)
             model = model if model in self.service.manager.serving else ""
             version = ""
@@ -75,7 +75,7 @@ def rpc(name: str, model_of=lambda request: ""):
                 log.exception("%s %s: unexpected error", name, model or "-")
                 await context.abort(code, f"internal error: {type(e).__name__}")
             finally:
-                in_flight.dec()
+                in_flight[name] -= 1
                 metrics.child(metrics.requests, name, model, version, code.name).inc()
                 metrics.child(metrics.request_duration, name, model).observe(time.perf_counter() - t0)
 
