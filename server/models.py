@@ -15,10 +15,13 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from server import repository as repo
 from server.batcher import BatchReport, DynamicBatcher
@@ -114,6 +117,9 @@ class RequestPlan:
     default_outputs: tuple  # RequestedOutput for every output (a request that names none)
     output_datatypes: dict  # output name -> datatype
     default_timeout_s: float | None  # dynamic_batching.default_timeout_ms, None if 0 or batching is off
+    wire_dtype: np.dtype  # the input's numpy dtype in the wire's (little-endian) byte order
+    row_bytes: int  # bytes of one input row when the shape is fixed, else 0
+    version: str  # the version as answers carry it
 
 
 @dataclass
@@ -130,10 +136,13 @@ class ModelVersion:
         from server.service import RequestedOutput  # the service's type; it imports this module
 
         spec, db = self.runtime.input, self.config.dynamic_batching
-        return RequestPlan(spec.name, spec.datatype, 1 + len(spec.shape), tuple(spec.shape), all(d > 0 for d in spec.shape),
+        fixed = all(d > 0 for d in spec.shape)
+        return RequestPlan(spec.name, spec.datatype, 1 + len(spec.shape), tuple(spec.shape), fixed,
                            self.config.max_batch_size, tuple(RequestedOutput(o.name) for o in self.runtime.outputs),
                            {o.name: o.datatype for o in self.runtime.outputs},
-                           db.default_timeout_ms / 1000.0 if db is not None and db.default_timeout_ms else None)
+                           db.default_timeout_ms / 1000.0 if db is not None and db.default_timeout_ms else None,
+                           spec.dtype.newbyteorder("<"), math.prod(spec.shape) * spec.dtype.itemsize if fixed else 0,
+                           str(self.version))
 
     async def retire(self) -> None:
         """Finish every queued and executing request, then release the runtime (sessions or child processes)."""

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Awaitable
 
 import numpy as np
 
@@ -84,6 +85,16 @@ class Prediction:
     probability: float
 
 
+def _queue_deadline(grpc_deadline: float | None, timeout_s: float | None, mv: ModelVersion) -> float | None:
+    """The sooner of the gRPC deadline and the queue timeout (the request's, else the model's default), loop time."""
+    if timeout_s is None:
+        timeout_s = mv.plan.default_timeout_s
+    if not timeout_s or timeout_s <= 0:
+        return grpc_deadline
+    t = asyncio.get_running_loop().time() + timeout_s
+    return t if grpc_deadline is None or t < grpc_deadline else grpc_deadline
+
+
 class InferenceService:
     def __init__(self, manager: ModelManager, metrics: Metrics, *, default_model: str = "",
                  image_limits: ImageLimits = ImageLimits(), max_images_per_request: int = 256) -> None:
@@ -128,12 +139,7 @@ class InferenceService:
 
     @staticmethod
     def _deadline(req: InferRequest, mv: ModelVersion) -> float | None:
-        """The sooner of the gRPC deadline and the queue timeout (the request's, else the model's default)."""
-        timeout_s = req.timeout_s if req.timeout_s is not None else mv.plan.default_timeout_s
-        if not timeout_s or timeout_s <= 0:
-            return req.deadline
-        t = asyncio.get_running_loop().time() + timeout_s
-        return t if req.deadline is None or t < req.deadline else req.deadline
+        return _queue_deadline(req.deadline, req.timeout_s, mv)
 
     def validate(self, req: InferRequest, mv: ModelVersion) -> tuple[str, np.ndarray, int]:
         """Check the inputs against the model; returns (input name, array, rows)."""
@@ -182,6 +188,41 @@ class InferenceService:
                 raise InvalidInput(f"outputs[{i}].parameters.classification: must be >= 1, got {o.classification}")
         return req.outputs or [RequestedOutput(n) for n in specs]
 
+    def infer_raw(self, model_name: str, model_version: str, input_name: str, datatype: str, shape: tuple[int, ...],
+                  raw: bytes, deadline: float | None) -> tuple[ModelVersion, Awaitable[dict]] | None:
+        """The common request straight from its wire parts: one raw tensor that fits the model exactly, every
+        output, no parameters. Returns (version, an awaitable of the outputs by name), or None when anything
+        about the request is unusual: the caller then takes `infer`, which checks everything and words every
+        refusal. (Not a coroutine itself: each coroutine layer costs on every request at this rate.)"""
+        if self.draining:
+            return None
+        try:
+            mv = self.manager.get(model_name, model_version)
+        except ServingError:  # refused by `infer`, after the checks that come first there
+            return None
+        p = mv.plan
+        if not (input_name == p.input_name and datatype == p.input_datatype and p.tail_fixed and len(shape) == p.input_ndim
+                and shape[1:] == p.input_tail and 1 <= shape[0] <= p.max_rows and len(raw) == shape[0] * p.row_bytes):
+            return None
+        data = np.frombuffer(raw, dtype=p.wire_dtype).reshape(shape)
+        return mv, self._run(mv, input_name, data, shape[0], _queue_deadline(deadline, None, mv))
+
+    async def _run(self, mv: ModelVersion, name: str, data: np.ndarray, rows: int, deadline: float | None) -> dict:
+        """Count non-finite inputs, batch and run, record ModelStatistics and rows: the outputs by name."""
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            self.metrics.child(self.metrics.nonfinite_inputs, mv.name).inc()
+        t0 = time.perf_counter()
+        try:
+            result = await mv.batcher.submit({name: data}, rows, deadline)
+        except Exception:
+            with mv.stats.lock:
+                mv.stats.fail.add(time.perf_counter() - t0)
+            raise
+        with mv.stats.lock:
+            mv.stats.success.add(time.perf_counter() - t0)
+        self.metrics.child(self.metrics.inference_rows, mv.name, mv.plan.version).inc(rows)
+        return result
+
     async def infer(self, req: InferRequest) -> InferResponse:
         if self.draining:
             self._check_accepting()
@@ -196,19 +237,7 @@ class InferenceService:
         else:
             name, data, rows = self.validate(req, mv)
         wanted = self._check_outputs(req, mv) if req.outputs else p.default_outputs
-        if data.dtype.kind == "f" and not np.isfinite(data).all():
-            self.metrics.child(self.metrics.nonfinite_inputs, mv.name).inc()
-        version = str(mv.version)
-        t0 = time.perf_counter()
-        try:
-            result = await mv.batcher.submit({name: data}, rows, self._deadline(req, mv))
-        except Exception:
-            with mv.stats.lock:
-                mv.stats.fail.add(time.perf_counter() - t0)
-            raise
-        with mv.stats.lock:
-            mv.stats.success.add(time.perf_counter() - t0)
-        self.metrics.child(self.metrics.inference_rows, mv.name, version).inc(rows)
+        result = await self._run(mv, name, data, rows, self._deadline(req, mv))
         outputs = []
         for o in wanted:
             arr = result[o.name]
@@ -216,7 +245,7 @@ class InferenceService:
                 outputs.append(self._classification_output(o, arr, mv))
             else:
                 outputs.append(InferOutput(o.name, p.output_datatypes[o.name], arr.shape, arr))
-        return InferResponse(mv.name, version, req.id, outputs)
+        return InferResponse(mv.name, p.version, req.id, outputs)
 
     @staticmethod
     def _classification_output(o: RequestedOutput, arr: np.ndarray, mv: ModelVersion) -> InferOutput:

@@ -130,6 +130,20 @@ def encode_response(r: InferResponse) -> pb.ModelInferResponse:
     return out
 
 
+def _common_response(request: pb.ModelInferRequest, mv, result: dict[str, np.ndarray]) -> pb.ModelInferResponse:
+    """Every output of `mv`, raw, in the model's order (what encode_response makes of the same answer)."""
+    p = mv.plan
+    out = pb.ModelInferResponse(model_name=mv.name, model_version=p.version, id=request.id)
+    add, raws = out.outputs.add, out.raw_output_contents
+    for o in p.default_outputs:
+        arr = result[o.name]
+        if arr.dtype.byteorder == ">":  # the wire is little-endian
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        add(name=o.name, datatype=p.output_datatypes[o.name], shape=arr.shape)
+        raws.append(arr.tobytes())
+    return out
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: InferenceService, metrics: Metrics) -> None:
         self.service = service
@@ -197,7 +211,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc("ModelInfer", lambda r: r.model_name)
     async def ModelInfer(self, request, context):
-        return encode_response(await self.service.infer(decode_request(request, deadline_of(context))))
+        deadline = deadline_of(context)
+        common = self._common_request(request, deadline)
+        if common is None:
+            return encode_response(await self.service.infer(decode_request(request, deadline)))
+        mv, outputs = common
+        return _common_response(request, mv, await outputs)
+
+    def _common_request(self, request: pb.ModelInferRequest, deadline: float | None):
+        """The common request (one raw tensor, no outputs named, no parameters) skips the general decode and
+        encode (~10 % more requests/s at concurrency 64, docs/benchmarks.md): (version, awaitable outputs), or
+        None for the general path."""
+        tensors, raws = request.inputs, request.raw_input_contents
+        if len(tensors) != 1 or len(raws) != 1 or request.outputs or request.parameters:
+            return None
+        t = tensors[0]
+        if t.HasField("contents"):
+            return None
+        return self.service.infer_raw(request.model_name, request.model_version, t.name, t.datatype, tuple(t.shape),
+                                      raws[0], deadline)
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests of one stream run concurrently (so they batch); each answer carries its request id.

@@ -77,6 +77,49 @@ def test_datatypes_raw_and_typed(client, datatype, raw):
     np.testing.assert_array_equal(out, (x.astype(np.float32) * 2).astype(DTYPES[datatype]))
 
 
+def test_the_common_request_and_the_general_path_answer_alike(client, proto_server):
+    """ModelInfer answers the common request (one raw tensor, nothing else) on a shorter path: the same bytes,
+    metrics and statistics as the general path (outputs named, or a parameter set) for the same input."""
+    from tritonclient.grpc import service_pb2
+
+    x = np.random.default_rng(3).random((3, 1, 28, 28), dtype=np.float32)
+    common = service_pb2.ModelInferRequest(model_name=MODEL_NAME, id="c")
+    common.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    common.raw_input_contents.append(x.tobytes())
+    named = service_pb2.ModelInferRequest()
+    named.CopyFrom(common)
+    for o in ("logits", "probabilities"):
+        named.outputs.add(name=o)
+    timed = service_pb2.ModelInferRequest()
+    timed.CopyFrom(common)
+    timed.parameters["timeout"].int64_param = 10_000_000
+    before = client.get_inference_statistics(MODEL_NAME).model_stats[0]
+    answers = [client._client_stub.ModelInfer(r) for r in (common, named, timed)]
+    assert answers[0] == answers[1] == answers[2]
+    a = answers[0]
+    assert (a.model_name, a.model_version, a.id) == (MODEL_NAME, "1", "c")
+    assert [(o.name, o.datatype, list(o.shape)) for o in a.outputs] == [("logits", "FP32", [3, 10]),
+                                                                        ("probabilities", "FP32", [3, 10])]
+    after = client.get_inference_statistics(MODEL_NAME).model_stats[0]
+    assert after.inference_stats.success.count == before.inference_stats.success.count + 3
+    assert after.inference_count == before.inference_count + 9
+    metrics = proto_server[0].metrics_text()
+    assert re.search(r'cnn_inference_rows_total\{model="%s",version="1"\} [1-9]' % MODEL_NAME, metrics)
+    # a common-looking request the model cannot take falls through to the general checks and their words
+    bad = service_pb2.ModelInferRequest()
+    bad.CopyFrom(common)
+    bad.inputs[0].shape[:] = [3, 1, 28, 27]
+    with pytest.raises(grpc.RpcError) as e:
+        client._client_stub.ModelInfer(bad)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "raw_input_contents[0]" in e.value.details()
+    bad.raw_input_contents[0] = x[:, :, :, :27].tobytes()
+    with pytest.raises(grpc.RpcError) as e:
+        client._client_stub.ModelInfer(bad)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inputs[0].shape" in e.value.details() and "(dim 3)" in e.value.details()
+
+
 def test_fp16_typed_contents_is_refused_with_a_precise_message(client):
     from tritonclient.grpc import service_pb2
 
