@@ -47,7 +47,7 @@ MAX_GATHER_PATIENCE = 16
 # ... but only while the model is cheap next to the time between its executions. When the instance computes most
 # of the time (a compute-bound model under load), a yield would leave it idle while the loop answers the previous
 # batch (ResNet-20 at c=64: ~3 ms per batch, -17 % images/s), and the queue already fills batches: dispatch at once.
-# The busy fraction is a moving average of (model seconds / seconds between dispatches), per instance.
+# The busy fraction is a moving average of (model seconds / seconds between dispatches), over all instances.
 GATHER_MAX_BUSY = 0.5
 
 

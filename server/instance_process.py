@@ -117,6 +117,7 @@ class _Instance:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: asyncio.Future | None = None
         self._restart: asyncio.Future | None = None
+        self._detached = False  # the runtime is closing: a restart that finishes now is closed at once
         self._lock = threading.Lock()
 
     def start(self):
@@ -237,8 +238,12 @@ class _Instance:
             failed.exception()  # retrieved: no "never retrieved" warning if no batch comes
             self._restart = failed
             return
-        log.info("model '%s' instance process %d restarted", self.config.name, self.index)
         self._restart = None
+        if self._detached:  # unloaded while the replacement was starting: it goes at once
+            self._close_handles()
+            asyncio.get_running_loop().run_in_executor(None, self.join)
+            return
+        log.info("model '%s' instance process %d restarted", self.config.name, self.index)
 
     def _close_handles(self) -> None:
         with self._lock:
@@ -252,6 +257,7 @@ class _Instance:
 
     def detach(self) -> None:
         """Stop reading and close this end: the child sees EOF and exits. Call on the loop thread when one runs."""
+        self._detached = True
         if self._loop is not None and self.sock is not None and not self._loop.is_closed():
             self._loop.remove_reader(self.sock.fileno())
         self._loop = None

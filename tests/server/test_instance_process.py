@@ -146,3 +146,28 @@ def test_isolation_setting_is_validated(tmp_path):
     (tmp_path / "m" / "config.yaml").write_text("name: m\ninstance_isolation: fork\n")
     with pytest.raises(RepositoryError, match=r"'instance_isolation' must be one of thread, process, got 'fork'"):
         repo.load_model_config(tmp_path / "m")
+
+
+def test_a_replacement_that_finishes_starting_after_close_is_closed_too(tmp_path):
+    path = publish(tmp_path, "m", scale_model("FP32", width=4))
+    proc = ProcessRuntime(path, _config(tmp_path), 1)
+    first = proc.pids[0]
+
+    async def main():
+        await proc.run_async({"input": np.ones((1, 4), np.float32)})  # the loop now watches the child
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while proc._instances[0]._restart is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the death is noticed and a replacement starts in a thread
+        restart = proc._instances[0]._restart
+        assert restart is not None
+        await proc.aclose()  # closed while the replacement is still starting
+        await restart
+        await asyncio.sleep(0.5)
+
+    before = set(child_pids(os.getpid()))
+    asyncio.run(main())
+    deadline = time.monotonic() + 5
+    while set(child_pids(os.getpid())) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(child_pids(os.getpid())) - before, "the late replacement was left running"
