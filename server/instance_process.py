@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from server.errors import InternalError, RepositoryError
-from server.runtime import KSERVE_TO_NUMPY, ORT_TO_KSERVE, ModelRuntime, SessionDescription, open_sessions
+from server.runtime import (KSERVE_TO_NUMPY, ORT_TO_KSERVE, ModelRuntime, SessionDescription, open_sessions,
+                            warmup_batch)
 
 log = logging.getLogger(__name__)
 
@@ -356,8 +357,7 @@ def _child(argv: list[str] | None = None) -> int:
         if iname is not None and itype in ORT_TO_KSERVE:  # else the parent refuses the model, naming why
             dtype = KSERVE_TO_NUMPY[ORT_TO_KSERVE[itype]]
             for b in spec["warmup_batch_sizes"]:
-                x = np.zeros((b, *[x if isinstance(x, int) and x > 0 else 1 for x in ishape[1:]]), dtype=dtype)
-                sess.run(names, {iname: x})
+                sess.run(names, {iname: warmup_batch(b, ishape[1:], dtype)})
         warmup_s = time.perf_counter() - t0
     except Exception as e:  # a load failure is the parent's RepositoryError, with the same words
         sock.send(pickle.dumps(("error", str(e) if isinstance(e, RepositoryError) else f"{spec['model']}: {type(e).__name__}: {e}")))

@@ -106,6 +106,11 @@ class SessionDescription:
                    tuple((t.name, t.type, tuple(t.shape)) for t in sess.get_outputs()))
 
 
+def warmup_batch(rows: int, dims, dtype) -> np.ndarray:
+    """Zeros of `rows` x `dims` (dims after the batch axis; free or symbolic dims become 1)."""
+    return np.zeros((rows, *[d if isinstance(d, int) and d > 0 else 1 for d in dims]), dtype=dtype)
+
+
 class ModelRuntime:
     """`instances` onnxruntime sessions of one model version, warmed up and ready to run (in this process)."""
 
@@ -175,7 +180,7 @@ class ModelRuntime:
         t0 = time.perf_counter()
         spec = self.input
         for b in self.config.warmup_batch_sizes:
-            x = np.zeros((b, *[d if d > 0 else 1 for d in spec.shape]), dtype=spec.dtype)
+            x = warmup_batch(b, spec.shape, spec.dtype)
             for i in range(len(self.sessions)):
                 self.run({spec.name: x}, i)
         return time.perf_counter() - t0
