@@ -26,8 +26,8 @@ import numpy as np
 from server import repository as repo
 from server.batcher import BatchReport, DynamicBatcher
 from server.errors import ModelNotFound, ModelNotReady, RepositoryError
-from server.metrics import Metrics
 from server.instance_process import ProcessRuntime
+from server.metrics import Metrics
 from server.runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -111,14 +111,14 @@ class RequestPlan:
     input_name: str
     input_datatype: str
     input_ndim: int  # with the batch axis
-    input_tail: tuple[int, ...]  # dims after the batch axis; -1 = free
-    tail_fixed: bool  # no free dims: a request's shape[1:] must equal input_tail
+    input_tail: tuple[int, ...]  # dims after the batch axis; -1 = free (decoded dims are >= 0, so a free dim
+    # never equals it: such models take validate(), which accepts free dims)
     max_rows: int
     default_outputs: tuple  # RequestedOutput for every output (a request that names none)
     output_datatypes: dict  # output name -> datatype
     default_timeout_s: float | None  # dynamic_batching.default_timeout_ms, None if 0 or batching is off
     wire_dtype: np.dtype  # the input's numpy dtype in the wire's (little-endian) byte order
-    row_bytes: int  # bytes of one input row when the shape is fixed, else 0
+    row_bytes: int  # bytes of one input row when no dim is free, else 0 (then infer_raw declines: raw dims are unchecked)
     version: str  # the version as answers carry it
 
 
@@ -137,7 +137,7 @@ class ModelVersion:
 
         spec, db = self.runtime.input, self.config.dynamic_batching
         fixed = all(d > 0 for d in spec.shape)
-        return RequestPlan(spec.name, spec.datatype, 1 + len(spec.shape), tuple(spec.shape), fixed,
+        return RequestPlan(spec.name, spec.datatype, 1 + len(spec.shape), tuple(spec.shape),
                            self.config.max_batch_size, tuple(RequestedOutput(o.name) for o in self.runtime.outputs),
                            {o.name: o.datatype for o in self.runtime.outputs},
                            db.default_timeout_ms / 1000.0 if db is not None and db.default_timeout_ms else None,

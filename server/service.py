@@ -201,7 +201,7 @@ class InferenceService:
         except ServingError:  # refused by `infer`, after the checks that come first there
             return None
         p = mv.plan
-        if not (input_name == p.input_name and datatype == p.input_datatype and p.tail_fixed and len(shape) == p.input_ndim
+        if not (p.row_bytes and input_name == p.input_name and datatype == p.input_datatype and len(shape) == p.input_ndim
                 and shape[1:] == p.input_tail and 1 <= shape[0] <= p.max_rows and len(raw) == shape[0] * p.row_bytes):
             return None
         data = np.frombuffer(raw, dtype=p.wire_dtype).reshape(shape)
@@ -232,7 +232,7 @@ class InferenceService:
         # anything else goes through validate(), which accepts free dims and words every refusal.
         x = req.inputs[0] if len(req.inputs) == 1 else None
         if (x is not None and x.name == p.input_name and x.datatype == p.input_datatype and len(x.shape) == p.input_ndim
-                and p.tail_fixed and x.shape[1:] == p.input_tail and 1 <= x.shape[0] <= p.max_rows):
+                and x.shape[1:] == p.input_tail and 1 <= x.shape[0] <= p.max_rows):
             name, data, rows = p.input_name, x.data, x.shape[0]
         else:
             name, data, rows = self.validate(req, mv)

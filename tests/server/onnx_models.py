@@ -31,6 +31,19 @@ def scale_model(datatype: str, width: int = 4, factor: float = 2.0) -> onnx.Mode
     return model
 
 
+def mean_model(width: int = 4) -> onnx.ModelProto:
+    """output = input.mean(axis=2): (B, width, free) -> (B, width); a model with a free input dim."""
+    nodes = [helper.make_node("ReduceMean", ["input"], ["output"], axes=[2], keepdims=0)]
+    graph = helper.make_graph(nodes, "mean", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width, "n"])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    md = ModelMetadata(labels=[f"c{i}" for i in range(width)], input_shape=[width, 1], layout="NC")
+    model.metadata_props.add(key=METADATA_KEY, value=md.to_json())
+    onnx.checker.check_model(model)
+    return model
+
+
 def publish(repo: Path, name: str, model: onnx.ModelProto | bytes, version: int = 1, **config) -> Path:
     folder = repo / name / str(version)
     folder.mkdir(parents=True, exist_ok=True)

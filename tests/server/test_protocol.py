@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from client import ClassificationClient
 from tests.conftest import MODEL_NAME, ROOT, digit_examples, start_server
-from tests.server.onnx_models import publish, scale_model
+from tests.server.onnx_models import mean_model, publish, scale_model
 
 DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8, "INT64": np.int64}
 
@@ -30,6 +30,7 @@ def proto_server(model_repository, tmp_path_factory):
     shutil.copytree(model_repository, repo)
     for dt in DTYPES:
         publish(repo, f"scale-{dt.lower()}", scale_model(dt), max_batch_size=8)
+    publish(repo, "mean-free", mean_model(), max_batch_size=8)
     s = start_server(repo, "--poll-interval-s", "0", "--allow-model-control", "--default-model", MODEL_NAME,
                      log_dir=repo.parent)
     yield s, repo
@@ -118,6 +119,23 @@ def test_the_common_request_and_the_general_path_answer_alike(client, proto_serv
         client._client_stub.ModelInfer(bad)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "inputs[0].shape" in e.value.details() and "(dim 3)" in e.value.details()
+
+
+def test_a_model_with_a_free_dim_takes_any_size_and_refuses_negative_dims(client):
+    """A free input dim leaves the common-request path (raw dims are unchecked there) for the general checks."""
+    from tritonclient.grpc import service_pb2
+
+    x = np.arange(24, dtype=np.float32).reshape(2, 4, 3)
+    inp = tc.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    np.testing.assert_allclose(client.infer("mean-free", [inp]).as_numpy("output"), x.mean(axis=2), rtol=1e-6)
+    req = service_pb2.ModelInferRequest(model_name="mean-free")
+    req.inputs.add(name="input", datatype="FP32", shape=[1, 4, -1])
+    req.raw_input_contents.append(b"")
+    with pytest.raises(grpc.RpcError) as e:
+        client._client_stub.ModelInfer(req)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inputs[0].shape: [1, 4, -1] is not a valid shape" in e.value.details()
 
 
 def test_fp16_typed_contents_is_refused_with_a_precise_message(client):
