@@ -141,12 +141,22 @@ def setup(ctx: DistContext) -> DistContext:
     return ctx
 
 
+_ended_own_group = False  # this process created a process group in setup() and destroyed it in teardown()
+
+
 def teardown(ctx: DistContext) -> None:
+    global _ended_own_group
     import torch.distributed as dist
 
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
         ctx.owns_group = False
+        _ended_own_group = True
+
+
+def ended_own_group() -> bool:
+    """True once teardown() destroyed a group setup() created here (a torchrun worker whose run is over)."""
+    return _ended_own_group
 
 
 def check_config(cfg, ctx: DistContext) -> None:
