@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/cnn/classification.proto\x12\x06\x63nn.v1\"K\n\x08RawImage\x12\x0e\n\x06pixels\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"E\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\x1f\n\x03raw\x18\x02 \x01(\x0b\x32\x10.cnn.v1.RawImageH\x00\x42\x08\n\x06source\"j\n\x0f\x43lassifyRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x1d\n\x06images\x18\x03 \x03(\x0b\x32\r.cnn.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\r\"?\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"8\n\x13ImageClassification\x12!\n\x05top_k\x18\x01 \x03(\x0b\x32\x12.cnn.v1.Prediction\"k\n\x10\x43lassifyResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12,\n\x07results\x18\x03 \x03(\x0b\x32\x1b.cnn.v1.ImageClassification\"\x13\n\x11ListModelsRequest\"g\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x12\n\ncolor_mode\x18\x05 \x01(\t\"Q\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.cnn.v1.ModelSummary\x12\x15\n\rdefault_model\x18\x02 \x01(\t2\x98\x01\n\x0e\x43lassification\x12?\n\x08\x43lassify\x12\x17.cnn.v1.ClassifyRequest\x1a\x18.cnn.v1.ClassifyResponse\"\x00\x12\x45\n\nListModels\x12\x19.cnn.v1.ListModelsRequest\x1a\x1a.cnn.v1.ListModelsResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/cnn/classification.proto\x12\x06\x63nn.v1\"K\n\x08RawImage\x12\x0e\n\x06pixels\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"E\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\x1f\n\x03raw\x18\x02 \x01(\x0b\x32\x10.cnn.v1.RawImageH\x00\x42\x08\n\x06source\"j\n\x0f\x43lassifyRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x1d\n\x06images\x18\x03 \x03(\x0b\x32\r.cnn.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\r\"?\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"8\n\x13ImageClassification\x12!\n\x05top_k\x18\x01 \x03(\x0b\x32\x12.cnn.v1.Prediction\"k\n\x10\x43lassifyResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12,\n\x07results\x18\x03 \x03(\x0b\x32\x1b.cnn.v1.ImageClassification\"\xac\x01\n\x0e\x45xplainRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x1d\n\x06images\x18\x03 \x03(\x0b\x32\r.cnn.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x15\n\rclass_indices\x18\x05 \x03(\r\x12\x14\n\x0cskip_overlay\x18\x06 \x01(\x08\x12\x14\n\x0coverlay_size\x18\x07 \x01(\r\"k\n\x07Heatmap\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06values\x18\x05 \x03(\x02\x12\x13\n\x0boverlay_png\x18\x06 \x01(\x0c\"X\n\x10ImageExplanation\x12!\n\x05top_k\x18\x01 \x03(\x0b\x32\x12.cnn.v1.Prediction\x12!\n\x08heatmaps\x18\x02 \x03(\x0b\x32\x0f.cnn.v1.Heatmap\"w\n\x0f\x45xplainResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12)\n\x07results\x18\x04 \x03(\x0b\x32\x18.cnn.v1.ImageExplanation\"\x13\n\x11ListModelsRequest\"g\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x12\n\ncolor_mode\x18\x05 \x01(\t\"Q\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.cnn.v1.ModelSummary\x12\x15\n\rdefault_model\x18\x02 \x01(\t2\xd6\x01\n\x0e\x43lassification\x12?\n\x08\x43lassify\x12\x17.cnn.v1.ClassifyRequest\x1a\x18.cnn.v1.ClassifyResponse\"\x00\x12\x45\n\nListModels\x12\x19.cnn.v1.ListModelsRequest\x1a\x1a.cnn.v1.ListModelsResponse\"\x00\x12<\n\x07\x45xplain\x12\x16.cnn.v1.ExplainRequest\x1a\x17.cnn.v1.ExplainResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,12 +43,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGECLASSIFICATION']._serialized_end=420
   _globals['_CLASSIFYRESPONSE']._serialized_start=422
   _globals['_CLASSIFYRESPONSE']._serialized_end=529
-  _globals['_LISTMODELSREQUEST']._serialized_start=531
-  _globals['_LISTMODELSREQUEST']._serialized_end=550
-  _globals['_MODELSUMMARY']._serialized_start=552
-  _globals['_MODELSUMMARY']._serialized_end=655
-  _globals['_LISTMODELSRESPONSE']._serialized_start=657
-  _globals['_LISTMODELSRESPONSE']._serialized_end=738
-  _globals['_CLASSIFICATION']._serialized_start=741
-  _globals['_CLASSIFICATION']._serialized_end=893
+  _globals['_EXPLAINREQUEST']._serialized_start=532
+  _globals['_EXPLAINREQUEST']._serialized_end=704
+  _globals['_HEATMAP']._serialized_start=706
+  _globals['_HEATMAP']._serialized_end=813
+  _globals['_IMAGEEXPLANATION']._serialized_start=815
+  _globals['_IMAGEEXPLANATION']._serialized_end=903
+  _globals['_EXPLAINRESPONSE']._serialized_start=905
+  _globals['_EXPLAINRESPONSE']._serialized_end=1024
+  _globals['_LISTMODELSREQUEST']._serialized_start=1026
+  _globals['_LISTMODELSREQUEST']._serialized_end=1045
+  _globals['_MODELSUMMARY']._serialized_start=1047
+  _globals['_MODELSUMMARY']._serialized_end=1150
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1152
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1233
+  _globals['_CLASSIFICATION']._serialized_start=1236
+  _globals['_CLASSIFICATION']._serialized_end=1450
 # @@protoc_insertion_point(module_scope)

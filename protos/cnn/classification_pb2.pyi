@@ -64,6 +64,60 @@ class ClassifyResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[ImageClassification]
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ImageClassification, _Mapping]]] = ...) -> None: ...
 
+class ExplainRequest(_message.Message):
+    __slots__ = ("model_name", "model_version", "images", "top_k", "class_indices", "skip_overlay", "overlay_size")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    CLASS_INDICES_FIELD_NUMBER: _ClassVar[int]
+    SKIP_OVERLAY_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    top_k: int
+    class_indices: _containers.RepeatedScalarFieldContainer[int]
+    skip_overlay: bool
+    overlay_size: int
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., class_indices: _Optional[_Iterable[int]] = ..., skip_overlay: _Optional[bool] = ..., overlay_size: _Optional[int] = ...) -> None: ...
+
+class Heatmap(_message.Message):
+    __slots__ = ("index", "label", "height", "width", "values", "overlay_png")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    label: str
+    height: int
+    width: int
+    values: _containers.RepeatedScalarFieldContainer[float]
+    overlay_png: bytes
+    def __init__(self, index: _Optional[int] = ..., label: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., overlay_png: _Optional[bytes] = ...) -> None: ...
+
+class ImageExplanation(_message.Message):
+    __slots__ = ("top_k", "heatmaps")
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    HEATMAPS_FIELD_NUMBER: _ClassVar[int]
+    top_k: _containers.RepeatedCompositeFieldContainer[Prediction]
+    heatmaps: _containers.RepeatedCompositeFieldContainer[Heatmap]
+    def __init__(self, top_k: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., heatmaps: _Optional[_Iterable[_Union[Heatmap, _Mapping]]] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("model_name", "model_version", "method", "results")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    method: str
+    results: _containers.RepeatedCompositeFieldContainer[ImageExplanation]
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., method: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ImageExplanation, _Mapping]]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -44,6 +44,11 @@ class ClassificationStub:
                 request_serializer=protos_dot_cnn_dot_classification__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=protos_dot_cnn_dot_classification__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/cnn.v1.Classification/Explain',
+                request_serializer=protos_dot_cnn_dot_classification__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=protos_dot_cnn_dot_classification__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class ClassificationServicer:
@@ -63,6 +68,16 @@ class ClassificationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """Classify, plus for each image a heatmap of where the evidence for a class lies (over the model
+        input, after the server's preprocessing). The method depends on the model (ExplainResponse.method):
+        "cam", class activation mapping (Zhou et al. 2016) for networks that end in global average pooling,
+        or "occlusion", the drop in the class probability when a patch of the input is blanked out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClassificationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +90,11 @@ def add_ClassificationServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=protos_dot_cnn_dot_classification__pb2.ListModelsRequest.FromString,
                     response_serializer=protos_dot_cnn_dot_classification__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=protos_dot_cnn_dot_classification__pb2.ExplainRequest.FromString,
+                    response_serializer=protos_dot_cnn_dot_classification__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +151,33 @@ class Classification:
             '/cnn.v1.Classification/ListModels',
             protos_dot_cnn_dot_classification__pb2.ListModelsRequest.SerializeToString,
             protos_dot_cnn_dot_classification__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cnn.v1.Classification/Explain',
+            protos_dot_cnn_dot_classification__pb2.ExplainRequest.SerializeToString,
+            protos_dot_cnn_dot_classification__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,
