@@ -15,6 +15,7 @@ PY=${PYTHON:-python3}
 if [[ "${1:-}" == "--system" ]]; then
   # Debian packages the tests start for real (see tests/README.md).
   pkgs=(prometheus libb64-0d nginx docker.io docker-compose debootstrap)  # nginx: tests/scale; docker: tests/deploy
+  pkgs+=(chromium fonts-dejavu-core fonts-liberation wrk)  # tests/http: the page in headless Chromium; HTTP load (bench)
   missing=()
   for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if ((${#missing[@]})); then
