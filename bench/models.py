@@ -16,7 +16,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / "runs" / "bench" / "models"
-SPECS = {"lenet5": "lenet5-digits", "resnet20": "resnet20-digits"}
+SPECS = {"lenet5": "lenet5-digits", "resnet20": "resnet20-digits", "vgg11": "vgg11-digits"}
 
 
 def model_name(repo: Path) -> str:
@@ -49,7 +49,8 @@ def ensure(kind: str, given: Path | None = None, cache: Path = DEFAULT_CACHE, lo
         return repo
     run = cache / f"run-{kind}"
     log(f"bench: preparing {kind}: training 1 epoch and exporting (once; cached in {cache})")
-    for args in (["train", "--model", kind, "--data", "digits", "--epochs", "1", "--seed", "0", "--out", str(run)],
+    for args in (["train", "--model", kind, "--data", "digits", "--epochs", "1", "--seed", "0", "--out", str(run),
+                  "--overwrite"],
                  ["export", str(run / "best.pt"), "--repository", str(repo), "--name", SPECS[kind]]):
         p = subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=ROOT, capture_output=True, text=True)
         if p.returncode != 0:

@@ -59,7 +59,7 @@ def run_row(name: str, runs_dir: Path, epochs: int | None) -> dict:
     model, data, recipe, target, budget = ROWS[name]
     out = runs_dir / name
     shown = os.path.relpath(out, ROOT) if out.is_relative_to(ROOT) else str(out)
-    args = ["train", "--model", model, "--data", data, "--recipe", recipe, "--out", shown]
+    args = ["train", "--model", model, "--data", data, "--recipe", recipe, "--out", shown, "--overwrite"]
     if epochs is not None:
         args += ["--epochs", str(epochs)]
     print(f"== {name}: cnn {' '.join(args)}", flush=True)

@@ -1,4 +1,4 @@
-"""A small client for `cnn.v1.Classification` and the `cnn classify` subcommand.
+"""A small client for `cnn.v1.Classification` (the `cnn classify` subcommand is client/classify_cli.py).
 
 It deliberately imports only the project's own classification stubs (package `cnn.v1`), never the
 `inference` stubs, so it can share a process with tritonclient (which registers the same `inference`
@@ -8,17 +8,14 @@ message names in protobuf's default pool).
 from __future__ import annotations
 
 import json
-import os
-import sys
+import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 
 from protos.cnn import classification_pb2 as pb
 from protos.cnn import classification_pb2_grpc as pb_grpc
-
 
 # Classification is idempotent: a call refused with UNAVAILABLE (a replica draining on SIGTERM, a full
 # queue, a connection reset behind a load balancer) is retried with backoff, within the call's deadline.
@@ -27,6 +24,10 @@ RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
     "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s", "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"]},
 }]})
+
+
+class ConnectError(ConnectionError):
+    """No connection to the server; the message says why (client/diagnose.py)."""
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,10 @@ class ClassificationClient:
     def __init__(self, address: str = "127.0.0.1:8001", timeout_s: float = 30.0,
                  max_message_bytes: int = 16 * 1024 * 1024, *, token: str = "", tls_ca: bytes | None = None,
                  tls_cert: bytes | None = None, tls_key: bytes | None = None, tls: bool = False,
-                 retry_unavailable: bool = True) -> None:
+                 retry_unavailable: bool = True, tls_names: dict[str, str] | None = None) -> None:
         """`tls_ca` (PEM) or `tls=True` (system roots) switch to TLS; `tls_cert`/`tls_key` add a client
-        certificate (mTLS); `token` is sent as `authorization: Bearer <token>`."""
+        certificate (mTLS); `token` is sent as `authorization: Bearer <token>`. `tls_names` (file names by
+        'tls_ca' / 'tls_cert') are quoted in connection errors."""
         self.address = address
         self.timeout_s = timeout_s
         self.retry_unavailable = retry_unavailable
@@ -56,6 +58,7 @@ class ClassificationClient:
             self._channel = grpc.secure_channel(address, creds, options=options)
         else:
             self._channel = grpc.insecure_channel(address, options=options)
+        self._tls = {"tls": tls, "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key, "names": dict(tls_names or {})}
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._stub = pb_grpc.ClassificationStub(self._channel)
         self.last_model: tuple[str, str] = ("", "")
@@ -63,7 +66,7 @@ class ClassificationClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "ClassificationClient":
+    def __enter__(self) -> ClassificationClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -76,6 +79,44 @@ class ClassificationClient:
         resp = self._call(self._stub.Classify, req)
         self.last_model = (resp.model_name, resp.model_version)
         return [[Prediction(p.label, p.index, p.probability) for p in r.top_k] for r in resp.results]
+
+    def wait_ready(self, timeout_s: float = 5.0, diagnose_first_failure: bool = True) -> None:
+        """Connect now, and raise ConnectError with a sentence saying why when that fails: nothing listening,
+        TLS on one side only, a certificate refused (client/diagnose.py). Returns as soon as the channel is
+        connected; gives up as soon as a failed attempt has a clear reason, else after `timeout_s`."""
+        from client.diagnose import diagnose
+
+        state: dict[str, grpc.ChannelConnectivity] = {}
+        changed = threading.Condition()
+
+        def on_change(s: grpc.ChannelConnectivity) -> None:
+            with changed:
+                state["now"] = s
+                changed.notify_all()
+
+        self._channel.subscribe(on_change, try_to_connect=True)
+        deadline = time.monotonic() + timeout_s
+        probed = False
+        try:
+            with changed:
+                while True:
+                    now = state.get("now")
+                    if now == grpc.ChannelConnectivity.READY:
+                        return
+                    if now == grpc.ChannelConnectivity.TRANSIENT_FAILURE and diagnose_first_failure and not probed:
+                        probed = True
+                        why = diagnose(self.address, **self._tls)
+                        if why:
+                            raise ConnectError(why)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    changed.wait(min(left, 0.5))
+        finally:
+            self._channel.unsubscribe(on_change)
+        why = diagnose(self.address, **self._tls)
+        raise ConnectError(why or f"no connection to {self.address} within {timeout_s:g} s "
+                                  f"(the last state was {state.get('now', 'IDLE')})")
 
     def list_models(self) -> pb.ListModelsResponse:
         return self._call(self._stub.ListModels, pb.ListModelsRequest())
@@ -98,62 +139,3 @@ class ClassificationClient:
                     raise
             time.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
-
-
-def add_classify_parser(subparsers) -> None:
-    p = subparsers.add_parser("classify", help="classify image files with a running server",
-                              description="Send PNG/JPEG files to the server's Classification service; one line (or "
-                                          "one JSON object with --json) per image.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
-    p.add_argument("--server", default="127.0.0.1:8001", help="gRPC address (default 127.0.0.1:8001)")
-    p.add_argument("--model", default="", help="model name (default: the server's default model)")
-    p.add_argument("--version", default="", help="model version (default: the newest ready one)")
-    p.add_argument("--top-k", type=int, default=3, help="how many labels per image (default 3)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per request (default 64)")
-    p.add_argument("--timeout-s", type=float, default=30.0, help="per-request deadline in seconds")
-    p.add_argument("--tls-ca", metavar="PEM", help="use TLS, trusting this CA (PEM file)")
-    p.add_argument("--tls-cert", metavar="PEM", help="client certificate for mTLS (with --tls-key)")
-    p.add_argument("--tls-key", metavar="PEM", help="client private key for mTLS")
-    p.add_argument("--token", default=os.environ.get("CNN_TOKEN", ""),
-                   help="bearer token (default: $CNN_TOKEN)")
-    p.add_argument("--json", action="store_true", help='one JSON object per image: {"image", "top_k": [{"label", "index", "probability"}]}')
-    p.set_defaults(func=run_classify)
-
-
-def run_classify(args) -> int:
-    if args.top_k < 1:
-        print("cnn classify: --top-k must be at least 1", file=sys.stderr)
-        return 2
-    paths = [Path(p) for p in args.images]
-    data = []
-    for p in paths:
-        try:
-            data.append(p.read_bytes())
-        except OSError as e:
-            print(f"cnn classify: cannot read {p}: {e.strerror}", file=sys.stderr)
-            return 2
-    tls = {}
-    for key, path in (("tls_ca", args.tls_ca), ("tls_cert", args.tls_cert), ("tls_key", args.tls_key)):
-        if path:
-            try:
-                tls[key] = Path(path).read_bytes()
-            except OSError as e:
-                print(f"cnn classify: cannot read --{key.replace('_', '-')} {path}: {e.strerror}", file=sys.stderr)
-                return 2
-    try:
-        with ClassificationClient(args.server, timeout_s=args.timeout_s, token=args.token, **tls) as c:
-            for start in range(0, len(data), max(1, args.batch_size)):
-                chunk = slice(start, start + max(1, args.batch_size))
-                results = c.classify(data[chunk], top_k=args.top_k, model=args.model, version=args.version)
-                for path, preds in zip(paths[chunk], results):
-                    if args.json:
-                        print(json.dumps({"image": str(path), "model": c.last_model[0], "version": c.last_model[1],
-                                          "top_k": [{"label": p.label, "index": p.index, "probability": round(p.probability, 6)}
-                                                    for p in preds]}))
-                    else:
-                        best = ", ".join(f"{p.label} ({p.probability:.3f})" for p in preds)
-                        print(f"{path}: {best}")
-    except grpc.RpcError as e:
-        print(f"cnn classify: {args.server}: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
-    return 0

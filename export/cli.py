@@ -1,4 +1,4 @@
-"""`cnn export` and `cnn models list`.
+"""`cnn export`, `cnn models list` and `cnn models zoo`.
 
 This module must not import torch or onnx at import time: client/cli.py imports it to register the
 subcommands and `cnn serve` / `cnn models list` run on the serving install (onnxruntime, numpy,
@@ -15,9 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 DEFAULT_MAX_BATCH_SIZE = 64
+
+
+def default_repository() -> str:
+    """The folder `cnn serve` reads by default: $CNN_SERVER_REPOSITORY, else ServerConfig's model_repository."""
+    from server.config import ENV_PREFIX, ServerConfig
+
+    return os.environ.get(ENV_PREFIX + "REPOSITORY") or ServerConfig.repository
+
+
+def _repository_help() -> str:
+    return "model repository folder (default: $CNN_SERVER_REPOSITORY, else model_repository, as for cnn serve)"
 
 
 def add_export_parser(subparsers) -> None:
@@ -28,12 +40,15 @@ def add_export_parser(subparsers) -> None:
                     "images, external-data containment) and publish it atomically as "
                     "REPO/NAME/<next version>/model.onnx. Writes REPO/NAME/config.yaml if there is none.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a training checkpoint, e.g. runs/lenet5/best.pt")
-    p.add_argument("--repository", "-r", required=True, metavar="REPO", help="model repository folder")
+    p.add_argument("--repository", "-r", default=None, metavar="REPO", help=_repository_help())
     p.add_argument("--name", default=None,
-                   help="model name in the repository (default: <model>-<dataset>, e.g. lenet5-digits)")
+                   help="model name in the repository (default: <model>-<dataset>, e.g. lenet5-digits; with "
+                        "--quantize: <model>-<dataset>-int8 / -fp16, so the fp32 model keeps being served)")
     p.add_argument("--quantize", choices=("int8", "fp16"), default=None,
                    help="publish a quantised variant instead of FP32: int8 (static, calibrated on training "
-                        "images; CPU) or fp16 (for GPU providers; float32 inputs/outputs)")
+                        "images; CPU) or fp16 (for GPU providers; float32 inputs/outputs). Under an existing "
+                        "--name it becomes that model's newest version, the one a server serves (said on "
+                        "output); a warning says when it measured slower than fp32")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                    help="torch.onnx exporter (default dynamo; see docs/export.md)")
@@ -55,7 +70,7 @@ def add_export_parser(subparsers) -> None:
     p.add_argument("--data", default=None, metavar="SPEC",
                    help="dataset for verification if not the checkpoint's (e.g. idx:DIR after moving it)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines or bars (warnings are still printed)")
     p.set_defaults(func=run_export)
 
 
@@ -66,6 +81,10 @@ def run_export(args) -> int:
     def log(line: str) -> None:
         if not args.quiet and not args.json:
             print(line, file=sys.stderr, flush=True)
+
+    if args.quiet:
+        os.environ["CNN_PROGRESS"] = "off"  # training/progress.py: no bars either; warnings still go to stderr
+    args.repository = args.repository or default_repository()
 
     try:
         # Cheap checks first, so a typo is reported before torch takes seconds to import.
@@ -82,9 +101,13 @@ def run_export(args) -> int:
 
         from export.onnx import DEFAULT_OPSET
         from export.pipeline import export_checkpoint
+        from export.served import describe_served, quantized_default_name
 
+        name = args.name
+        if args.quantize and name is None:
+            name = quantized_default_name(args.checkpoint, args.quantize)
         res = export_checkpoint(
-            args.checkpoint, args.repository, name=args.name, quantize=args.quantize,
+            args.checkpoint, args.repository, name=name, quantize=args.quantize,
             opset=args.opset or DEFAULT_OPSET, exporter=args.exporter, max_batch_size=args.max_batch_size,
             parity_images=args.parity_images, eval_images=args.eval_images,
             calibration_images=args.calibration_images, max_accuracy_drop=args.max_accuracy_drop,
@@ -101,6 +124,9 @@ def run_export(args) -> int:
         return 130
     for w in res.warnings:
         print(f"cnn export: warning: {w}", file=sys.stderr)
+    served = describe_served(args.repository, res.name, res.version, res.precision)
+    if served:
+        print(f"cnn export: note: {served}", file=sys.stderr)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0
@@ -132,9 +158,14 @@ def add_models_parser(subparsers) -> None:
     ls = sub.add_parser("list", help="each model, its versions, precision, test accuracy, input shape, size",
                         description="List each model in REPO with its versions, precision, test accuracy, "
                                     "input shape and size on disk. Exits 1 if a model or version is broken.")
-    ls.add_argument("--repository", "-r", required=True, metavar="REPO", help="model repository folder")
+    ls.add_argument("--repository", "-r", default=None, metavar="REPO", help=_repository_help())
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=run_models_list)
+    zoo = sub.add_parser("zoo", help="the registered model architectures and their arguments (needs torch)",
+                         description="List every model `cnn train --model` accepts, with its constructor's keyword "
+                                     "arguments and their defaults.")
+    zoo.add_argument("--json", action="store_true", help="print JSON")
+    zoo.set_defaults(func=run_models_zoo)
     p.set_defaults(func=_models_help(p))
 
 
@@ -149,6 +180,7 @@ def run_models_list(args) -> int:
     from export.listing import describe_repository, format_table, to_json
     from server.errors import RepositoryError
 
+    args.repository = args.repository or default_repository()
     try:
         models = describe_repository(args.repository)
     except RepositoryError as e:
@@ -159,6 +191,14 @@ def run_models_list(args) -> int:
     for b in broken:
         print(f"cnn models list: {b}", file=sys.stderr)
     return 1 if broken else 0
+
+
+def run_models_zoo(args) -> int:
+    from training.catalog import format_zoo, to_json, zoo
+
+    entries = zoo()
+    print(to_json(entries) if args.json else format_zoo(entries))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

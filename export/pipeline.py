@@ -175,6 +175,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, repository: str | os.PathLi
                 q.require_accuracy(fp32_acc, var_acc, max_accuracy_drop, final)
                 log(f"{precision} test accuracy {var_acc:.4f} vs fp32 {fp32_acc:.4f} on {len(test)} images "
                     f"(gate: drop <= {max_accuracy_drop:g})")
+                from export.speed import compare_speed, slower_warning  # warn when the variant is slower here
+
+                quant["speed"] = compare_speed(fp32_path, final, input_shape, max_batch_size)
+                if slower_warning(precision, quant["speed"]):
+                    result_warnings.append(slower_warning(precision, quant["speed"]))
             metadata.metrics.update({k: v for k, v in acc.items()})
             metadata.metrics["test_accuracy"] = acc[f"{precision}_test_accuracy"]
             metadata.extra.update({"precision": precision, "parity": report.to_dict(), "quantization": quant,

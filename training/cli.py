@@ -36,6 +36,8 @@ def add_train_parser(subparsers) -> None:
                    help="override a recipe key, e.g. --set lr=0.01 --set augment.rotate=10 (repeatable)")
     p.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue RUN_DIR/last.pt exactly where it stopped (same recipe; --epochs may extend)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in RUN_DIR (without it, cnn train refuses to write over one)")
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "auto"),
                    help="train on cpu (default), cuda or auto (cuda when available); under torchrun each process "
                         "takes cuda:LOCAL_RANK and the processes talk over NCCL (gloo on cpu)")
@@ -111,6 +113,10 @@ def _train(args) -> None:
             recipe["epochs"] = args.epochs
         cfg = config_from_dict(recipe)
         out = args.out or str(Path(args.resume).parent)
+        if finished_run(ck, cfg.epochs, args.resume):
+            return
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve().parent:
+            refuse_existing_run(args.out, args.overwrite)
     else:
         if not args.out:
             raise ConfigError("--out RUN_DIR is required")
@@ -125,8 +131,54 @@ def _train(args) -> None:
         cfg = resolve_config(recipe_name, overrides)
         recipe_name = Path(recipe_name).stem
         out = args.out
+        refuse_existing_run(out, args.overwrite)
     fit(model, data, cfg, out, recipe_name=recipe_name, resume=args.resume,
         log=lambda s: print(s, flush=True), device=getattr(args, "device", None) or "cpu")
+
+
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "summary.json")
+
+
+def refuse_existing_run(out: str, overwrite: bool) -> None:
+    """A run already in `out` is not written over without --overwrite (ConfigError naming the folder)."""
+    found = [f for f in RUN_FILES if (Path(out) / f).exists()]
+    if found and not overwrite:
+        raise ConfigError(f"{out} already holds a run ({', '.join(found)}); pass --overwrite to replace it, "
+                          f"--resume {Path(out) / 'last.pt'} to continue it, or choose another --out")
+
+
+def finished_run(ck: dict, epochs: int, path: str) -> bool:
+    """True (and says so) when the checkpoint to resume has nothing left to train: every epoch done, or
+    stopped early. Resuming it would only score it again."""
+    done = int(ck.get("epoch", 0))
+    acc = (ck.get("metrics") or {}).get("test_accuracy")
+    scored = f"; test accuracy {acc:.2%}" if isinstance(acc, (int, float)) else ""
+    if ck.get("early_stopped"):
+        print(f"{_prog()}: {path} already finished: it stopped early at epoch {done} of {epochs}{scored}; "
+              f"nothing to do (start a new run with --out to train again)", file=sys.stderr)
+        return True
+    if done >= epochs:
+        print(f"{_prog()}: {path} already finished all {done} epochs{scored}; nothing to do "
+              f"(to train further: --resume {path} --epochs N with N > {done})", file=sys.stderr)
+        return True
+    return False
+
+
+def add_recipes_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "recipes", help="list the training recipes and what they reach",
+        description="List the recipes in training/recipes/ with their main settings, what each is for, and the "
+                    "test accuracy bench/train_table.py measured with it (works without torch).")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_recipes)
+
+
+def run_recipes(args) -> int:
+    from training.catalog import format_recipes, recipes, to_json
+
+    entries = recipes()
+    print(to_json(entries) if args.json else format_recipes(entries))
+    return 0
 
 
 def add_inspect_parser(subparsers) -> None:

@@ -32,7 +32,7 @@ from training.data import Dataset, load_dataset
 from training.distributed import DistContext
 from training.errors import ConfigError, DataError
 from training.models import create_model, resolved_arguments
-from training.optim import make_optimizer, make_scheduler
+from training.optim import lr_factor, make_optimizer, make_scheduler
 
 
 def default_threads() -> int:
@@ -265,10 +265,19 @@ def _fit(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, ctx: Dist
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
+        saved_lr = opt.param_groups[0]["lr"]  # what the saved run's schedule set for its next step
+        for group, base in zip(opt.param_groups, sched.base_lrs):  # this run's schedule at that step: the same
+            group["lr"] = base * lr_factor(sched.last_epoch, cfg, spe)  # value unless --epochs changed it
+        sched._last_lr = [group["lr"] for group in opt.param_groups]
         ckpt_io.set_rng_state(ck["rng"], g)
         history, best, bad_epochs = list(ck["history"]), dict(ck["best"]), int(ck["bad_epochs"])
         start = int(ck["epoch"]) + 1
         log(f"resuming {resume} at epoch {start}/{cfg.epochs}")
+        planned = int(ck.get("recipe", {}).get("epochs", cfg.epochs))
+        if planned != cfg.epochs:
+            log(f"note: the run was planned for {planned} epochs, now {cfg.epochs}: the {cfg.schedule} schedule is "
+                f"recomputed over {cfg.epochs} epochs, so the learning rate goes from {saved_lr:.2e} to "
+                f"{opt.param_groups[0]['lr']:.2e} at this step")
         saved_world = int(ck.get("distributed", {}).get("world_size", 1))
         if saved_world != ctx.world_size:
             log(f"note: {resume} was trained by {saved_world} process(es), this run has {ctx.world_size}: "

@@ -13,7 +13,7 @@ REPOSITORY=${REPOSITORY:-/models}
 RUN_DIR=${RUN_DIR:-/runs/$NAME}
 echo "trainer: cnn train --model $MODEL --data $DATA --out $RUN_DIR ${TRAIN_ARGS:-}"
 # shellcheck disable=SC2086
-cnn train --model "$MODEL" --data "$DATA" --out "$RUN_DIR" ${TRAIN_ARGS:-}
+cnn train --model "$MODEL" --data "$DATA" --out "$RUN_DIR" --overwrite ${TRAIN_ARGS:-}  # each job trains anew
 echo "trainer: cnn export $RUN_DIR/best.pt --repository $REPOSITORY --name $NAME ${EXPORT_ARGS:-}"
 # shellcheck disable=SC2086
 cnn export "$RUN_DIR/best.pt" --repository "$REPOSITORY" --name "$NAME" ${EXPORT_ARGS:-}
