@@ -1,0 +1,271 @@
+"""Explanations of a classification, in numpy and PIL only (no torch at serving time): which part of the
+input carries the evidence for a class.
+
+Two methods; the model's metadata (`extra["explain"]["method"]`, written by `cnn export`) says which:
+
+    "cam"        class activation mapping (Zhou et al. 2016, "Learning Deep Features for Discriminative
+                 Localization") for networks that end in global average pooling + one linear layer
+                 (ResNet, MobileNet, GoogLeNet). Export writes EXPLAIN_FILE beside model.onnx: the same
+                 network with the last convolutional feature maps f_k as an extra output, and the
+                 classifier's weights w^c_k in its metadata. The map of class c is
+                     M_c(x, y) = sum_k w^c_k f_k(x, y)       (logit_c = mean over (x, y) of M_c + b_c)
+                 bilinearly upsampled from the feature grid to the input's H x W.
+    "occlusion"  occlusion sensitivity (Zeiler & Fergus 2014) for every other model (LeNet-5, AlexNet,
+                 VGG) and for models exported before this existed: the input and grid x grid copies of it,
+                 each with one square patch set to the training mean (0 after normalisation), run as ONE
+                 batch through the served model. The map at a pixel is the class probability of the
+                 original minus that of an occluded copy, averaged over the patches covering the pixel.
+
+Heatmap values are raw (logit units for CAM, probability drops for occlusion); the PNG overlay shows
+the min-max normalised map over the preprocessed input.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from server.errors import InvalidInput, RepositoryError
+
+METHOD_CAM = "cam"
+METHOD_OCCLUSION = "occlusion"
+METHODS = (METHOD_CAM, METHOD_OCCLUSION)
+EXPLAIN_FILE = "explain.onnx"  # the CAM graph, in the version folder beside model.onnx
+FEATURES_OUTPUT = "features"  # the CAM graph's feature-map output (batch, C, h, w)
+MAX_OVERLAY_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    occlusion_grid: int = 7  # patch positions per axis: 1 + 7 * 7 = 50 rows, one batch under max_batch_size 64
+    # patch side as a fraction of the input side: 0.25 of 28 -> 7 pixels; the positions are spread evenly
+    # from edge to edge, so with grid 7 every pixel is covered by 1-2 patches per axis
+    occlusion_patch: float = 0.25
+    overlay_min_side: int = 224  # overlay_size 0: the input enlarged by the smallest whole factor reaching this
+    overlay_alpha: float = 0.6  # opacity of the colour where the normalised map is 1 (0 where it is 0)
+    png_compress_level: int = 1  # zlib level: 1 encodes a 224x224 overlay ~4x faster than 6, ~20 % larger
+
+
+# --------------------------------------------------------------------------------------------------
+# the method and the CAM weights from the model's metadata
+
+
+def explain_method(extra: dict[str, Any]) -> str:
+    """The method a model's metadata names; models exported before explanations existed get occlusion."""
+    entry = extra.get("explain") if isinstance(extra, dict) else None
+    method = entry.get("method") if isinstance(entry, dict) else None
+    return method if method in METHODS else METHOD_OCCLUSION
+
+
+def encode_array(a: np.ndarray) -> dict[str, Any]:
+    """float32 array -> JSON-able {"dtype", "shape", "base64"} (little-endian, exact)."""
+    a = np.ascontiguousarray(a, dtype="<f4")
+    return {"dtype": "float32", "shape": list(a.shape), "base64": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def decode_array(entry: Any, where: str) -> np.ndarray:
+    """The inverse of encode_array; RepositoryError naming `where` if the entry is malformed."""
+    try:
+        if entry.get("dtype") != "float32":
+            raise ValueError(f"dtype must be float32, got {entry.get('dtype')!r}")
+        shape = [int(d) for d in entry["shape"]]
+        a = np.frombuffer(base64.b64decode(entry["base64"], validate=True), dtype="<f4")
+        return a.reshape(shape).astype(np.float32)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise RepositoryError(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True)
+class CamHead:
+    """The classifier of a CAM model: logits = weights @ mean_xy(features) + bias."""
+
+    weights: np.ndarray  # (K, C) float32
+    bias: np.ndarray  # (K,) float32
+    features_output: str = FEATURES_OUTPUT
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any], where: str) -> CamHead:
+        """From the CAM graph's metadata (`extra["explain"]`, see export/explain.py)."""
+        entry = extra.get("explain") if isinstance(extra, dict) else None
+        if not isinstance(entry, dict) or entry.get("method") != METHOD_CAM:
+            raise RepositoryError(f"{where}: metadata extra.explain.method is not '{METHOD_CAM}'")
+        w = decode_array(entry.get("class_weights"), f"{where}: metadata extra.explain.class_weights")
+        b = decode_array(entry.get("class_bias"), f"{where}: metadata extra.explain.class_bias")
+        if w.ndim != 2 or b.shape != (w.shape[0],):
+            raise RepositoryError(f"{where}: metadata extra.explain: class_weights {list(w.shape)} and "
+                                  f"class_bias {list(b.shape)} do not form a (K, C) classifier")
+        return cls(w, b, str(entry.get("features_output") or FEATURES_OUTPUT))
+
+
+# --------------------------------------------------------------------------------------------------
+# maps
+
+
+def cam(features: np.ndarray, weights: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Class activation maps: features (N, C, h, w), weights (K, C), classes (N, m) -> (N, m, h, w)."""
+    w = weights[classes]  # (N, m, C)
+    return np.einsum("nmc,nchw->nmhw", w, features.astype(np.float32, copy=False), optimize=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """(out, in) weights of bilinear interpolation with half-pixel centres and edge clamping
+    (torch's interpolate(align_corners=False), PIL's and OpenCV's upsampling)."""
+    m = np.zeros((out_size, in_size), dtype=np.float32)
+    src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+    src = np.clip(src, 0.0, in_size - 1)
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = (src - lo).astype(np.float32)
+    rows = np.arange(out_size)
+    np.add.at(m, (rows, lo), 1.0 - frac)
+    np.add.at(m, (rows, hi), frac)
+    m.setflags(write=False)
+    return m
+
+
+def upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of the last two axes: (..., h, w) -> (..., height, width), float32."""
+    h, w = maps.shape[-2:]
+    if (h, w) == (height, width):
+        return maps.astype(np.float32, copy=False)
+    return _bilinear_matrix(height, h) @ maps.astype(np.float32, copy=False) @ _bilinear_matrix(width, w).T
+
+
+def normalise(m: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] (a constant map becomes zeros); non-finite values count as the minimum."""
+    m = np.where(np.isfinite(m), m, np.nan).astype(np.float32)
+    if np.isnan(m).all():
+        return np.zeros(m.shape, np.float32)
+    lo, hi = np.nanmin(m), np.nanmax(m)
+    out = np.zeros(m.shape, np.float32) if hi <= lo else (m - lo) / (hi - lo)
+    return np.nan_to_num(out, nan=0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# occlusion
+
+
+@dataclass(frozen=True)
+class OcclusionPlan:
+    height: int
+    width: int
+    patch: tuple[int, int]  # (ph, pw)
+    corners: tuple[tuple[int, int], ...]  # top-left (y, x) of each patch, row-major
+    share: np.ndarray = field(repr=False)  # (P, H*W): 1/coverage where patch p covers the pixel, else 0
+
+    @property
+    def rows(self) -> int:
+        """Rows in the batch: the original + one per patch."""
+        return 1 + len(self.corners)
+
+
+def _positions(size: int, patch: int, n: int) -> list[int]:
+    return sorted({round(i * (size - patch) / (n - 1)) for i in range(n)}) if n > 1 else [(size - patch) // 2]
+
+
+@functools.lru_cache(maxsize=32)
+def occlusion_plan(height: int, width: int, grid: int = 7, patch: float = 0.25) -> OcclusionPlan:
+    """Patch positions spread evenly over an H x W input so that every pixel is covered."""
+    if grid < 1:
+        raise ValueError(f"occlusion grid must be >= 1, got {grid}")
+    if not 0.0 < patch <= 1.0:
+        raise ValueError(f"occlusion patch must be in (0, 1], got {patch}")
+    ph, pw = (max(1, math.ceil(patch * height)), max(1, math.ceil(patch * width)))
+    # the positions must leave no gap: with n positions, a patch must span (size - patch) / (n - 1)
+    ph = max(ph, math.ceil(height / grid))
+    pw = max(pw, math.ceil(width / grid))
+    ys, xs = _positions(height, ph, grid), _positions(width, pw, grid)
+    corners = tuple((y, x) for y in ys for x in xs)
+    masks = np.zeros((len(corners), height, width), np.float32)
+    for i, (y, x) in enumerate(corners):
+        masks[i, y:y + ph, x:x + pw] = 1.0
+    coverage = masks.sum(axis=0)
+    share = masks / np.where(coverage > 0, coverage, 1.0)
+    share = share.reshape(len(corners), height * width)
+    share.setflags(write=False)
+    return OcclusionPlan(height, width, (ph, pw), corners, share)
+
+
+def occlusion_batch(x: np.ndarray, plan: OcclusionPlan, fill: float | np.ndarray = 0.0) -> np.ndarray:
+    """x (C, H, W) normalised -> (1 + P, C, H, W): row 0 is x, row 1 + p has patch p set to `fill`
+    (per channel; 0 is the training mean after normalisation)."""
+    out = np.repeat(x[None], plan.rows, axis=0)
+    ph, pw = plan.patch
+    fill = np.asarray(fill, dtype=x.dtype).reshape(-1, 1, 1)
+    for i, (y, xx) in enumerate(plan.corners, start=1):
+        out[i, :, y:y + ph, xx:xx + pw] = fill
+    return out
+
+
+def occlusion_maps(probs: np.ndarray, plan: OcclusionPlan, classes: Sequence[int]) -> np.ndarray:
+    """probs (1 + P, K) of one occlusion batch -> (m, H, W): for each class, the probability drop averaged
+    over the patches covering each pixel."""
+    probs = probs.astype(np.float32, copy=False)
+    cls = np.asarray(classes, dtype=np.int64)
+    drop = probs[0, cls][None, :] - probs[1:, cls]  # (P, m)
+    return (drop.T @ plan.share).reshape(len(cls), plan.height, plan.width)
+
+
+# --------------------------------------------------------------------------------------------------
+# classes and the overlay
+
+
+def choose_classes(probs: np.ndarray, class_indices: Sequence[int], num_classes: int) -> np.ndarray:
+    """(N, K) probabilities -> (N, m) class indices to explain: the requested ones, else each top-1."""
+    for i, c in enumerate(class_indices):
+        if not 0 <= int(c) < num_classes:
+            raise InvalidInput(f"class_indices[{i}]: {int(c)} is not a class of this model (0..{num_classes - 1})")
+    if len(class_indices):
+        return np.tile(np.asarray(class_indices, dtype=np.int64), (len(probs), 1))
+    return np.argmax(probs, axis=1)[:, None]
+
+
+# Red -> yellow as the map rises (its opacity rises with it): visible over black, grey and white input.
+_RAMP_LUT = np.stack([np.full(256, 255), np.arange(256), np.zeros(256)], axis=1).astype(np.uint8)  # (256, 3)
+
+
+def overlay_shape(height: int, width: int, size: int, settings: ExplainSettings) -> tuple[int, int]:
+    """(H', W') of the overlay: longer side `size`, or the smallest whole enlargement reaching overlay_min_side."""
+    if size < 0 or size > MAX_OVERLAY_SIZE:
+        raise InvalidInput(f"overlay_size: must be in 0..{MAX_OVERLAY_SIZE}, got {size}")
+    if size == 0:
+        f = max(1, math.ceil(settings.overlay_min_side / max(height, width)))
+        return height * f, width * f
+    ratio = size / max(height, width)
+    return max(1, round(height * ratio)), max(1, round(width * ratio))
+
+
+def input_image(x: np.ndarray, scale: float, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """The preprocessed input (C, H, W), normalisation undone -> (H, W, 3) uint8 RGB."""
+    m = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(-1, 1, 1)
+    pix = (x.astype(np.float32) * s + m) / np.float32(scale if scale else 1.0)
+    pix = np.clip(np.nan_to_num(pix), 0, 255).round().astype(np.uint8).transpose(1, 2, 0)  # (H, W, C)
+    return np.repeat(pix, 3, axis=2) if pix.shape[2] == 1 else pix[:, :, :3]
+
+
+def render_overlay(base: np.ndarray, heat: np.ndarray, size: int = 0, settings: ExplainSettings = ExplainSettings()) -> bytes:
+    """PNG of `base` (H, W, 3) uint8 with the min-max normalised `heat` (H, W) over it: colour from red
+    (low) to yellow (high), opacity proportional to the map (cold regions show the input unchanged). The input is
+    enlarged with nearest neighbours (its pixels stay visible), the map bilinearly."""
+    h, w = heat.shape
+    oh, ow = overlay_shape(h, w, size, settings)
+    if (oh, ow) != (h, w):
+        base = np.asarray(Image.fromarray(base, "RGB").resize((ow, oh), Image.Resampling.NEAREST))
+        heat = upsample(heat, oh, ow)
+    n = normalise(heat)
+    colour = _RAMP_LUT[(n * 255).round().astype(np.uint8)].astype(np.float32)  # (H', W', 3)
+    a = (settings.overlay_alpha * n)[:, :, None]
+    out = (base.astype(np.float32) * (1.0 - a) + colour * a).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(out, "RGB").save(buf, format="PNG", compress_level=settings.png_compress_level)
+    return buf.getvalue()
