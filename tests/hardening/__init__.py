@@ -1,0 +1,1 @@
+"""Attack tests for issue 18 (see conftest.py)."""
