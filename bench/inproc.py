@@ -2,7 +2,7 @@
 
     python -m bench.inproc [--repo REPO] [--concurrency 1,64] [--requests 20000] [--rows 1] [--deadline]
 
-Builds the real ModelManager, InferenceService and InferenceServicer (whatever tree is first on
+Builds the real ModelRegistry, InferenceService and InferenceServicer (whatever tree is first on
 PYTHONPATH: point it at a scratch copy to measure a change), then awaits `ModelInfer(request, context)`
 with a stand-in context, `concurrency` calls in flight at a time. Reported: CPU µs and wall µs per
 request (process CPU includes the onnxruntime thread). No sockets and no other process are involved,
@@ -37,17 +37,16 @@ async def _measure(repo: Path, concurrency: list[int], requests: int, rows: int,
     import numpy as np
 
     from protos.inference import grpc_service_pb2 as pb
+    from server.core.registry import ModelRegistry
+    from server.core.service import InferenceService
     from server.grpc.inference import InferenceServicer
     from server.metrics import Metrics
-    from server.models import ModelManager
-    from server.service import InferenceService
 
     metrics = Metrics()
-    manager = ModelManager(repo, metrics, poll_interval_s=0)
-    await manager.start()
-    service = InferenceService(manager, metrics)
+    service = InferenceService(ModelRegistry(repo, metrics, poll_interval_s=0), metrics)
+    await service.start()
     servicer = InferenceServicer(service, metrics)
-    name = manager.ready_models()[0]
+    name = service.list_models()[0].name
     x = np.random.default_rng(0).standard_normal((rows, 1, 28, 28)).astype("<f4")
     req = pb.ModelInferRequest(model_name=name)
     req.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
@@ -78,7 +77,7 @@ async def _measure(repo: Path, concurrency: list[int], requests: int, rows: int,
             out[c] = {"cpu_us": statistics.median(p["cpu_us"] for p in per),
                       "wall_us": statistics.median(p["wall_us"] for p in per), "rounds": per}
     finally:
-        await manager.close()
+        await service.close()
     return out
 
 

@@ -1,6 +1,6 @@
 """The compute reference: onnxruntime alone, same file, same session options, same thread budget.
 
-Sessions are built by the server's own `ModelRuntime` from the model's `config.yaml` (intra/inter-op
+Sessions are built by the server's own `ThreadRuntime` from the model's `config.yaml` (intra/inter-op
 threads, graph optimisation, spinning off), so "raw" differs from "served" only by everything around
 `session.run`: gRPC, protobuf, numpy conversions, the batcher, metrics. One thread calls `run` in a
 loop, as the server's single batcher worker does with `instances: 1`.
@@ -19,10 +19,10 @@ import numpy as np
 @lru_cache(maxsize=8)
 def _runtime(model_dir: str, version: int = 1):
     from server.repository import load_model_config
-    from server.runtime import ModelRuntime
+    from server.runtime.threads import ThreadRuntime
 
     cfg = load_model_config(Path(model_dir))
-    return ModelRuntime(Path(model_dir) / str(version) / "model.onnx", cfg, version)
+    return ThreadRuntime(Path(model_dir) / str(version) / "model.onnx", cfg, version)
 
 
 def measure(model_dir: Path, batch: int, seconds: float = 1.0, repeats: int = 3, seed: int = 0) -> dict:

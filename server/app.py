@@ -1,8 +1,9 @@
 """Start, serve, drain: the server process.
 
 SIGTERM (or SIGINT) -> health NOT_SERVING -> new calls get UNAVAILABLE -> in-flight and queued
-requests finish (up to `drain_grace_s`) -> exit 0. onnxruntime runs in worker threads; the event loop
-only moves bytes.
+requests finish (up to `drain_grace_s`) -> exit 0. Wiring only: the core (server/core/) does the
+serving, the gRPC adapters (server/grpc/) the protocol; onnxruntime runs in instance threads or
+processes (server/runtime/), and the event loop only moves bytes.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ from grpc_reflection.v1alpha import reflection
 from protos.cnn import classification_pb2, classification_pb2_grpc
 from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from server.config import ServerConfig
+from server.core.registry import ModelRegistry
+from server.core.service import InferenceService
 from server.errors import RepositoryError
 from server.eventloop import run_loop
 from server.grpc.classification import ClassificationServicer
 from server.grpc.inference import InferenceServicer
 from server.imaging import ImageLimits
 from server.metrics import Metrics
-from server.models import ModelManager
 from server.security import BearerTokenInterceptor, load_tokens, server_credentials
-from server.service import InferenceService
 
 log = logging.getLogger("server")
 
@@ -47,10 +48,11 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics(max_batch_size=256)
-        self.manager = ModelManager(config.repository, self.metrics, config.poll_interval_s, config.allow_model_control)
+        registry = ModelRegistry(config.repository, self.metrics, config.poll_interval_s)
         limits = ImageLimits(max_pixels=config.max_image_pixels)
-        self.service = InferenceService(self.manager, self.metrics, default_model=config.default_model,
-                                        image_limits=limits, max_images_per_request=config.max_images_per_request)
+        self.service = InferenceService(registry, self.metrics, default_model=config.default_model,
+                                        image_limits=limits, max_images_per_request=config.max_images_per_request,
+                                        allow_model_control=config.allow_model_control)
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
@@ -64,7 +66,7 @@ class Server:
         if not Path(cfg.repository).is_dir():
             raise RepositoryError(f"{cfg.repository}: model repository folder does not exist "
                                   "(create it, or export a model into it with `cnn export`)")
-        await self.manager.start()
+        await self.service.start()
         opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
                 ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0)]  # workers share the port; else one server owns it
@@ -102,8 +104,8 @@ class Server:
         await self.health.set("", serving if ready else not_serving)
         await self.health.set(INFERENCE_SERVICE, serving if ready else not_serving)
         await self.health.set(CLASSIFICATION_SERVICE, serving if ready else not_serving)
-        for name, versions in self.manager.serving.items():
-            await self.health.set(name, serving if versions and not self.service.draining else not_serving)
+        for name, ok in self.service.model_health().items():
+            await self.health.set(name, serving if ok else not_serving)
 
     async def _health_loop(self) -> None:
         while True:
@@ -116,13 +118,13 @@ class Server:
             return
         grace = self.config.drain_grace_s
         log.info("draining: health NOT_SERVING, finishing in-flight requests (grace %.1f s)", grace)
-        self.service.draining = True
+        self.service.drain()
         if self._health_task:
             self._health_task.cancel()
         await self.health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(grace)  # stops accepting; waits for running RPCs up to `grace`
-        await self.manager.close()
+        await self.service.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
@@ -147,7 +149,7 @@ async def main(config: ServerConfig, ready_pipe=None) -> int:
         loop.add_signal_handler(sig, stop_requested.set)
     host = config.grpc_address.rpartition(":")[0]
     metrics = f"http://{config.metrics_address.rpartition(':')[0]}:{server.metrics_port}/metrics" if config.metrics_address else "off"
-    ready = ", ".join(f"{n} v{','.join(map(str, sorted(v)))}" for n, v in sorted(server.manager.serving.items()) if v) or "none"
+    ready = ", ".join(f"{m.name} v{','.join(m.versions)}" for m in server.service.list_models()) or "none"
     if ready_pipe is not None:  # a worker: the supervisor prints one line for all of them
         ready_pipe.send((server.grpc_port, metrics, ready))
         ready_pipe.close()

@@ -42,14 +42,13 @@ class ServerConfig:
     tls_client_ca_file: str = ""  # PEM CA bundle; set: clients must present a certificate it signed (mTLS)
     auth_tokens_file: str = ""  # YAML: RPC group -> accepted bearer tokens (server/security.py); empty: no auth
     gil_switch_interval_s: float = 0.0005  # sys.setswitchinterval: how long a finished onnxruntime thread may wait
-    #                                      for the GIL the busy event loop holds (Python's default 5 ms left
-    #                                      ResNet-20 idle between batches: 0.5 ms gave +19 % images/s at c=64,
-    #                                      LeNet-5 unchanged; docs/benchmarks.md); 0: keep Python's default
-    gc_gen0_threshold: int = 0  # gc.set_threshold(N, 10, 10); 0 keeps Python's 700. 50,000 took LeNet-5's p99 at
-    #                             c=64 from 52 to 38 ms (req/s +1-3 %) but RSS growth over 100k requests from 2 % to
-    #                             8.6 % (docs/benchmarks.md): a tail-latency option, not the default
-    event_loop: str = "uvloop"  # uvloop | asyncio: uvloop (libuv) cut the server's CPU per request by 5-10 % and
-    #                              raised LeNet-5 requests/s by 4-7 % (bench/results/ab/event-loop.md)
+    #                                      for the GIL the busy event loop holds (Python's default, 5 ms, leaves a
+    #                                      compute-bound model idle between batches; measurements in
+    #                                      docs/benchmarks.md); 0: keep Python's default
+    gc_gen0_threshold: int = 0  # gc.set_threshold(N, 10, 10); 0 keeps Python's 700. A large value trims the tail
+    #                             latency under load but lets memory grow (docs/benchmarks.md): an option, not the default
+    event_loop: str = "uvloop"  # uvloop | asyncio: uvloop (libuv) costs the server less CPU per request
+    #                             (bench/results/ab/event-loop.md)
 
     def validate(self, where: Mapping[str, str] | None = None) -> "ServerConfig":
         where = where or {}

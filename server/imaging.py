@@ -1,8 +1,10 @@
 """Encoded image (PNG/JPEG) or raw pixels -> the model's input row, from the model's own metadata.
 
-The conversion mirrors training exactly: colour mode ("L" or "RGB"), resize to (height, width),
-`x * scale`, then `(x - mean) / std` per channel, laid out (C, H, W) float32. Image headers are read
-before any pixel is decoded, so a decompression bomb is refused without allocating it.
+Decoding and its limits live here; the conversion is preprocessing.image.to_model_input, the one
+implementation that export's gate data and `cnn inspect` use too: mode "resize" (colour mode, resize to
+(height, width)) or mode "digit" (handwritten-digit normalisation of photos and scans), then
+`x * scale`, `(x - mean) / std` per channel, laid out (C, H, W). Image headers are read before any pixel
+is decoded, so a decompression bomb is refused without allocating it.
 """
 
 from __future__ import annotations
@@ -14,34 +16,19 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from preprocessing.image import ImageModeError
+from preprocessing.image import to_model_input as _to_model_input
+from preprocessing.spec import Preprocessing
 from server.errors import InvalidInput, ResourceExhausted
-from server.repository import Preprocessing
 
 ALLOWED_FORMATS = ("PNG", "JPEG")
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
-             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS, "area": Image.Resampling.BOX}
 _RAW_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
-_CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I;16", "I;16B", "I;16L", "I", "F"}
 
 
 @dataclass(frozen=True)
 class ImageLimits:
     max_pixels: int = 4096 * 4096  # width * height; larger images are refused before decoding
     max_side: int = 8192  # pixels, either side
-
-
-def _to_model_mode(img: Image.Image, mode: str, field: str) -> Image.Image:
-    if img.mode == mode:
-        return img
-    if img.mode not in _CONVERTIBLE_MODES:
-        raise InvalidInput(f"{field}: unsupported image mode {img.mode!r}")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # high bit depth: scale to 8 bit first
-        arr = np.asarray(img, dtype=np.float64)
-        hi = float(arr.max()) if arr.size else 0.0
-        img = Image.fromarray(np.clip(arr * (255.0 / hi) if hi > 255 else arr, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA", "P") and mode == "L":
-        img = img.convert("RGBA")
-    return img.convert(mode)
 
 
 def decode(data: bytes, field: str, limits: ImageLimits) -> Image.Image:
@@ -87,12 +74,7 @@ def from_raw(pixels: bytes, height: int, width: int, channels: int, field: str, 
 
 def to_model_input(img: Image.Image, pre: Preprocessing, dtype: np.dtype, field: str) -> np.ndarray:
     """(C, H, W) array in the model's input dtype."""
-    img = _to_model_mode(img, pre.color_mode, field)
-    if img.size != (pre.width, pre.height):
-        img = img.resize((pre.width, pre.height), _RESAMPLE.get(pre.resize, Image.Resampling.BILINEAR))
-    x = np.asarray(img, dtype=np.float32)  # (H, W) or (H, W, C)
-    x = x[None, :, :] if x.ndim == 2 else x.transpose(2, 0, 1)  # (C, H, W)
-    mean = np.asarray(pre.mean, dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(pre.std, dtype=np.float32).reshape(-1, 1, 1)
-    x = (x * np.float32(pre.scale) - mean) / std
-    return x.astype(dtype, copy=False)
+    try:
+        return _to_model_input(img, pre, dtype)
+    except ImageModeError as e:
+        raise InvalidInput(f"{field}: {e}") from None

@@ -38,7 +38,7 @@ OTHER_RPCS = ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "Mode
 # Codes an inference RPC can end with (server/grpc/status.py STATUS); error ratios and alerts read them.
 PREINIT_ERROR_CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
                        "CANCELLED", "INTERNAL")
-# The batcher's rejection reasons (server/batcher.py BatchObserver.on_reject).
+# The batcher's rejection reasons (server/core/batcher.py BatchObserver.on_reject).
 REJECT_REASONS = ("queue_full", "deadline", "cancelled", "shutdown")
 
 
@@ -153,7 +153,7 @@ class Metrics:
     def preinitialise(self, model: str, version: str, queue_capacity_rows: int | None = None) -> None:
         """A version is (about to be) served: every series the dashboard and alerts read for it, at 0.
 
-        server/models.py calls this when a version is swapped in; `queue_capacity_rows` (the batcher's
+        server/core/registry.py calls this when a version is swapped in; `queue_capacity_rows` (the batcher's
         max_queue_rows) feeds the queue-saturation panel and alert."""
         self.init_version(model, version)
         if queue_capacity_rows is not None:

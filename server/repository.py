@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from preprocessing.spec import Preprocessing  # the one definition, re-exported here (no torch there)
 from server.errors import RepositoryError
 
 CONFIG_FILE = "config.yaml"
@@ -235,17 +236,6 @@ def check_external_data(model_file: str | os.PathLike, locations: list[str]) -> 
 
 # --------------------------------------------------------------------------------------------------
 # metadata carried inside the ONNX file
-
-
-@dataclass
-class Preprocessing:
-    color_mode: str = "L"  # "L" grayscale or "RGB"
-    height: int = 28
-    width: int = 28
-    resize: str = "bilinear"
-    scale: float = 1.0 / 255.0  # uint8 -> [0, 1]
-    mean: list[float] = field(default_factory=lambda: [0.0])  # per channel, after scale
-    std: list[float] = field(default_factory=lambda: [1.0])
 
 
 @dataclass

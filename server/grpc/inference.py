@@ -1,7 +1,9 @@
-"""`inference.GRPCInferenceService` (Open Inference Protocol): protobuf <-> numpy, nothing more.
+"""`inference.GRPCInferenceService` (Open Inference Protocol): protobuf <-> core types, nothing more.
 
-Decoding checks only what protobuf alone can tell (byte counts, typed-content counts, raw vs typed);
-everything about the model is checked by the service.
+Each RPC converts its request to server/core/types.py values, calls one `InferenceService` method and
+converts the answer back; errors become status codes in server/grpc/status.py. Decoding checks only what
+protobuf alone can tell (byte counts, typed-content counts, raw vs typed); everything about the model is
+checked by the core.
 """
 
 from __future__ import annotations
@@ -10,17 +12,20 @@ import asyncio
 import logging
 import math
 import struct
+import time
 
 import numpy as np
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from protos.inference import model_config_pb2 as mc
+from server.core.service import InferenceService
+from server.core.types import (
+    KSERVE_TO_NUMPY, InferInput, InferRequest, InferResponse, RawInferRequest, RequestedOutput, VersionStatistics,
+)
 from server.errors import InvalidInput, ServingError
-from server.grpc.status import deadline_of, rpc, status_of
+from server.grpc.status import deadline_of, model_label, record, rpc, status_of
 from server.metrics import Metrics
-from server.runtime import KSERVE_TO_NUMPY
-from server.service import InferenceService, InferInput, InferRequest, InferResponse, RequestedOutput
 
 # datatype -> the InferTensorContents field that carries it when not sent raw
 TYPED_FIELD = {
@@ -130,18 +135,37 @@ def encode_response(r: InferResponse) -> pb.ModelInferResponse:
     return out
 
 
-def _common_response(request: pb.ModelInferRequest, mv, result: dict[str, np.ndarray]) -> pb.ModelInferResponse:
-    """Every output of `mv`, raw, in the model's order (what encode_response makes of the same answer)."""
-    p = mv.plan
-    out = pb.ModelInferResponse(model_name=mv.name, model_version=p.version, id=request.id)
-    add, raws = out.outputs.add, out.raw_output_contents
-    for o in p.default_outputs:
-        arr = result[o.name]
-        if arr.dtype.byteorder == ">":  # the wire is little-endian
-            arr = arr.astype(arr.dtype.newbyteorder("<"))
-        add(name=o.name, datatype=p.output_datatypes[o.name], shape=arr.shape)
-        raws.append(arr.tobytes())
-    return out
+def common_request(req: pb.ModelInferRequest, deadline: float | None) -> RawInferRequest | None:
+    """The common request's wire parts (one raw tensor, no outputs named, no parameters), or None."""
+    tensors, raws = req.inputs, req.raw_input_contents
+    if len(tensors) != 1 or len(raws) != 1 or req.outputs or req.parameters:
+        return None
+    t = tensors[0]
+    if t.HasField("contents"):
+        return None
+    return RawInferRequest(req.model_name, req.model_version, req.id, t.name, t.datatype, tuple(t.shape), raws[0], deadline)
+
+
+async def infer(service: InferenceService, req: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
+    """ModelInfer and each ModelStreamInfer message: the common request takes the core's fast path."""
+    raw = common_request(req, deadline)
+    if raw is None:
+        answer = await service.infer(decode_request(req, deadline))
+    else:
+        answer = await service.infer_raw(raw, lambda: decode_request(req, deadline))
+    return encode_response(answer)
+
+
+def _encode_statistics(s: VersionStatistics, m) -> None:
+    for fname in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        d = getattr(s, fname)
+        getattr(m.inference_stats, fname).count = d.count
+        getattr(m.inference_stats, fname).ns = d.ns
+    for b in s.batches:
+        out = m.batch_stats.add(batch_size=b.batch_size)
+        out.compute_input.count, out.compute_input.ns = b.compute_input.count, b.compute_input.ns
+        out.compute_infer.count, out.compute_infer.ns = b.compute_infer.count, b.compute_infer.ns
+        out.compute_output.count, out.compute_output.ns = b.compute_output.count, b.compute_output.ns
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -163,25 +187,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc("ServerMetadata")
     async def ServerMetadata(self, request, context):
-        name, version, extensions = self.service.server_metadata()
-        return pb.ServerMetadataResponse(name=name, version=version, extensions=list(extensions))
+        info = self.service.server_metadata()
+        return pb.ServerMetadataResponse(name=info.name, version=info.version, extensions=list(info.extensions))
 
     @rpc("ModelMetadata", lambda r: r.name)
     async def ModelMetadata(self, request, context):
-        mv = self.service.model(request.name, request.version)
-        rt = mv.runtime
-        resp = pb.ModelMetadataResponse(name=mv.name, versions=self.service.versions(mv.name), platform=mv.config.platform)
-        for t in rt.inputs:
+        md = self.service.model_metadata(request.name, request.version)
+        resp = pb.ModelMetadataResponse(name=md.name, versions=md.versions, platform=md.platform)
+        for t in md.inputs:
             resp.inputs.add(name=t.name, datatype=t.datatype, shape=[-1, *t.shape])
-        for t in rt.outputs:
+        for t in md.outputs:
             resp.outputs.add(name=t.name, datatype=t.datatype, shape=[-1, *t.shape])
         return resp
 
     @rpc("ModelConfig", lambda r: r.name)
     async def ModelConfig(self, request, context):
-        mv = self.service.model(request.name, request.version)
-        cfg, rt = mv.config, mv.runtime
-        c = mc.ModelConfig(name=mv.name, platform=cfg.platform, backend="onnxruntime", max_batch_size=cfg.max_batch_size,
+        info = self.service.model_config(request.name, request.version)
+        cfg = info.config
+        c = mc.ModelConfig(name=info.name, platform=cfg.platform, backend="onnxruntime", max_batch_size=cfg.max_batch_size,
                            default_model_filename="model.onnx")
         vp = cfg.version_policy
         if vp.kind == "all":
@@ -190,12 +213,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             c.version_policy.specific.versions.extend(vp.versions)
         else:
             c.version_policy.latest.num_versions = vp.num_versions
-        for t in rt.inputs:
+        for t in info.inputs:
             c.input.add(name=t.name, data_type=CONFIG_DATATYPE[t.datatype], format=mc.ModelInput.FORMAT_NCHW, dims=list(t.shape))
-        for t in rt.outputs:
+        for t in info.outputs:
             c.output.add(name=t.name, data_type=CONFIG_DATATYPE[t.datatype], dims=list(t.shape))
-        kind = mc.ModelInstanceGroup.KIND_GPU if rt.provider == "CUDAExecutionProvider" else mc.ModelInstanceGroup.KIND_CPU
-        c.instance_group.add(name=f"{mv.name}_0", count=cfg.instances, kind=kind)
+        kind = mc.ModelInstanceGroup.KIND_GPU if info.provider == "CUDAExecutionProvider" else mc.ModelInstanceGroup.KIND_CPU
+        c.instance_group.add(name=f"{info.name}_0", count=cfg.instances, kind=kind)
         db = cfg.dynamic_batching
         c.dynamic_batching.SetInParent()  # present even when off: delay 0 means "no waiting"
         if db is not None:
@@ -204,45 +227,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             c.dynamic_batching.default_queue_policy.max_queue_size = db.max_queue_size
             c.dynamic_batching.default_queue_policy.default_timeout_microseconds = db.default_timeout_ms * 1000
             c.dynamic_batching.default_queue_policy.allow_timeout_override = True
-        c.parameters["labels"].string_value = ",".join(rt.metadata.labels)
-        c.parameters["provider"].string_value = rt.provider
+        c.parameters["labels"].string_value = ",".join(info.labels)
+        c.parameters["provider"].string_value = info.provider
         c.parameters["instance_isolation"].string_value = cfg.instance_isolation
         return pb.ModelConfigResponse(config=c)
 
     @rpc("ModelInfer", lambda r: r.model_name)
-    async def ModelInfer(self, request, context):
-        deadline = deadline_of(context)
-        common = self._common_request(request, deadline)
-        if common is None:
-            return encode_response(await self.service.infer(decode_request(request, deadline)))
-        mv, outputs = common
-        return _common_response(request, mv, await outputs)
-
-    def _common_request(self, request: pb.ModelInferRequest, deadline: float | None):
-        """The common request (one raw tensor, no outputs named, no parameters) skips the general decode and
-        encode (~10 % more requests/s at concurrency 64, docs/benchmarks.md): (version, awaitable outputs), or
-        None for the general path."""
-        tensors, raws = request.inputs, request.raw_input_contents
-        if len(tensors) != 1 or len(raws) != 1 or request.outputs or request.parameters:
-            return None
-        t = tensors[0]
-        if t.HasField("contents"):
-            return None
-        return self.service.infer_raw(request.model_name, request.model_version, t.name, t.datatype, tuple(t.shape),
-                                      raws[0], deadline)
+    def ModelInfer(self, request, context):  # returns infer()'s coroutine: one coroutine layer fewer per call
+        return infer(self.service, request, deadline_of(context))
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests of one stream run concurrently (so they batch); each answer carries its request id.
 
-        Errors travel in-band (`error_message`) so one bad request does not end the stream."""
+        Errors travel in-band (`error_message`) so one bad request does not end the stream. Each message is
+        recorded as a ModelInfer call is (requests by code, duration; statistics in the core)."""
         answers: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
         self.metrics.in_flight_counts["ModelStreamInfer"] += 1
 
         async def one(req: pb.ModelInferRequest) -> None:
-            model = req.model_name if req.model_name in self.service.manager.serving else ""
+            t0 = time.perf_counter()
+            model = model_label(self.service, req.model_name)
             try:
-                resp = encode_response(await self.service.infer(decode_request(req, deadline_of(context))))
+                resp = await infer(self.service, req, deadline_of(context))
                 code = "OK"
                 await answers.put(pb.ModelStreamInferResponse(infer_response=resp))
             except ServingError as e:
@@ -255,7 +262,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await answers.put(pb.ModelStreamInferResponse(
                     error_message=f"internal error: {type(e).__name__}",
                     infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id)))
-            self.metrics.requests.labels("ModelStreamInfer", model, "", code).inc()
+            # version "": stream answers are recorded without it (server/metrics.py init_version)
+            record(self.metrics, "ModelStreamInfer", model, "", code, t0)
 
         async def reader() -> None:
             async for req in request_iterator:
@@ -281,40 +289,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc("ModelStatistics", lambda r: r.name)
     async def ModelStatistics(self, request, context):
-        mgr = self.service.manager
-        if request.name and request.name not in mgr.serving:
-            self.service.model(request.name)  # raises ModelNotFound naming the models there are
         resp = pb.ModelStatisticsResponse()
-        for name in sorted(mgr.serving):
-            if request.name and name != request.name:
-                continue
-            for v, mv in sorted(mgr.serving[name].items()):
-                if request.version and request.version != str(v):
-                    continue
-                s = mv.stats
-                with s.lock:
-                    m = resp.model_stats.add(name=name, version=str(v), last_inference=s.last_inference_ms,
-                                             inference_count=s.inference_count, execution_count=s.execution_count)
-                    for fname in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
-                        d = getattr(s, fname)
-                        getattr(m.inference_stats, fname).count = d.count
-                        getattr(m.inference_stats, fname).ns = d.ns
-                    for bs, (ci, cf, co) in sorted(s.batches.items()):
-                        b = m.batch_stats.add(batch_size=bs)
-                        b.compute_input.count, b.compute_input.ns = ci.count, ci.ns
-                        b.compute_infer.count, b.compute_infer.ns = cf.count, cf.ns
-                        b.compute_output.count, b.compute_output.ns = co.count, co.ns
-        if request.version and not resp.model_stats:
-            self.service.model(request.name, request.version)  # raises the precise NOT_FOUND / UNAVAILABLE
+        for s in self.service.statistics(request.name, request.version):
+            m = resp.model_stats.add(name=s.name, version=s.version, last_inference=s.last_inference_ms,
+                                     inference_count=s.inference_count, execution_count=s.execution_count)
+            _encode_statistics(s, m)
         return resp
 
     @rpc("RepositoryIndex")
     async def RepositoryIndex(self, request, context):
         resp = pb.RepositoryIndexResponse()
-        for name, version, state, reason in self.service.manager.index():
-            if request.ready and state != "READY":
-                continue
-            resp.models.add(name=name, version=version, state=state, reason=reason)
+        for e in self.service.index(ready_only=request.ready):
+            resp.models.add(name=e.name, version=e.version, state=e.state, reason=e.reason)
         return resp
 
     @rpc("RepositoryModelLoad", lambda r: r.model_name)

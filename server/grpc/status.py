@@ -1,7 +1,8 @@
-"""One table from the service's errors to gRPC status codes, and the wrapper every RPC goes through.
+"""One table from the core's errors to gRPC status codes, and the wrapper every unary RPC goes through.
 
-The wrapper also does the adapter-level metrics (requests by code, duration, in flight). Client
-errors are logged as warnings; anything unexpected is logged with its traceback and answered INTERNAL.
+The wrapper also does the adapter-level metrics (requests by code, duration, in flight) through
+`record`, which ModelStreamInfer uses for each of its messages too. Client errors are logged as
+warnings; anything unexpected is logged with its traceback and answered INTERNAL.
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ def status_of(e: errors.ServingError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def model_label(service, name: str) -> str:
+    """The model label for a request: names the server does not know are recorded as "" to keep label
+    cardinality bounded whatever clients send."""
+    return name if name and service.is_known(name) else ""
+
+
+def record(metrics: Metrics, rpc_name: str, model: str, version: str, code: str, t0: float) -> None:
+    """One answered call (or stream message): requests by code, and its duration since `t0` (perf_counter)."""
+    metrics.child(metrics.requests, rpc_name, model, version, code).inc()
+    metrics.child(metrics.request_duration, rpc_name, model).observe(time.perf_counter() - t0)
+
+
 def rpc(name: str, model_of=lambda request: ""):
     """Wrap a unary servicer method: map errors to status codes and record the adapter metrics.
 
@@ -52,8 +65,7 @@ def rpc(name: str, model_of=lambda request: ""):
             t0 = time.perf_counter()
             in_flight = metrics.in_flight_counts
             in_flight[name] += 1
-            model = model_of(request)
-            model = model if model in self.service.manager.serving else ""
+            model = model_label(self.service, model_of(request))
             version = ""
             code = grpc.StatusCode.OK
             try:
@@ -76,8 +88,7 @@ def rpc(name: str, model_of=lambda request: ""):
                 await context.abort(code, f"internal error: {type(e).__name__}")
             finally:
                 in_flight[name] -= 1
-                metrics.child(metrics.requests, name, model, version, code.name).inc()
-                metrics.child(metrics.request_duration, name, model).observe(time.perf_counter() - t0)
+                record(metrics, name, model, version, code.name, t0)
 
         return handler
 

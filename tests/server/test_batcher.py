@@ -1,4 +1,5 @@
-"""DynamicBatcher with a fake runtime: ordering, splitting, timeouts, queue full, cancellation, errors."""
+"""DynamicBatcher with a fake runtime (a blocking callable on InstanceThreads, as ThreadRuntime runs
+sessions): ordering, splitting, timeouts, queue full, cancellation, errors, lone runs on the loop."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from server.batcher import BatchReport, DynamicBatcher
+from server.core.batcher import BatchReport, DynamicBatcher
+from server.runtime.threads import InstanceThreads
 from server.errors import DeadlineExceeded, InternalError, Unavailable
 
 
@@ -57,9 +59,10 @@ def rows(start, n):
 def make(rt, obs=None, **kw):
     # inline_max_run_s=0: these tests block the fake runtime on purpose, which must happen on an instance
     # thread; running lone tiny batches on the loop is tested on its own below.
-    args = dict(max_batch_size=8, max_queue_delay_s=0.05, max_queue_rows=64, inline_max_run_s=0.0)
+    args = dict(max_batch_size=8, max_queue_delay_s=0.05, max_queue_rows=64)
     args.update(kw)
-    return DynamicBatcher(rt, observer=obs, name="m", **args)
+    runner = InstanceThreads(rt, args.pop("instances", 1), "m", inline_max_run_s=args.pop("inline_max_run_s", 0.0))
+    return DynamicBatcher(runner, observer=obs, name="m", **args)
 
 
 def test_invalid_settings_are_rejected_eagerly_inline():
@@ -309,7 +312,7 @@ def test_lone_tiny_batches_run_on_the_loop_and_company_goes_to_the_instance_thre
             together = await asyncio.gather(*(b.submit({"x": np.zeros((1, 1), np.float32)}, 1) for _ in range(6)))
             for a in (first, *lone, *together):
                 assert a["y"].shape == (1, 1)
-            inline_after_company = b.inline_runs
+            inline_after_company = b.runner.inline_runs
             slow = await b.submit({"x": np.full((1, 1), 0.2, np.float32)}, 1)  # 200 ms: the estimate climbs over 10 ms
             after_slow = await b.submit({"x": np.zeros((1, 1), np.float32)}, 1)
             assert slow["y"][0, 0] == np.float32(0.4) and after_slow["y"].shape == (1, 1)
@@ -339,7 +342,7 @@ def test_inline_runs_can_be_switched_off():
         try:
             for _ in range(4):
                 await b.submit({"x": np.zeros((1, 1), np.float32)}, 1)
-            return b.inline_runs
+            return b.runner.inline_runs
         finally:
             await b.close()
 

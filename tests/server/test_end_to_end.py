@@ -145,7 +145,7 @@ def test_classify_large_photo_is_decoded_off_the_loop_with_the_same_answer(serve
     the small original gets (a 16x nearest-neighbour upscale, stored uncompressed, resizes back to it)."""
     import io
 
-    from server.service import INLINE_DECODE_MAX_BYTES
+    from server.core.service import INLINE_DECODE_MAX_BYTES
 
     f = digit_examples()[0]
     small = Image.open(f).convert("L")

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from server import repository as repo
-from server.batcher import DynamicBatcher
+from server.core.batcher import DynamicBatcher
 from server.errors import InternalError, RepositoryError
-from server.instance_process import ProcessRuntime
-from server.runtime import ModelRuntime
+from server.runtime.process import ProcessRuntime
+from server.runtime.threads import ThreadRuntime
 from tests.procs import child_pids
 from tests.server.onnx_models import publish, scale_model
 
@@ -37,7 +37,7 @@ def _alive(pid: int) -> bool:
 def test_answers_equal_the_in_process_runtime(tmp_path, datatype):
     path = publish(tmp_path, "m", scale_model(datatype, width=6, factor=3.0), max_batch_size=64)
     cfg = _config(tmp_path, instances=2)
-    threaded = ModelRuntime(path, dataclasses.replace(cfg, instance_isolation="thread"), 1)
+    threaded = ThreadRuntime(path, dataclasses.replace(cfg, instance_isolation="thread"), 1)
     proc = ProcessRuntime(path, cfg, 1)
     try:
         assert (proc.provider, proc.inputs, proc.outputs, proc.metadata) == \
@@ -50,7 +50,7 @@ def test_answers_equal_the_in_process_runtime(tmp_path, datatype):
             outs = []
             for rows, instance in ((1, 0), (64, 1), (3, 0), (64, 0), (2, 1)):  # regions grow, then are reused
                 x = rng.integers(0, 40, size=(rows, 6)).astype(dtype)
-                got, model_s = await proc.run_async({"input": x}, instance)
+                got, model_s = await proc.run_batch({"input": x}, instance, False)
                 assert 0 < model_s < 5
                 outs.append((x, got))
             return outs
@@ -71,8 +71,8 @@ def test_a_model_error_fails_the_batch_and_the_child_keeps_serving(tmp_path):
     try:
         async def main():
             with pytest.raises(InternalError, match=r"model 'm' failed to run: .*input"):
-                await proc.run_async({"input": np.zeros((2, 5), np.float32)})  # 5 columns, the model takes 4
-            return (await proc.run_async({"input": np.ones((2, 4), np.float32)}))[0]
+                await proc.run_batch({"input": np.zeros((2, 5), np.float32)})  # 5 columns, the model takes 4
+            return (await proc.run_batch({"input": np.ones((2, 4), np.float32)}))[0]
 
         out = asyncio.run(main())
         np.testing.assert_array_equal(out["output"], np.full((2, 4), 2.0, np.float32))
@@ -82,20 +82,20 @@ def test_a_model_error_fails_the_batch_and_the_child_keeps_serving(tmp_path):
 
 
 def test_a_child_that_dies_mid_batch_fails_that_batch_and_is_restarted(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="server.instance_process")
+    caplog.set_level(logging.INFO, logger="server.runtime.process")
     path = publish(tmp_path, "m", scale_model("FP32", width=4))
     proc = ProcessRuntime(path, _config(tmp_path), 1)
     first = proc.pids[0]
     try:
         async def main():
             os.kill(first, signal.SIGSTOP)  # the batch below is certainly in flight when the child dies
-            task = asyncio.ensure_future(proc.run_async({"input": np.ones((1, 4), np.float32)}))
+            task = asyncio.ensure_future(proc.run_batch({"input": np.ones((1, 4), np.float32)}))
             await asyncio.sleep(0.2)
             assert not task.done()
             os.kill(first, signal.SIGKILL)
             with pytest.raises(InternalError, match=r"model 'm' instance process 0 exited \(exit code -9\)"):
                 await task
-            return (await proc.run_async({"input": np.full((3, 4), 2.0, np.float32)}))[0]  # waits for the replacement
+            return (await proc.run_batch({"input": np.full((3, 4), 2.0, np.float32)}))[0]  # waits for the replacement
 
         out = asyncio.run(main())
         np.testing.assert_array_equal(out["output"], np.full((3, 4), 4.0, np.float32))
@@ -110,8 +110,7 @@ def test_the_batcher_runs_a_process_instance_on_the_loop(tmp_path):
     proc = ProcessRuntime(path, _config(tmp_path), 1)
     try:
         async def main():
-            b = DynamicBatcher(None, run_batch_async=proc.run_async, max_batch_size=8, max_queue_delay_s=0.0,
-                               max_queue_rows=64, name="m")
+            b = DynamicBatcher(proc, max_batch_size=8, max_queue_delay_s=0.0, max_queue_rows=64, name="m")
             b.start()
             outs = await asyncio.gather(*(b.submit({"input": np.full((1, 4), i, np.float32)}, 1) for i in range(5)))
             await b.close()
@@ -121,8 +120,6 @@ def test_the_batcher_runs_a_process_instance_on_the_loop(tmp_path):
             np.testing.assert_array_equal(out["output"], np.full((1, 4), 2.0 * i, np.float32))
     finally:
         proc.close()
-    with pytest.raises(ValueError, match="exactly one of run_batch and run_batch_async"):
-        DynamicBatcher(None, max_batch_size=8, max_queue_delay_s=0.0, max_queue_rows=64)
 
 
 def test_load_failures_name_the_file_and_leave_no_child(tmp_path):
@@ -154,7 +151,7 @@ def test_a_replacement_that_finishes_starting_after_close_is_closed_too(tmp_path
     first = proc.pids[0]
 
     async def main():
-        await proc.run_async({"input": np.ones((1, 4), np.float32)})  # the loop now watches the child
+        await proc.run_batch({"input": np.ones((1, 4), np.float32)})  # the loop now watches the child
         os.kill(first, signal.SIGKILL)
         deadline = time.monotonic() + 5
         while proc._instances[0]._restart is None and time.monotonic() < deadline:

@@ -9,7 +9,8 @@ import pytest
 from server import repository as repo
 from server.config import ConfigError, load_config
 from server.errors import RepositoryError
-from server.runtime import ModelRuntime, select_providers
+from server.runtime.base import select_providers
+from server.runtime.threads import ThreadRuntime as ModelRuntime
 from tests.server.onnx_models import publish, scale_model
 
 # --- provider selection (the CUDA-absent path runs here; the CUDA path: scripts/gpu_check.sh)

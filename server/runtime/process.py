@@ -4,7 +4,7 @@ In the default `thread` isolation each instance's session runs on a thread of th
 onnxruntime call releases the GIL while it computes and takes it back to hand its outputs over, so
 every execution contends with the event loop for the GIL; on 2 shared cores that costs more than a
 small model's compute (docs/benchmarks.md). Here each instance is a child process
-(`python -m server.instance_process`) with its own interpreter and session:
+(`python -m server.runtime.process`) with its own interpreter and session:
 
     parent (event loop)                          child
     batch -> input memfd (np.copyto)  --run-->   session.run on views of the input memfd
@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from server.errors import InternalError, RepositoryError
-from server.runtime import (KSERVE_TO_NUMPY, ORT_TO_KSERVE, ModelRuntime, SessionDescription, open_sessions,
-                            warmup_batch)
+from server.repository import ModelConfig
+from server.runtime.base import KSERVE_TO_NUMPY, ORT_TO_KSERVE, RuntimeBase, SessionDescription, warmup_batch
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class _Region:
 class _Instance:
     """One child process; `run` is called from the event loop, one execution at a time."""
 
-    def __init__(self, path: Path, config, providers: list[str], index: int) -> None:
+    def __init__(self, path: Path, config: ModelConfig, providers: list[str], index: int) -> None:
         self.path, self.config, self.providers, self.index = path, config, providers, index
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
@@ -131,7 +131,7 @@ class _Instance:
                 "warmup_batch_sizes": list(self.config.warmup_batch_sizes)}
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "server.instance_process", "--socket-fd", str(child.fileno()),
+                [sys.executable, "-m", "server.runtime.process", "--socket-fd", str(child.fileno()),
                  "--input-fd", str(in_fd), "--output-fd", str(out_fd), "--spec", json.dumps(spec)],
                 pass_fds=(child.fileno(), in_fd, out_fd), stdin=subprocess.DEVNULL, env=_child_env())
         except OSError:
@@ -274,15 +274,14 @@ class _Instance:
                 self.proc.wait()
 
 
-class ProcessRuntime(ModelRuntime):
-    """`instances` child processes, each with one session of the model; the same surface as ModelRuntime,
-    but batches run through `run_async` on the event loop (no thread of this process touches onnxruntime)."""
+class ProcessRuntime(RuntimeBase):
+    """`instances` child processes, each with one session of the model; batches run through `run_batch`
+    on the event loop (no thread of this process touches onnxruntime)."""
 
     isolation = "process"
 
-    def __init__(self, path, config, version: int) -> None:
-        self._prepare(path, config, version)
-        self.sessions = []
+    def __init__(self, path: str | Path, config: ModelConfig, version: int) -> None:
+        super().__init__(path, config, version)
         self._instances = [_Instance(self.path.resolve(), config, self.providers, i) for i in range(config.instances)]
         started, warm = [], []
         try:
@@ -296,21 +295,16 @@ class ProcessRuntime(ModelRuntime):
                 inst.detach()
                 inst.join()
             raise
-        self.warmup_s = max(warm)
+        self.warmup_s = max(warm)  # each child warmed up before it reported ready
 
     @property
     def pids(self) -> list[int]:
         return [i.proc.pid for i in self._instances if i.proc is not None]
 
-    async def run_async(self, inputs: dict[str, np.ndarray], instance: int = 0) -> tuple[dict[str, np.ndarray], float]:
-        """(outputs, seconds the model computed in the child)."""
-        return await self._instances[instance].run(inputs)
-
-    def run(self, inputs, instance: int = 0, output_names=None):
-        raise TypeError("a process-isolated runtime runs batches through run_async on the event loop")
-
-    def warm_up(self) -> float:
-        return self.warmup_s  # each child warmed up before it reported ready
+    def run_batch(self, inputs: dict[str, np.ndarray], instance: int = 0, alone: bool = False):
+        """The Runtime method: (outputs, seconds the model computed in the child). Never inline: the
+        child computes whether or not company waits."""
+        return self._instances[instance].run(inputs)
 
     def close(self) -> None:
         """Blocking: close every child's socket (each exits on EOF) and reap them. Off the event loop."""
@@ -325,8 +319,6 @@ class ProcessRuntime(ModelRuntime):
         await asyncio.get_running_loop().run_in_executor(None, lambda: [inst.join() for inst in self._instances])
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # the child side
 
@@ -334,7 +326,7 @@ class ProcessRuntime(ModelRuntime):
 def _child(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    p = argparse.ArgumentParser(prog="python -m server.instance_process")
+    p = argparse.ArgumentParser(prog="python -m server.runtime.process")
     p.add_argument("--socket-fd", type=int, required=True)
     p.add_argument("--input-fd", type=int, required=True)
     p.add_argument("--output-fd", type=int, required=True)
@@ -344,12 +336,9 @@ def _child(argv: list[str] | None = None) -> int:
     sock = socket.socket(fileno=a.socket_fd)
     inp, out = _Region(a.input_fd), _Region(a.output_fd)
     try:
-        from types import SimpleNamespace
+        from server.runtime.threads import open_sessions
 
-        from server.runtime import SessionDescription, open_sessions
-
-        cfg = SimpleNamespace(intra_op_threads=spec["intra_op_threads"], inter_op_threads=spec["inter_op_threads"])
-        sess = open_sessions(Path(spec["model"]), cfg, spec["providers"], 1)[0]
+        sess = open_sessions(Path(spec["model"]), spec["intra_op_threads"], spec["inter_op_threads"], spec["providers"], 1)[0]
         d = SessionDescription.of(sess)
         names = [o[0] for o in d.outputs]
         t0 = time.perf_counter()
@@ -362,7 +351,7 @@ def _child(argv: list[str] | None = None) -> int:
     except Exception as e:  # a load failure is the parent's RepositoryError, with the same words
         sock.send(pickle.dumps(("error", str(e) if isinstance(e, RepositoryError) else f"{spec['model']}: {type(e).__name__}: {e}")))
         return 1
-    sock.send(pickle.dumps(("ready", (d.provider, d.metadata_json, d.inputs, d.outputs), warmup_s)))
+    sock.send(pickle.dumps(("ready", (d.providers, d.metadata_json, d.inputs, d.outputs), warmup_s)))
     while True:
         data = sock.recv(MAX_MESSAGE_BYTES)
         if not data:

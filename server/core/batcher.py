@@ -1,15 +1,13 @@
 """Dynamic batching: many callers' rows -> one model execution -> results split back exactly.
 
-No gRPC and no onnxruntime imports: the batcher is handed a blocking `run_batch(inputs, instance)`
-callable and runs it on its own instance threads (a lone request to a model whose call takes under
-INLINE_MAX_RUN_S runs on the event loop instead), or an async `run_batch_async` that it awaits on the loop
-(instances in child processes, server/instance_process.py); one worker task per model instance. Requests are counted by
-rows (a request of 5 images is 5 rows), batched in arrival order up to `max_batch_size` rows, and
-dispatched once an instance is free and the event loop stops bringing new requests (MAX_GATHER_PATIENCE),
-when the batch is full or reaches a preferred size, or after the oldest request has waited
-`max_queue_delay_s` (if that is set). A full queue refuses at once (Unavailable); a request whose deadline passes while
-queued is dropped before compute (DeadlineExceeded); a cancelled request leaves the queue; an
-exception fails only the requests of its own batch.
+No protocol and no onnxruntime imports: the batcher is handed a runner (server/runtime/base.py
+`BatchRunner`: `instances` and `run_batch(inputs, instance, alone)`) and awaits it, one worker task per
+instance. Requests are counted by rows (a request of 5 images is 5 rows), batched in arrival order up to
+`max_batch_size` rows, and dispatched once an instance is free and the event loop stops bringing new
+requests (MAX_GATHER_PATIENCE), when the batch is full or reaches a preferred size, or after the oldest
+request has waited `max_queue_delay_s` (if that is set). A full queue refuses at once (Unavailable); a
+request whose deadline passes while queued is dropped before compute (DeadlineExceeded); a cancelled
+request leaves the queue; an exception fails only the requests of its own batch.
 """
 
 from __future__ import annotations
@@ -17,37 +15,27 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import queue
-import threading
 import time
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from server.errors import DeadlineExceeded, InternalError, ServingError, Unavailable
+from server.runtime.base import BatchRunner
 
 log = logging.getLogger(__name__)
 
-RunBatch = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]]  # (inputs, instance) -> outputs
-# awaited on the loop: (inputs, instance) -> (outputs, seconds the model itself computed)
-RunBatchAsync = Callable[[dict[str, np.ndarray], int], Awaitable[tuple[dict[str, np.ndarray], float]]]
-# A model call expected to take less than this runs on the event loop itself when its request is the only
-# one in the batcher: the hop to an instance thread and back (two thread wake-ups) then costs several times
-# the call (LeNet-5 at batch 1: ~35 us). With company waiting, batches always go to the instance threads,
-# so compute overlaps the loop's gRPC work. The estimate is a decaying minimum of measured calls.
-INLINE_MAX_RUN_S = 100e-6
 # Before a batch leaves, the worker yields to the event loop so that requests gRPC has already received reach
 # the queue (each yield is one loop pass, which polls the sockets). It stops after `patience` passes in a row
 # bring nothing. The patience adapts: it doubles (up to MAX_GATHER_PATIENCE) when yielding found company and
 # halves (down to 1) when it did not, so one request at a time pays one loop pass, and a busy server batches
-# what its loop is still reading instead of running many tiny batches (docs/benchmarks.md).
+# what its loop is still reading instead of running many tiny batches.
 MAX_GATHER_PATIENCE = 16
 # ... but only while the model is cheap next to the time between its executions. When the instance computes most
 # of the time (a compute-bound model under load), a yield would leave it idle while the loop answers the previous
-# batch (ResNet-20 at c=64: ~3 ms per batch, -17 % images/s), and the queue already fills batches: dispatch at once.
-# The busy fraction is a moving average of (model seconds / seconds between dispatches), over all instances.
+# batch, and the queue already fills batches: dispatch at once. The busy fraction is a moving average of
+# (model seconds / seconds between dispatches), over all instances.
 GATHER_MAX_BUSY = 0.5
 
 
@@ -94,77 +82,21 @@ class _Request:
     expired: bool = False  # failed by its deadline timer (counted as "deadline", not also as "cancelled")
 
 
-def _settle(fut: asyncio.Future, result, exc: BaseException | None) -> None:
-    if fut.cancelled():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)
-
-
-class _InstanceThreads:
-    """`n` threads that run blocking calls for the event loop: a SimpleQueue in, call_soon_threadsafe out.
-
-    About half the CPU of `loop.run_in_executor` per call (no concurrent.futures.Future, no wrap_future
-    chain; docs/benchmarks.md), which matters when a batch of a tiny model takes ~30 us."""
-
-    def __init__(self, n: int, name: str) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._run, name=f"ort-{name}_{i}", daemon=True) for i in range(n)]
-        for t in self._threads:
-            t.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            loop, fut, fn, args = item
-            try:
-                result, exc = fn(*args), None
-            except BaseException as e:  # handed to the awaiting coroutine
-                result, exc = None, e
-            try:
-                loop.call_soon_threadsafe(_settle, fut, result, exc)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
-
-    def call(self, loop: asyncio.AbstractEventLoop, fn, *args) -> asyncio.Future:
-        fut = loop.create_future()
-        self._queue.put((loop, fut, fn, args))
-        return fut
-
-    def shutdown(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
-        for t in self._threads:
-            t.join()
-
-
 class DynamicBatcher:
-    def __init__(self, run_batch: RunBatch | None, *, max_batch_size: int, max_queue_delay_s: float,
-                 max_queue_rows: int, preferred_batch_sizes: tuple[int, ...] = (), instances: int = 1,
-                 executor: Executor | None = None, observer: BatchObserver | None = None, name: str = "model",
-                 merge: bool = True, inline_max_run_s: float = INLINE_MAX_RUN_S,
-                 run_batch_async: RunBatchAsync | None = None) -> None:
-        """`run_batch` runs on the batcher's instance threads (or `executor`); `run_batch_async` instead is awaited
-        on the event loop (an instance that computes elsewhere, e.g. in a child process)."""
+    def __init__(self, runner: BatchRunner, *, max_batch_size: int, max_queue_delay_s: float,
+                 max_queue_rows: int, preferred_batch_sizes: tuple[int, ...] = (),
+                 observer: BatchObserver | None = None, name: str = "model", merge: bool = True) -> None:
+        """One worker per `runner.instances`; each awaits `runner.run_batch` (a Runtime, server/runtime/)."""
         # Validate eagerly: a bad setting is a configuration error now, not a hang later.
-        if (run_batch is None) == (run_batch_async is None):
-            raise ValueError("give exactly one of run_batch and run_batch_async")
-        if run_batch_async is not None and executor is not None:
-            raise ValueError("executor applies to run_batch only")
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
         if not max_queue_delay_s >= 0:
             raise ValueError(f"max_queue_delay_s must be >= 0, got {max_queue_delay_s!r}")
         if not isinstance(max_queue_rows, int) or max_queue_rows < 1:
             raise ValueError(f"max_queue_rows must be a positive integer, got {max_queue_rows!r}")
+        instances = runner.instances
         if not isinstance(instances, int) or instances < 1:
             raise ValueError(f"instances must be a positive integer, got {instances!r}")
-        if not inline_max_run_s >= 0:
-            raise ValueError(f"inline_max_run_s must be >= 0, got {inline_max_run_s!r}")
         for b in preferred_batch_sizes:
             if not 1 <= b <= max_batch_size:
                 raise ValueError(f"preferred batch size {b} is outside 1..{max_batch_size}")
@@ -176,18 +108,12 @@ class DynamicBatcher:
         self.max_preferred = max(preferred_batch_sizes, default=max_batch_size)
         self.instances = instances
         self.merge = merge  # False: one request per execution (dynamic_batching: null)
-        self._run_batch = run_batch
-        self._run_batch_async = run_batch_async
-        self._executor = executor  # None: the batcher's own threads, one per instance
-        self._threads = _InstanceThreads(instances, name) if executor is None and run_batch is not None else None
+        self._runner = runner
         self._observer = observer or _NullObserver()
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued_rows = 0
         self._executing = 0
         self._waiting = 0  # requests inside submit(): queued, executing, or being answered
-        self.inline_max_run_s = float(inline_max_run_s)  # 0: never run on the loop
-        self._run_s = float("inf")  # estimated cost of one model call, seconds (unknown: inf); see _timed_run
-        self.inline_runs = 0  # executions that ran on the event loop (for tests and statistics)
         self._patience = 1  # loop passes without a new request before a batch leaves; see _gather_arrivals
         self._busy = 0.0  # moving average of the instances' busy fraction; see GATHER_MAX_BUSY
         self._wakeup: asyncio.Event | None = None
@@ -219,8 +145,11 @@ class DynamicBatcher:
             self._wakeup.set()
         if self._workers:
             await asyncio.gather(*self._workers, return_exceptions=True)
-        if self._threads is not None:
-            self._threads.shutdown()
+
+    @property
+    def runner(self) -> BatchRunner:
+        """What computes the batches (a Runtime)."""
+        return self._runner
 
     @property
     def busy_fraction(self) -> float:
@@ -267,7 +196,7 @@ class DynamicBatcher:
         self._observer.on_queue_depth(self._queued_rows)
         self._wakeup.set()
         # One loop timer per request instead of asyncio.wait (which builds a waiter future, a timeout handle and
-        # done-callbacks each time): ~24 us less per request with a deadline (docs/benchmarks.md).
+        # done-callbacks each time): cheaper per request with a deadline.
         timer = loop.call_at(deadline, self._expire, req) if deadline is not None else None
         self._waiting += 1
         try:
@@ -375,18 +304,6 @@ class DynamicBatcher:
             finally:
                 self._executing -= 1
 
-    def _timed_run(self, inputs: dict[str, np.ndarray], instance: int) -> tuple[dict[str, np.ndarray], float]:
-        """(outputs, seconds the model call took)."""
-        t = time.perf_counter()
-        outputs = self._run_batch(inputs, instance)
-        dt = time.perf_counter() - t
-        # A decaying minimum: drops at once to a faster call, climbs 10 % of the way to a slower one. Calls on a
-        # freshly woken instance thread run 2-5x slower than the model's own cost (cold caches, a migrated
-        # thread), so a plain average would never see that LeNet-5 takes ~35 us; a truly slow model still
-        # climbs above the limit within a few calls.
-        self._run_s = dt if dt < self._run_s else self._run_s + 0.1 * (dt - self._run_s)
-        return outputs, dt
-
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Request], instance: int) -> float:
         """Run one batch and answer its requests; returns the seconds the model call took (0 if it failed)."""
         model_s = 0.0
@@ -400,17 +317,8 @@ class DynamicBatcher:
             else:
                 inputs = {k: np.concatenate([r.inputs[k] for r in batch], axis=0) for k in batch[0].inputs}
             t1 = time.perf_counter()
-            if self._threads is not None and self._waiting == 1 and self._run_s <= self.inline_max_run_s \
-                    and not self._queue:
-                outputs, model_s = self._timed_run(inputs, instance)  # alone and tiny: cheaper than two thread wake-ups
-                self.inline_runs += 1
-            elif self._threads is not None:
-                outputs, model_s = await self._threads.call(loop, self._timed_run, inputs, instance)
-            elif self._run_batch_async is not None:
-                outputs, model_s = await self._run_batch_async(inputs, instance)
-            else:
-                outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs, instance)
-                model_s = time.perf_counter() - t1
+            # alone: no other request waits, so a runtime may compute on the loop (server/runtime/threads.py)
+            outputs, model_s = await self._runner.run_batch(inputs, instance, self._waiting == 1 and not self._queue)
             t2 = time.perf_counter()
             for k, v in outputs.items():  # output count checked against input count
                 if v.shape[:1] != (rows,):
