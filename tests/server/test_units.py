@@ -171,3 +171,51 @@ def test_server_config_file_unknown_key(tmp_path):
     f.write_text("grpc_port: 1\n")
     with pytest.raises(ConfigError, match="unknown key 'grpc_port'"):
         load_config(f, env={})
+
+
+# --- CUDA listed by onnxruntime but absent from the created session (onnxruntime-gpu without usable CUDA)
+
+
+@pytest.fixture
+def cuda_listed(monkeypatch):
+    """onnxruntime lists CUDA (as onnxruntime-gpu does even when libcudart/cuDNN cannot load); this CPU build
+    then really creates a session asked for [CUDA, CPU] on the CPU alone."""
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_cuda_missing_from_the_created_session_is_refused_without_fallback(tmp_path, cuda_listed, isolation):
+    from server.runtime import open_runtime
+
+    path = publish(tmp_path, "m", scale_model("FP32"), providers=["cuda", "cpu"], cuda_fallback=False,
+                   instance_isolation=isolation)
+    with pytest.raises(RepositoryError, match=r"m/1/model.onnx: CUDA was asked for, but the created session has only "
+                                              r"CPUExecutionProvider .*cuda_fallback is false, so the load is refused"):
+        open_runtime(path, repo.load_model_config(tmp_path / "m"), 1)
+
+
+def test_cuda_missing_from_the_created_session_falls_back_with_a_warning(tmp_path, cuda_listed, caplog):
+    path = publish(tmp_path, "m", scale_model("FP32"), providers=["cuda", "cpu"], cuda_fallback=True)
+    rt = ModelRuntime(path, repo.load_model_config(tmp_path / "m"), 1)
+    try:
+        assert rt.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]  # what was asked for
+        assert rt.provider == "CPUExecutionProvider" and rt.providers_fell_back  # what the session has
+        assert "serving on the CPU (cuda_fallback is true)" in caplog.text
+    finally:
+        rt.close()
+
+
+def test_a_cuda_fallback_shows_in_the_loaded_metric(tmp_path, cuda_listed):
+    """The registry labels model_loaded_info with the provider the session has, not the one asked for."""
+    from tests.server.core_fixtures import core_service, run
+
+    publish(tmp_path, "m", scale_model("FP32"), providers=["cuda", "cpu"], cuda_fallback=True)
+
+    async def main():
+        async with core_service(tmp_path) as s:
+            m = s.metrics.model_loaded
+            return m.labels("m", "1", "CPUExecutionProvider")._value.get(), s.model_config("m").provider
+
+    assert run(main()) == (1.0, "CPUExecutionProvider")
