@@ -269,3 +269,69 @@ def render_overlay(base: np.ndarray, heat: np.ndarray, size: int = 0, settings: 
     buf = io.BytesIO()
     Image.fromarray(out, "RGB").save(buf, format="PNG", compress_level=settings.png_compress_level)
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# one request's explanations, from the model runs the caller made (the core batches and runs them)
+
+
+@dataclass
+class ClassMap:
+    """One explained class of one image, in plain types (what every protocol adapter encodes)."""
+
+    index: int
+    label: str
+    values: np.ndarray  # (H, W) float32 over the model input
+    overlay_png: bytes  # b"" when no overlay was asked for
+
+
+def plan_for(height: int, width: int, max_batch_size: int, settings: ExplainSettings = ExplainSettings()) -> OcclusionPlan:
+    """The occlusion plan, its grid narrowed so that one image's rows fit one batch of the model."""
+    grid = settings.occlusion_grid
+    if max_batch_size >= 5:
+        grid = min(grid, math.isqrt(max_batch_size - 1))
+    return occlusion_plan(height, width, grid, settings.occlusion_patch)
+
+
+def occlusion_inputs(x: np.ndarray, plan: OcclusionPlan) -> list[np.ndarray]:
+    """(N, C, H, W) model input -> one (plan.rows, C, H, W) batch per image (row 0: the image itself)."""
+    return [occlusion_batch(row, plan, 0.0) for row in x]
+
+
+def occlusion_explain(probs_per_image: Sequence[np.ndarray], plan: OcclusionPlan, class_indices: Sequence[int],
+                      num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image (plan.rows, K) probabilities -> (probabilities of the unoccluded images (N, K),
+    classes (N, m), maps (N, m, H, W))."""
+    probs = np.stack([p[0] for p in probs_per_image]).astype(np.float32)
+    classes = choose_classes(probs, class_indices, num_classes)
+    maps = np.stack([occlusion_maps(p, plan, c) for p, c in zip(probs_per_image, classes)])
+    return probs, classes, maps
+
+
+def cam_explain(probs: np.ndarray, features: np.ndarray, head: CamHead, class_indices: Sequence[int],
+                height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The CAM graph's (N, K) probabilities and (N, C, h, w) features -> (classes (N, m), maps (N, m, H, W))."""
+    k = head.weights.shape[0]
+    if probs.shape[1] != k or features.shape[1] != head.weights.shape[1]:
+        raise RepositoryError(f"CAM graph outputs ({probs.shape[1]} classes, {features.shape[1]} feature maps) do not "
+                              f"match its classifier weights {list(head.weights.shape)}")
+    classes = choose_classes(probs, class_indices, k)
+    return classes, upsample(cam(features, head.weights, classes), height, width)
+
+
+def class_maps(x: np.ndarray, classes: np.ndarray, maps: np.ndarray, labels: Sequence[str], *, scale: float,
+               mean: Sequence[float], std: Sequence[float], overlay: bool, overlay_size: int = 0,
+               settings: ExplainSettings = ExplainSettings()) -> list[list[ClassMap]]:
+    """Per image, one ClassMap per explained class; the overlays drawn over the preprocessed input x (N, C, H, W)."""
+    if overlay:
+        overlay_shape(x.shape[2], x.shape[3], overlay_size, settings)  # refuse a bad size before any drawing
+    out = []
+    for xi, ci, mi in zip(x, classes, maps):
+        base = input_image(xi, scale, mean, std) if overlay else None
+        row = []
+        for c, m in zip(ci, mi):
+            m = np.ascontiguousarray(m, dtype=np.float32)
+            png = render_overlay(base, m, overlay_size, settings) if base is not None else b""
+            row.append(ClassMap(int(c), labels[c] if c < len(labels) else str(int(c)), m, png))
+        out.append(row)
+    return out

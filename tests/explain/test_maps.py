@@ -18,16 +18,21 @@ from server.explain import (
     CamHead,
     ExplainSettings,
     cam,
+    cam_explain,
     choose_classes,
+    class_maps,
     decode_array,
     encode_array,
     explain_method,
     input_image,
     normalise,
     occlusion_batch,
+    occlusion_explain,
+    occlusion_inputs,
     occlusion_maps,
     occlusion_plan,
     overlay_shape,
+    plan_for,
     render_overlay,
     upsample,
 )
@@ -169,3 +174,53 @@ def test_method_from_metadata_and_cam_head():
         CamHead.from_extra({"explain": {"method": "cam", "class_weights": encode_array(w), "class_bias": encode_array(w)}}, "m")
     with pytest.raises(RepositoryError, match="method is not 'cam'"):
         CamHead.from_extra({"explain": {"method": "occlusion"}}, "m")
+
+
+def test_plan_for_fits_one_image_in_one_batch():
+    assert plan_for(28, 28, 64).rows == 50
+    assert plan_for(28, 28, 20).rows == 17  # grid 4
+    assert plan_for(28, 28, 2).rows == 50  # too small to fit any useful grid: the default, split over batches
+
+
+def test_occlusion_explain_and_class_maps_end_to_end_on_a_known_model():
+    """Two images through a 'model' that looks at the top-left quadrant (class 1) versus the rest (class 0)."""
+    x = np.ones((2, 1, 28, 28), np.float32)
+    x[1] *= 0.5
+    plan = plan_for(28, 28, 64)
+    batches = occlusion_inputs(x, plan)
+    assert [b.shape for b in batches] == [(50, 1, 28, 28)] * 2
+
+    def model(b):
+        q = b[:, 0, :14, :14].mean(axis=(1, 2))
+        r = (b[:, 0].sum(axis=(1, 2)) - b[:, 0, :14, :14].sum(axis=(1, 2))) / (28 * 28 - 196)
+        e = np.exp(np.stack([r, 2 * q], axis=1))
+        return e / e.sum(axis=1, keepdims=True)
+
+    probs, classes, maps = occlusion_explain([model(b) for b in batches], plan, [], 2)
+    np.testing.assert_allclose(probs, model(x))
+    np.testing.assert_array_equal(classes, [[1], [1]])
+    assert maps.shape == (2, 1, 28, 28)
+    for m in maps[:, 0]:
+        assert m[:14, :14].mean() > 0 > m[14:, 14:].mean()  # evidence for class 1 is in its quadrant
+    out = class_maps(x, classes, maps, ["zero", "one"], scale=1 / 255, mean=[0.0], std=[1 / 255], overlay=True)
+    assert [[(c.index, c.label, c.values.shape) for c in row] for row in out] == [[(1, "one", (28, 28))]] * 2
+    assert all(Image.open(io.BytesIO(row[0].overlay_png)).size == (224, 224) for row in out)
+    bare = class_maps(x, classes, maps, ["zero", "one"], scale=1.0, mean=[0.0], std=[1.0], overlay=False, overlay_size=9999)
+    assert bare[0][0].overlay_png == b""
+    with pytest.raises(InvalidInput, match="overlay_size"):
+        class_maps(x, classes, maps, ["zero", "one"], scale=1.0, mean=[0.0], std=[1.0], overlay=True, overlay_size=9999)
+
+
+def test_cam_explain_is_cam_upsampled_and_checks_the_shapes():
+    rng = np.random.default_rng(4)
+    w, b = rng.normal(size=(10, 8)).astype(np.float32), np.zeros(10, np.float32)
+    head = CamHead(w, b)
+    f = rng.normal(size=(3, 8, 4, 4)).astype(np.float32)
+    probs = rng.random(size=(3, 10)).astype(np.float32)
+    classes, maps = cam_explain(probs, f, head, [2, 5], 28, 28)
+    np.testing.assert_array_equal(classes, [[2, 5]] * 3)
+    np.testing.assert_allclose(maps, upsample(cam(f, w, classes), 28, 28), atol=1e-6)
+    classes, _ = cam_explain(probs, f, head, [], 28, 28)
+    np.testing.assert_array_equal(classes[:, 0], probs.argmax(axis=1))
+    with pytest.raises(RepositoryError, match="do not match its classifier weights"):
+        cam_explain(probs, f[:, :7], head, [], 28, 28)
