@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from export.errors import ExportError
+from export.explain import EXPLAIN_FILE, add_explanation
 from export.onnx import DEFAULT_EXPORTER, DEFAULT_OPSET, export_onnx, metadata_from_checkpoint, rewrite_metadata
 from export.publish import prepare_model_dir, publish, remove_if_unused, sanitize_name, staging, validate_name
 from export.quantize import DEFAULT_INT8_FORMAT, DEFAULT_MAX_ACCURACY_DROP
@@ -141,6 +142,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, repository: str | os.PathLi
             verify.require_parity(report, fp32_path)
             log(f"parity on {report.images} {test.spec} test images: max |logits diff| {report.max_abs_diff_logits:.2e}, "
                 f"argmax identical")
+            # CAM models: explain.onnx (verified) beside model.onnx; every model: the method in its metadata
+            add_explanation(model, input_shape, tmp, metadata, parity_set[:16], opset=opset, exporter=exporter, log=log)
             fp32_pred, labels = verify.predictions(fp32_path, test.batches())
             fp32_acc = float((fp32_pred == labels).mean())
             ckpt_acc = (ckpt.get("metrics") or {}).get("test_accuracy")
@@ -187,7 +190,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, repository: str | os.PathLi
             rewrite_metadata(final, metadata)
             verify.check_file(final)  # the bytes that get published, after the metadata rewrite
             shutil.rmtree(work)
-            external = any(p.name != MODEL_FILE for p in tmp.iterdir())
+            external = any(p.name not in (MODEL_FILE, EXPLAIN_FILE) for p in tmp.iterdir())
             size = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file())
             version, target = publish(tmp, model_dir)
     except BaseException:
