@@ -25,9 +25,9 @@ def _parse_scenarios(text: str) -> list[int]:
             out += list(range(int(a), int(b) + 1))
         elif part:
             out.append(int(part))
-    bad = [n for n in out if n not in range(1, 7)]
+    bad = [n for n in out if n not in range(1, 10)]
     if bad:
-        raise argparse.ArgumentTypeError(f"scenarios are 1..6, got {bad}")
+        raise argparse.ArgumentTypeError(f"scenarios are 1..9, got {bad}")
     return out
 
 
@@ -45,10 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     speed = r.add_mutually_exclusive_group()
     speed.add_argument("--quick", action="store_true", help="fewer points, 2 s windows, one repeat (a few minutes)")
     speed.add_argument("--smoke", action="store_true", help="seconds per scenario, numbers meaningless (tests)")
-    r.add_argument("--scenarios", type=_parse_scenarios, default=list(range(1, 7)), help="e.g. 1,2 or 1-3 (default all)")
+    r.add_argument("--scenarios", type=_parse_scenarios, default=None,
+                   help="e.g. 1,2 or 1-3 (default 1-6; 7 open-loop tail latency, 8 memory across batch sizes, "
+                        "9 reload under load)")
     r.add_argument("--out", type=Path, help="run folder (default runs/bench/<UTC time>)")
     r.add_argument("--lenet-repo", type=Path, help="repository serving LeNet-5 (default: trained once, cached)")
     r.add_argument("--resnet-repo", type=Path, help="repository serving ResNet-20 (default: trained once, cached)")
+    r.add_argument("--vgg-repo", type=Path, help="repository serving VGG-11, scenario 8 (default: trained once, cached)")
     r.add_argument("--server-root", type=Path, default=ROOT,
                    help="source tree whose server is measured (a scratch copy with a proposed change; default this one)")
     r.add_argument("--compare-root", type=Path,
@@ -89,7 +92,7 @@ def run(args) -> int:
 
     from bench import env as envmod
     from bench import models, report
-    from bench.scenarios import MODES, SCENARIOS, Ctx
+    from bench.scenarios import DEFAULT_SCENARIOS, MODES, SCENARIOS, Ctx
 
     import os
 
@@ -101,9 +104,12 @@ def run(args) -> int:
                                                           ("s6_requests", args.requests)) if v is not None})
     out = (args.out or ROOT / "runs" / "bench" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    need_resnet = any(n in args.scenarios for n in (2, 3, 4))
+    if args.scenarios is None:
+        args.scenarios = list(DEFAULT_SCENARIOS)
+    need_resnet = any(n in args.scenarios for n in (2, 3, 4, 7, 8))
     lenet = models.ensure("lenet5", args.lenet_repo, log=_log)
     resnet = models.ensure("resnet20", args.resnet_repo, log=_log) if need_resnet else (args.resnet_repo or lenet)
+    vgg = models.ensure("vgg11", args.vgg_repo, log=_log) if 8 in args.scenarios else args.vgg_repo
     settings = {"mode": mode.name, "scenarios": ",".join(map(str, args.scenarios)), "duration_s": mode.duration_s,
                 "warmup_s": mode.warmup_s, "repeats": mode.repeats, "clients": args.clients or "auto",
                 "server_cpus": args.server_cpus or "any", "client_cpus": args.client_cpus or "any",
@@ -112,7 +118,8 @@ def run(args) -> int:
                 "lenet_config": models.config_of(lenet), "resnet_config": models.config_of(resnet)}
     env = envmod.describe(settings)
     ctx = Ctx(out=out, mode=mode, lenet_repo=lenet, resnet_repo=resnet, server_root=args.server_root.resolve(), env=env,
-              processes=args.clients, log=_log, compare_root=args.compare_root.resolve() if args.compare_root else None)
+              processes=args.clients, log=_log, compare_root=args.compare_root.resolve() if args.compare_root else None,
+              vgg_repo=vgg)
     _log(f"bench: mode {mode.name}, scenarios {settings['scenarios']}, writing {out}")
     errors, timings = {}, {}
     for n in args.scenarios:

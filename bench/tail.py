@@ -1,0 +1,217 @@
+"""Scenario 7: tail latency under open-loop load (issue 21).
+
+For LeNet-5 and ResNet-20, with dynamic batching on (the exported config) and off (`dynamic_batching:
+null`), one server each:
+
+1. find the maximum sustainable rate: open-loop Poisson probes, doubling from `start_rps` until a probe is
+   not sustainable, then bisecting between the last good and the first bad rate. A probe is sustainable
+   when every request scheduled in its window was answered OK, the answers kept up with the offered rate
+   (completed/s >= 95 % of the offered requests/s actually drawn), and p99 <= `p99_limit_ms`;
+2. measure p50 / p99 / p99.9 (and the generator's send lag) at 10, 50, 80 and 95 % of that rate.
+
+Targets (LeNet-5, batching on): p99 at 80 % <= 5 x p50 at 10 %; at 95 %: no request lost, p99.9 reported.
+Writes s7_open_loop.json / .md / .png (latency against offered load).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench import models, procs, report
+from bench.env import markdown as env_markdown
+from bench.loadgen import model_infer_request
+from bench.openloop import OpenLoopResult, run_open_loop
+
+LEVELS = (0.10, 0.50, 0.80, 0.95)
+
+
+@dataclass(frozen=True)
+class TailMode:
+    probe_s: float  # window of one search probe
+    warmup_s: float  # not counted, before every window
+    level_s: float  # window at each fraction of the maximum
+    bisect_steps: int
+    start_rps: float
+    max_probes: int  # doubling probes at most (the search gives up higher)
+    p99_limit_ms: float
+
+
+TAIL_MODES = {
+    "full": TailMode(probe_s=4.0, warmup_s=1.0, level_s=15.0, bisect_steps=5, start_rps=100.0, max_probes=10,
+                     p99_limit_ms=100.0),
+    "quick": TailMode(probe_s=2.0, warmup_s=0.5, level_s=4.0, bisect_steps=3, start_rps=100.0, max_probes=9,
+                      p99_limit_ms=100.0),
+    "smoke": TailMode(probe_s=0.3, warmup_s=0.1, level_s=0.3, bisect_steps=0, start_rps=40.0, max_probes=1,
+                      p99_limit_ms=1000.0),
+}
+
+
+def sustainable(r: OpenLoopResult, p99_limit_ms: float) -> tuple[bool, str]:
+    """(ok, why not): every request answered, answers kept up with the offer, p99 under the limit."""
+    s = r.summary()
+    offered = r.scheduled / r.duration_s
+    if r.failed:
+        return False, f"{r.failed} of {r.scheduled} not answered OK ({r.outcomes()})"
+    if r.completed_rps < 0.95 * offered:
+        return False, f"answers {r.completed_rps:.0f}/s < 95 % of the {offered:.0f}/s offered"
+    if s["p99_ms"] is None or s["p99_ms"] > p99_limit_ms:
+        return False, f"p99 {s['p99_ms']} ms > {p99_limit_ms:g} ms"
+    return True, ""
+
+
+def _point(r: OpenLoopResult, **extra) -> dict:
+    s = r.summary()
+    s.update(extra)
+    return s
+
+
+def find_max_rate(address: str, payload: bytes, tm: TailMode, *, processes: int = 1, log=print,
+                  tag: str = "") -> tuple[float, list[dict]]:
+    """The highest sustainable rate found (0 if even the first probe failed) and every probe."""
+    probes: list[dict] = []
+    good, bad = 0.0, None
+    rate = tm.start_rps
+
+    def probe(rate: float) -> bool:
+        r = run_open_loop(address, payload, rate, duration_s=tm.probe_s, warmup_s=tm.warmup_s, processes=processes,
+                          seed=len(probes))
+        ok, why = sustainable(r, tm.p99_limit_ms)
+        probes.append(_point(r, phase="search", sustainable=ok, why_not=why))
+        log(f"  s7 {tag} probe {rate:.0f}/s: {'ok' if ok else 'NOT sustainable: ' + why} "
+            f"(p50 {probes[-1]['p50_ms']} p99 {probes[-1]['p99_ms']} ms, send lag p99 {probes[-1]['send_lag_p99_ms']} ms)")
+        time.sleep(0.3)  # let any backlog of a failed probe drain before the next
+        return ok
+
+    for _ in range(tm.max_probes):
+        if probe(rate):
+            good = rate
+            rate *= 2
+        else:
+            bad = rate
+            break
+    if bad is not None and good > 0:
+        for _ in range(tm.bisect_steps):
+            mid = (good + bad) / 2
+            if probe(mid):
+                good = mid
+            else:
+                bad = mid
+    return good, probes
+
+
+def measure_config(ctx, label: str, repo: Path, tm: TailMode) -> dict:
+    name = models.model_name(repo)
+    payload = model_infer_request(name, 1)
+    processes = ctx.processes or 1
+    server = None
+    try:
+        server = procs.start_server(repo, ctx.logs, server_root=ctx.server_root, name=f"s7-{label.replace(' ', '-')}")
+        max_rps, probes = find_max_rate(server.address, payload, tm, processes=processes, log=ctx.log, tag=label)
+        levels = []
+        if max_rps > 0:
+            for frac in LEVELS:
+                r = run_open_loop(server.address, payload, max_rps * frac, duration_s=tm.level_s, warmup_s=tm.warmup_s,
+                                  processes=processes, seed=100 + len(levels))
+                levels.append(_point(r, phase="level", fraction=frac, sustainable=sustainable(r, tm.p99_limit_ms)[0]))
+                p = levels[-1]
+                ctx.log(f"  s7 {label} {frac:.0%} of max = {p['offered_rps']:.0f}/s: p50 {p['p50_ms']} p99 {p['p99_ms']} "
+                        f"p99.9 {p['p99.9_ms']} ms, failed {p['failed']}, send lag p99 {p['send_lag_p99_ms']} ms")
+        rss = server.rss_bytes()
+    finally:
+        if server is not None:
+            server.stop()
+    return {"label": label, "model": name, "repo": str(repo), "max_rps": max_rps, "probes": probes, "levels": levels,
+            "rss_bytes": rss}
+
+
+def _plot(configs: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    by_model: dict[str, list[dict]] = {}
+    for c in configs:
+        by_model.setdefault(c["model"], []).append(c)
+    fig, axes = plt.subplots(1, len(by_model), figsize=(6.5 * len(by_model), 4.8), dpi=110, squeeze=False)
+    for ax, (model, cs) in zip(axes[0], by_model.items()):
+        for i, c in enumerate(cs):
+            pts = [p for p in c["levels"] if p["p50_ms"] is not None]
+            if not pts:
+                continue
+            xs = [p["offered_rps"] for p in pts]
+            for key, style in (("p50_ms", "o-"), ("p99_ms", "s--"), ("p99.9_ms", "^:")):
+                ax.plot(xs, [p[key] for p in pts], style, color=f"C{i}", label=f"{c['label'].split(', ')[-1]} {key[:-3]}")
+            ax.axvline(c["max_rps"], color=f"C{i}", alpha=0.3)
+            for p in pts:
+                ax.annotate(f"{p['fraction']:.0%}", (p["offered_rps"], p["p50_ms"]), textcoords="offset points",
+                            xytext=(3, -10), fontsize=7, color=f"C{i}")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered load, requests/s (Poisson; labels: share of the max; line: max sustainable)")
+        ax.set_ylabel("latency from scheduled send, ms (log)")
+        ax.set_title(f"{model}: open-loop latency vs offered load", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def s7_open_loop(ctx) -> dict:
+    from bench.scenarios import _finish, _target
+
+    tm = TAIL_MODES[ctx.mode.name]
+    repos = [("LeNet-5", ctx.lenet_repo)]
+    if Path(ctx.resnet_repo).resolve() != Path(ctx.lenet_repo).resolve():
+        repos.append(("ResNet-20", ctx.resnet_repo))
+    configs = []
+    for kind, repo in repos:
+        db = models.config_of(repo).get("dynamic_batching")
+        off = models.variant(repo, ctx.out / "repos" / f"s7-{kind.lower()}-off", dynamic_batching=None)
+        configs.append(measure_config(ctx, f"{kind}, batching on", repo, tm))
+        configs.append(measure_config(ctx, f"{kind}, batching off", off, tm))
+        configs[-2]["dynamic_batching"], configs[-1]["dynamic_batching"] = db, None
+    rows = []
+    for c in configs:
+        for p in c["levels"]:
+            rows.append({"config": c["label"], "max_rps": c["max_rps"], "fraction": f"{p['fraction']:.0%}",
+                         "offered": p["offered_rps"], "completed": p["completed_rps"], "p50": p["p50_ms"],
+                         "p99": p["p99_ms"], "p999": p["p99.9_ms"], "max": p["max_ms"], "failed": p["failed"],
+                         "lag99": p["send_lag_p99_ms"], "lagmax": p["send_lag_max_ms"]})
+    targets = []
+    lenet_on = configs[0]
+    lv = {p["fraction"]: p for p in lenet_on["levels"]}
+    if lv:
+        targets.append(_target(f"{lenet_on['model']}, batching on: p99 at 80 % of max ({lv[0.8]['offered_rps']:.0f}/s) / "
+                               f"p50 at 10 % ({lv[0.1]['offered_rps']:.0f}/s)",
+                               (lv[0.8]["p99_ms"] or float("nan")) / (lv[0.1]["p50_ms"] or float("nan")), 5.0,
+                               higher_is_better=False, unit="x", fmt="{:.2f}"))
+        targets.append(_target(f"{lenet_on['model']}, batching on, 95 % of max ({lv[0.95]['offered_rps']:.0f}/s): requests "
+                               f"not answered OK of {lv[0.95]['scheduled']:,} (p99.9 {lv[0.95]['p99.9_ms']} ms)",
+                               float(lv[0.95]["failed"]), 0.0, higher_is_better=False, fmt="{:.0f}"))
+    png = ctx.out / "s7_open_loop.png"
+    _plot(configs, png)
+    load = os.getloadavg()
+    cols = [("config", "config"), ("max_rps", "max sustainable req/s"), ("fraction", "share"), ("offered", "offered req/s"),
+            ("completed", "answered req/s"), ("p50", "p50 ms"), ("p99", "p99 ms"), ("p999", "p99.9 ms"), ("max", "max ms"),
+            ("failed", "not OK"), ("lag99", "send lag p99 ms"), ("lagmax", "send lag max ms")]
+    md = (f"# Scenario 7: tail latency under open-loop load (LeNet-5, ResNet-20; batching on / off)\n\n"
+          f"Open loop (bench/openloop.py): Poisson arrivals at a set rate, each request timed from its *scheduled* "
+          f"send time, so neither a slow server nor a late generator can hide latency. Maximum sustainable rate: "
+          f"doubling from {tm.start_rps:g}/s, then {tm.bisect_steps} bisection steps, probes of {tm.probe_s:g} s after "
+          f"{tm.warmup_s:g} s warm-up; sustainable = every request answered OK, answers >= 95 % of the offered rate, "
+          f"p99 <= {tm.p99_limit_ms:g} ms. Then {tm.level_s:g} s windows at 10/50/80/95 % of it. "
+          f"{ctx.processes or 1} generator process(es) (separate from the server), 2 channels each. "
+          f"Send lag = actual minus scheduled send time (the generator's own delay, already inside the latencies). "
+          f"Mode `{ctx.mode.name}`; load average at the end {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (a shared "
+          f"machine: other work runs beside it).\n\n{env_markdown(ctx.env)}\n\n"
+          + report.table(rows, cols) + "\n\n## Targets\n\n" + report.targets_table(targets)
+          + "\n\n## Search probes\n\n"
+          + report.table([{"config": c["label"], **p} for c in configs for p in c["probes"]],
+                         [("config", "config"), ("offered_rps", "offered req/s"), ("completed_rps", "answered req/s"),
+                          ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("failed", "not OK"),
+                          ("send_lag_p99_ms", "send lag p99 ms"), ("sustainable", "sustainable"), ("why_not", "why not")])
+          + "\n\n![latency vs offered load](s7_open_loop.png)\n")
+    return _finish(ctx, "s7_open_loop", {"scenario": 7, "title": "tail latency under open-loop load",
+                                         "tail_mode": asdict(tm), "configs": configs, "rows": rows, "targets": targets,
+                                         "loadavg_at_end": list(load)}, md)
