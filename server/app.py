@@ -50,9 +50,14 @@ class Server:
         self.metrics = Metrics(max_batch_size=256)
         registry = ModelRegistry(config.repository, self.metrics, config.poll_interval_s)
         limits = ImageLimits(max_pixels=config.max_image_pixels)
-        self.service = InferenceService(registry, self.metrics, default_model=config.default_model,
-                                        image_limits=limits, max_images_per_request=config.max_images_per_request,
-                                        allow_model_control=config.allow_model_control)
+        self.service = InferenceService(
+            registry,
+            self.metrics,
+            default_model=config.default_model,
+            image_limits=limits,
+            max_images_per_request=config.max_images_per_request,
+            allow_model_control=config.allow_model_control,
+        )
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
@@ -64,24 +69,34 @@ class Server:
     async def start(self) -> None:
         cfg = self.config
         if not Path(cfg.repository).is_dir():
-            raise RepositoryError(f"{cfg.repository}: model repository folder does not exist "
-                                  "(create it, or export a model into it with `cnn export`)")
+            raise RepositoryError(
+                f"{cfg.repository}: model repository folder does not exist "
+                "(create it, or export a model into it with `cnn export`)"
+            )
         await self.service.start()
-        opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.max_send_message_length", cfg.max_message_bytes),
-                ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0)]  # workers share the port; else one server owns it
+        opts = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
+        ]  # workers share the port; else one server owns it
         interceptors = []
         if cfg.auth_tokens_file:
+
             def denied(method: str, code: grpc.StatusCode) -> None:
                 self.metrics.requests.labels(method.rpartition("/")[2], "", "", code.name).inc()
 
             interceptors.append(BearerTokenInterceptor(load_tokens(cfg.auth_tokens_file), on_denied=denied))
         self._grpc = grpc.aio.server(options=opts, interceptors=interceptors)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.service, self.metrics), self._grpc)
-        classification_pb2_grpc.add_ClassificationServicer_to_server(ClassificationServicer(self.service, self.metrics), self._grpc)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.service, self.metrics), self._grpc
+        )
+        classification_pb2_grpc.add_ClassificationServicer_to_server(
+            ClassificationServicer(self.service, self.metrics), self._grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, CLASSIFICATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
+            (INFERENCE_SERVICE, CLASSIFICATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+        )
         if cfg.tls_cert_file:
             creds = server_credentials(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
             self.grpc_port = self._grpc.add_secure_port(cfg.grpc_address, creds)
@@ -91,8 +106,9 @@ class Server:
             raise OSError(f"cannot bind gRPC address {cfg.grpc_address}")
         if cfg.metrics_address:
             host, _, port = cfg.metrics_address.rpartition(":")
-            self._metrics_http, _ = self.metrics.start_http(host, int(port))
-            self.metrics_port = self._metrics_http.server_port
+            http_server, _ = self.metrics.start_http(host, int(port))
+            self._metrics_http = http_server
+            self.metrics_port = http_server.server_port
         await self._grpc.start()
         await self._update_health()
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
@@ -148,7 +164,11 @@ async def main(config: ServerConfig, ready_pipe=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
     host = config.grpc_address.rpartition(":")[0]
-    metrics = f"http://{config.metrics_address.rpartition(':')[0]}:{server.metrics_port}/metrics" if config.metrics_address else "off"
+    metrics = (
+        f"http://{config.metrics_address.rpartition(':')[0]}:{server.metrics_port}/metrics"
+        if config.metrics_address
+        else "off"
+    )
     ready = ", ".join(f"{m.name} v{','.join(m.versions)}" for m in server.service.list_models()) or "none"
     if ready_pipe is not None:  # a worker: the supervisor prints one line for all of them
         ready_pipe.send((server.grpc_port, metrics, ready))
@@ -162,8 +182,9 @@ async def main(config: ServerConfig, ready_pipe=None) -> int:
 
 
 def run(config: ServerConfig) -> int:
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if config.workers > 1:
         return _supervise(config)
     return run_loop(main(config), config.event_loop)
@@ -205,7 +226,7 @@ def _supervise(config: ServerConfig) -> int:
 
     def forward(sig, _frame):
         for p in procs:
-            if p.is_alive():
+            if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, sig)
 
     signal.signal(signal.SIGTERM, forward)
@@ -223,8 +244,12 @@ def _supervise(config: ServerConfig) -> int:
         reserve.close()
     grpc_port, metrics, ready = answers[0]
     others = ", ".join(a[1].rpartition(":")[2].split("/")[0] for a in answers[1:]) if metrics != "off" else ""
-    print(f"serving gRPC on {host}:{grpc_port} metrics {metrics} models: {ready} (workers: {config.workers}"
-          + (f"; the others' metrics ports: {others}" if others else "") + ")", flush=True)
+    print(
+        f"serving gRPC on {host}:{grpc_port} metrics {metrics} models: {ready} (workers: {config.workers}"
+        + (f"; the others' metrics ports: {others}" if others else "")
+        + ")",
+        flush=True,
+    )
     for p in procs:
         p.join()
     return max(p.exitcode or 0 for p in procs)

@@ -6,18 +6,27 @@ import sys
 
 
 def add_serve_parser(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="serve a model repository over gRPC (Open Inference Protocol)",
-                              description="Serve a model repository over gRPC on onnxruntime. Precedence: flags > "
-                                          "CNN_SERVER_* environment variables > --config file > defaults.")
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model repository over gRPC (Open Inference Protocol)",
+        description="Serve a model repository over gRPC on onnxruntime. Precedence: flags > "
+        "CNN_SERVER_* environment variables > --config file > defaults.",
+    )
     p.add_argument("--repository", help="model repository folder (default: model_repository)")
     p.add_argument("--config", help="YAML file of server settings (keys as in server/config.py)")
     p.add_argument("--grpc-address", help="host:port for gRPC (default 127.0.0.1:8001; port 0 = any free port)")
     p.add_argument("--metrics-address", help="host:port for Prometheus /metrics (default 127.0.0.1:8002; '' = off)")
     p.add_argument("--poll-interval-s", type=float, help="repository polling interval in seconds (0 = off; default 2)")
-    p.add_argument("--allow-model-control", action="store_true", default=None,
-                   help="enable RepositoryModelLoad/Unload (off by default)")
+    p.add_argument(
+        "--allow-model-control",
+        action="store_true",
+        default=None,
+        help="enable RepositoryModelLoad/Unload (off by default)",
+    )
     p.add_argument("--default-model", help="model used by Classify when the request names none")
-    p.add_argument("--drain-grace-s", type=float, help="seconds in-flight requests get to finish on SIGTERM (default 20)")
+    p.add_argument(
+        "--drain-grace-s", type=float, help="seconds in-flight requests get to finish on SIGTERM (default 20)"
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument("--workers", type=int, help="server processes sharing the gRPC port via SO_REUSEPORT (default 1)")
     p.add_argument("--tls-cert-file", help="PEM server certificate: serve gRPC over TLS")
@@ -32,9 +41,24 @@ def run_serve(args) -> int:
     from server.config import ConfigError, load_config
     from server.errors import RepositoryError
 
-    overrides = {k: getattr(args, k) for k in ("repository", "grpc_address", "metrics_address", "poll_interval_s",
-                                               "allow_model_control", "default_model", "drain_grace_s", "log_level", "workers",
-                                               "tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file")}
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "repository",
+            "grpc_address",
+            "metrics_address",
+            "poll_interval_s",
+            "allow_model_control",
+            "default_model",
+            "drain_grace_s",
+            "log_level",
+            "workers",
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
+            "auth_tokens_file",
+        )
+    }
     try:
         config = load_config(args.config, overrides=overrides)
         return run(config)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -50,7 +51,7 @@ class ServerConfig:
     event_loop: str = "uvloop"  # uvloop | asyncio: uvloop (libuv) costs the server less CPU per request
     #                             (bench/results/ab/event-loop.md)
 
-    def validate(self, where: Mapping[str, str] | None = None) -> "ServerConfig":
+    def validate(self, where: Mapping[str, str] | None = None) -> ServerConfig:
         where = where or {}
 
         def bad(key: str, why: str) -> ConfigError:
@@ -74,21 +75,30 @@ class ServerConfig:
         if self.max_images_per_request < 1:
             raise bad("max_images_per_request", f"must be positive, got {self.max_images_per_request}")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise bad("tls_key_file" if self.tls_cert_file else "tls_cert_file",
-                      "tls_cert_file and tls_key_file must be set together")
+            raise bad(
+                "tls_key_file" if self.tls_cert_file else "tls_cert_file",
+                "tls_cert_file and tls_key_file must be set together",
+            )
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise bad("tls_client_ca_file", "client certificates need TLS: set tls_cert_file and tls_key_file too")
         if self.gil_switch_interval_s != 0 and not 1e-5 <= self.gil_switch_interval_s <= 0.1:
-            raise bad("gil_switch_interval_s", f"must be 0 (Python's default) or in 1e-05..0.1, got {self.gil_switch_interval_s}")
+            raise bad(
+                "gil_switch_interval_s",
+                f"must be 0 (Python's default) or in 1e-05..0.1, got {self.gil_switch_interval_s}",
+            )
         if self.gc_gen0_threshold != 0 and not 100 <= self.gc_gen0_threshold <= 10_000_000:
-            raise bad("gc_gen0_threshold", f"must be 0 (Python's default) or in 100..10000000, got {self.gc_gen0_threshold}")
+            raise bad(
+                "gc_gen0_threshold", f"must be 0 (Python's default) or in 100..10000000, got {self.gc_gen0_threshold}"
+            )
         if self.event_loop not in EVENT_LOOPS:
             raise bad("event_loop", f"must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
         if self.event_loop == "uvloop":
             try:
                 import uvloop  # noqa: F401
             except ImportError:
-                raise bad("event_loop", "uvloop is not installed (pip install uvloop), or set event_loop: asyncio") from None
+                raise bad(
+                    "event_loop", "uvloop is not installed (pip install uvloop), or set event_loop: asyncio"
+                ) from None
         if not 1 <= self.workers <= 64:
             raise bad("workers", f"must be in 1..64, got {self.workers}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -128,8 +138,11 @@ def _coerce(key: str, value: Any, typ: type, source: str) -> Any:
         raise ConfigError(f"config '{key}' ({source}): expected {typ.__name__}, got {value!r}") from None
 
 
-def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
-                overrides: Mapping[str, Any] | None = None) -> ServerConfig:
+def load_config(
+    path: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServerConfig:
     """defaults < file < env < overrides (flags; None values are ignored)."""
     env = os.environ if env is None else env
     fields = {f.name: f for f in dataclasses.fields(ServerConfig)}
@@ -147,9 +160,11 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
         name = ENV_PREFIX + k.upper()
         if name in env:
             values[k], where[k] = _coerce(k, env[name], types[k], name), name
-    unknown_env = [n for n in env if n.startswith(ENV_PREFIX) and n[len(ENV_PREFIX):].lower() not in fields]
+    unknown_env = [n for n in env if n.startswith(ENV_PREFIX) and n[len(ENV_PREFIX) :].lower() not in fields]
     if unknown_env:
-        raise ConfigError(f"environment variable {unknown_env[0]} is not a server setting (valid keys: {', '.join(fields)})")
+        raise ConfigError(
+            f"environment variable {unknown_env[0]} is not a server setting (valid keys: {', '.join(fields)})"
+        )
     for k, v in (overrides or {}).items():
         if v is not None:
             values[k], where[k] = _coerce(k, v, types[k], "command line"), "command line"

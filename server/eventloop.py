@@ -7,7 +7,8 @@ importing onnxruntime.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Coroutine
+from collections.abc import Coroutine
+from typing import Any
 
 EVENT_LOOPS = ("uvloop", "asyncio")
 

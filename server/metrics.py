@@ -16,8 +16,18 @@ import functools
 import platform
 from importlib import metadata as _metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
-from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
 
 PREFIX = "cnn"
 
@@ -26,18 +36,53 @@ PREFIX = "cnn"
 disable_created_metrics()
 
 # Latencies on a 2-core CPU range from ~100 us (LeNet-5) to seconds under overload.
-LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 LOAD_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 # RPCs the adapters record (server/grpc/*.py `@rpc(NAME)` plus the streaming one); in-flight gauges for all
 # of them, and per-model request series for the inference ones, exist from the start (see init_model).
 INFERENCE_RPCS = ("ModelInfer", "ModelStreamInfer", "Classify")
-OTHER_RPCS = ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig",
-              "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload", "ListModels")
+OTHER_RPCS = (
+    "ServerLive",
+    "ServerReady",
+    "ServerMetadata",
+    "ModelReady",
+    "ModelMetadata",
+    "ModelConfig",
+    "ModelStatistics",
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+    "ListModels",
+)
 # Codes an inference RPC can end with (server/grpc/status.py STATUS); error ratios and alerts read them.
-PREINIT_ERROR_CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
-                       "CANCELLED", "INTERNAL")
+PREINIT_ERROR_CODES = (
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "RESOURCE_EXHAUSTED",
+    "CANCELLED",
+    "INTERNAL",
+)
 # The batcher's rejection reasons (server/core/batcher.py BatchObserver.on_reject).
 REJECT_REASONS = ("queue_full", "deadline", "cancelled", "shutdown")
 
@@ -70,40 +115,93 @@ class Metrics:
         GCCollector(registry=r)
         p = PREFIX
         # --- adapter
-        self.requests = Counter(f"{p}_requests", "RPCs answered, by RPC, model, version and gRPC status code.",
-                                ["rpc", "model", "version", "code"], registry=r)
-        self.request_duration = Histogram(f"{p}_request_duration_seconds", "Time from RPC start to answer (server side).",
-                                          ["rpc", "model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.requests = Counter(
+            f"{p}_requests",
+            "RPCs answered, by RPC, model, version and gRPC status code.",
+            ["rpc", "model", "version", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            f"{p}_request_duration_seconds",
+            "Time from RPC start to answer (server side).",
+            ["rpc", "model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.in_flight = Gauge(f"{p}_requests_in_flight", "RPCs being handled now.", ["rpc"], registry=r)
-        self.inference_rows = Counter(f"{p}_inference_rows", "Rows (images) inferred successfully.",
-                                      ["model", "version"], registry=r)
-        self.nonfinite_inputs = Counter(f"{p}_nonfinite_inputs", "Requests whose FP inputs held NaN or Inf (served, counted).",
-                                        ["model"], registry=r)
+        self.inference_rows = Counter(
+            f"{p}_inference_rows", "Rows (images) inferred successfully.", ["model", "version"], registry=r
+        )
+        self.nonfinite_inputs = Counter(
+            f"{p}_nonfinite_inputs",
+            "Requests whose FP inputs held NaN or Inf (served, counted).",
+            ["model"],
+            registry=r,
+        )
         # --- batcher
-        self.queue_wait = Histogram(f"{p}_queue_wait_seconds", "Time a request waited in the batch queue.",
-                                    ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.queue_wait = Histogram(
+            f"{p}_queue_wait_seconds",
+            "Time a request waited in the batch queue.",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.queue_depth = Gauge(f"{p}_queue_depth_rows", "Rows waiting in the batch queue.", ["model"], registry=r)
-        self.queue_capacity = Gauge(f"{p}_queue_capacity_rows", "Rows the batch queue holds before refusing (queue saturation = depth / capacity).",
-                                    ["model"], registry=r)
-        self.batch_size = Histogram(f"{p}_batch_size_rows", "Rows per model execution.", ["model"],
-                                    buckets=batch_size_buckets(max_batch_size), registry=r)
-        self.rejected = Counter(f"{p}_queue_rejections", "Requests refused or dropped by the batcher, by reason.",
-                                ["model", "reason"], registry=r)
+        self.queue_capacity = Gauge(
+            f"{p}_queue_capacity_rows",
+            "Rows the batch queue holds before refusing (queue saturation = depth / capacity).",
+            ["model"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{p}_batch_size_rows",
+            "Rows per model execution.",
+            ["model"],
+            buckets=batch_size_buckets(max_batch_size),
+            registry=r,
+        )
+        self.rejected = Counter(
+            f"{p}_queue_rejections",
+            "Requests refused or dropped by the batcher, by reason.",
+            ["model", "reason"],
+            registry=r,
+        )
         # --- runtime
-        self.compute_duration = Histogram(f"{p}_compute_duration_seconds", "onnxruntime run time per batch.",
-                                          ["model", "version"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.model_load_duration = Histogram(f"{p}_model_load_duration_seconds", "Time to load and warm a model version.",
-                                             ["model"], buckets=LOAD_BUCKETS_S, registry=r)
-        self.model_load_failures = Counter(f"{p}_model_load_failures", "Model versions that failed to load.",
-                                           ["model"], registry=r)
-        self.model_loaded = Gauge(f"{p}_model_loaded_info", "1 for each model version being served.",
-                                  ["model", "version", "provider"], registry=r)
+        self.compute_duration = Histogram(
+            f"{p}_compute_duration_seconds",
+            "onnxruntime run time per batch.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.model_load_duration = Histogram(
+            f"{p}_model_load_duration_seconds",
+            "Time to load and warm a model version.",
+            ["model"],
+            buckets=LOAD_BUCKETS_S,
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            f"{p}_model_load_failures", "Model versions that failed to load.", ["model"], registry=r
+        )
+        self.model_loaded = Gauge(
+            f"{p}_model_loaded_info",
+            "1 for each model version being served.",
+            ["model", "version", "provider"],
+            registry=r,
+        )
         self.build = Info(f"{p}_build", "Build information.", registry=r)
         from server import __version__
 
         ort = _dist_version("onnxruntime") or _dist_version("onnxruntime-gpu")
-        self.build.info({"version": __version__, "python": platform.python_version(), "onnxruntime": ort,
-                         "grpcio": _dist_version("grpcio")})
+        self.build.info(
+            {
+                "version": __version__,
+                "python": platform.python_version(),
+                "onnxruntime": ort,
+                "grpcio": _dist_version("grpcio"),
+            }
+        )
         # RPCs in flight, by name: plain counters that the adapters bump on the event loop (no lock per request);
         # the gauge reads them when scraped. Every RPC's series exists, at 0, from the start.
         self.in_flight_counts: dict[str, int] = {}

@@ -16,7 +16,7 @@ from typing import BinaryIO
 from server.errors import RepositoryError
 
 
-def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+def _varint(buf: memoryview | bytes, i: int) -> tuple[int, int]:
     shift = result = 0
     while True:
         if i >= len(buf):
@@ -46,7 +46,7 @@ def _fields(buf: memoryview):
             n, i = _varint(buf, i)
             if i + n > len(buf):
                 raise ValueError("truncated length-delimited field")
-            yield field, wt, buf[i:i + n]
+            yield field, wt, buf[i : i + n]
             i += n
         elif wt == 5:
             i += 4
@@ -164,7 +164,9 @@ def read_metadata_props(path: str | os.PathLike) -> dict[str, str]:
                 elif wire == 2:
                     n = _read_varint(f)
                     if f.tell() + n > size:
-                        raise _Corrupt(f"field {number} needs {n} bytes at byte {f.tell()} but the file has {size} (truncated)")
+                        raise _Corrupt(
+                            f"field {number} needs {n} bytes at byte {f.tell()} but the file has {size} (truncated)"
+                        )
                     if number == _METADATA_PROPS:
                         key, value = _string_pair(f.read(n))
                         props[key] = value

@@ -74,7 +74,7 @@ class ModelConfig:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     warmup_batch_sizes: list[int] = field(default_factory=lambda: [1])  # run at load, before READY
 
-    def validate(self, where: str = CONFIG_FILE) -> "ModelConfig":
+    def validate(self, where: str = CONFIG_FILE) -> ModelConfig:
         def bad(key: str, why: str) -> RepositoryError:
             return RepositoryError(f"{where}: '{key}' {why}")
 
@@ -91,7 +91,10 @@ class ModelConfig:
             if not isinstance(v, int) or not 0 <= v <= 256:
                 raise bad(key, f"must be an integer in 0..256 (0 = onnxruntime's default), got {v!r}")
         if self.instance_isolation not in INSTANCE_ISOLATIONS:
-            raise bad("instance_isolation", f"must be one of {', '.join(INSTANCE_ISOLATIONS)}, got {self.instance_isolation!r}")
+            raise bad(
+                "instance_isolation",
+                f"must be one of {', '.join(INSTANCE_ISOLATIONS)}, got {self.instance_isolation!r}",
+            )
         if not self.providers or any(p not in ("cpu", "cuda") for p in self.providers):
             raise bad("providers", f"must be a non-empty list of 'cuda' / 'cpu', got {self.providers!r}")
         if not isinstance(self.cuda_fallback, bool):
@@ -99,14 +102,18 @@ class ModelConfig:
         db = self.dynamic_batching
         if db is not None:
             if not isinstance(db.max_queue_delay_us, int) or not 0 <= db.max_queue_delay_us <= 10_000_000:
-                raise bad("dynamic_batching.max_queue_delay_us", f"must be in 0..10000000, got {db.max_queue_delay_us!r}")
+                raise bad(
+                    "dynamic_batching.max_queue_delay_us", f"must be in 0..10000000, got {db.max_queue_delay_us!r}"
+                )
             if not isinstance(db.max_queue_size, int) or db.max_queue_size < 1:
                 raise bad("dynamic_batching.max_queue_size", f"must be a positive integer, got {db.max_queue_size!r}")
             if not isinstance(db.default_timeout_ms, int) or db.default_timeout_ms < 0:
                 raise bad("dynamic_batching.default_timeout_ms", f"must be >= 0, got {db.default_timeout_ms!r}")
             for b in db.preferred_batch_sizes:
                 if not isinstance(b, int) or not 1 <= b <= self.max_batch_size:
-                    raise bad("dynamic_batching.preferred_batch_sizes", f"entries must be in 1..max_batch_size, got {b!r}")
+                    raise bad(
+                        "dynamic_batching.preferred_batch_sizes", f"entries must be in 1..max_batch_size, got {b!r}"
+                    )
         vp = self.version_policy
         if vp.kind not in ("latest", "all", "specific"):
             raise bad("version_policy.kind", f"must be latest, all or specific, got {vp.kind!r}")
@@ -134,7 +141,11 @@ def _from_dict(cls, data: Any, where: str, prefix: str = ""):
     kwargs = {}
     for name, value in data.items():
         if name == "dynamic_batching" and cls is ModelConfig:
-            kwargs[name] = None if value is None or value is False else _from_dict(DynamicBatching, value or {}, where, "dynamic_batching.")
+            kwargs[name] = (
+                None
+                if value is None or value is False
+                else _from_dict(DynamicBatching, value or {}, where, "dynamic_batching.")
+            )
         elif name == "version_policy" and cls is ModelConfig:
             kwargs[name] = _from_dict(VersionPolicy, value, where, "version_policy.")
         else:
@@ -211,7 +222,7 @@ def select_versions(policy: VersionPolicy, available: list[int]) -> list[int]:
         return sorted(available)
     if policy.kind == "specific":
         return sorted(v for v in available if v in set(policy.versions))
-    return sorted(available)[-policy.num_versions:]
+    return sorted(available)[-policy.num_versions :]
 
 
 def model_path(repository: str | os.PathLike, name: str, version: int) -> Path:
@@ -258,7 +269,7 @@ class ModelMetadata:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, where: str = "model") -> "ModelMetadata":
+    def from_json(cls, text: str, where: str = "model") -> ModelMetadata:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:

@@ -31,11 +31,20 @@ log = logging.getLogger(__name__)
 
 GROUPS = ("health", "metadata", "inference", "statistics", "repository")
 _METHOD_GROUP = {
-    "ServerLive": "health", "ServerReady": "health", "ModelReady": "health",
-    "ServerMetadata": "metadata", "ModelMetadata": "metadata", "ModelConfig": "metadata", "ListModels": "metadata",
-    "ModelInfer": "inference", "ModelStreamInfer": "inference", "Classify": "inference",
+    "ServerLive": "health",
+    "ServerReady": "health",
+    "ModelReady": "health",
+    "ServerMetadata": "metadata",
+    "ModelMetadata": "metadata",
+    "ModelConfig": "metadata",
+    "ListModels": "metadata",
+    "ModelInfer": "inference",
+    "ModelStreamInfer": "inference",
+    "Classify": "inference",
     "ModelStatistics": "statistics",
-    "RepositoryIndex": "repository", "RepositoryModelLoad": "repository", "RepositoryModelUnload": "repository",
+    "RepositoryIndex": "repository",
+    "RepositoryModelLoad": "repository",
+    "RepositoryModelUnload": "repository",
 }
 
 
@@ -57,7 +66,9 @@ def load_tokens(path: str) -> dict[str, list[str]]:
         if group not in GROUPS:
             raise ConfigError(f"auth_tokens_file {p}: unknown group '{group}' (groups: {', '.join(GROUPS)})")
         if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and len(t) >= 8 for t in tokens):
-            raise ConfigError(f"auth_tokens_file {p}: '{group}' must be a non-empty list of tokens of at least 8 characters")
+            raise ConfigError(
+                f"auth_tokens_file {p}: '{group}' must be a non-empty list of tokens of at least 8 characters"
+            )
         out[group] = tokens
     return out
 
@@ -103,7 +114,10 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(header, bytes):
             header = header.decode("latin-1")
         if not header or not header.startswith("Bearer ") or not header[7:].strip():
-            code, message = grpc.StatusCode.UNAUTHENTICATED, f"{group} calls need 'authorization: Bearer <token>' metadata"
+            code, message = (
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{group} calls need 'authorization: Bearer <token>' metadata",
+            )
         else:
             token = header[7:].strip().encode()
             if self._match(token, accepted):
@@ -119,6 +133,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 def server_credentials(cert_file: str, key_file: str, client_ca_file: str = "") -> grpc.ServerCredentials:
     """TLS with the server certificate; with a client CA, clients must present a certificate it signed."""
+
     def read(key: str, path: str) -> bytes:
         try:
             return Path(path).read_bytes()

@@ -44,7 +44,7 @@ class BatchObserver(Protocol):
 
     def on_queue_depth(self, rows: int) -> None: ...
     def on_reject(self, reason: str) -> None: ...  # "queue_full", "deadline", "cancelled", "shutdown"
-    def on_batch(self, report: "BatchReport") -> None: ...
+    def on_batch(self, report: BatchReport) -> None: ...
 
 
 @dataclass
@@ -83,9 +83,18 @@ class _Request:
 
 
 class DynamicBatcher:
-    def __init__(self, runner: BatchRunner, *, max_batch_size: int, max_queue_delay_s: float,
-                 max_queue_rows: int, preferred_batch_sizes: tuple[int, ...] = (),
-                 observer: BatchObserver | None = None, name: str = "model", merge: bool = True) -> None:
+    def __init__(
+        self,
+        runner: BatchRunner,
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_rows: int,
+        preferred_batch_sizes: tuple[int, ...] = (),
+        observer: BatchObserver | None = None,
+        name: str = "model",
+        merge: bool = True,
+    ) -> None:
         """One worker per `runner.instances`; each awaits `runner.run_batch` (a Runtime, server/runtime/)."""
         # Validate eagerly: a bad setting is a configuration error now, not a hang later.
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
@@ -128,8 +137,10 @@ class DynamicBatcher:
         if self._workers:
             return
         self._wakeup = asyncio.Event()
-        self._workers = [asyncio.get_running_loop().create_task(self._worker(i), name=f"batcher-{self.name}-{i}")
-                         for i in range(self.instances)]
+        self._workers = [
+            asyncio.get_running_loop().create_task(self._worker(i), name=f"batcher-{self.name}-{i}")
+            for i in range(self.instances)
+        ]
 
     async def close(self, drain: bool = True) -> None:
         """Stop taking requests; with drain, finish every queued and executing request first."""
@@ -172,7 +183,9 @@ class DynamicBatcher:
     # ---------------------------------------------------------------------------------------------
     # callers
 
-    async def submit(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None = None) -> dict[str, np.ndarray]:
+    async def submit(
+        self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
         """Queue `rows` rows (every input's first axis) and wait for their outputs.
 
         `deadline` is in `loop.time()` seconds. Raises Unavailable (queue full / closed),
@@ -184,7 +197,9 @@ class DynamicBatcher:
             raise ValueError(f"rows must be in 1..{self.max_batch_size}, got {rows}")  # the service validates first
         if self._queued_rows + rows > self.max_queue_rows:
             self._observer.on_reject("queue_full")
-            raise Unavailable(f"model '{self.name}' queue is full ({self._queued_rows} of {self.max_queue_rows} rows waiting); retry later")
+            raise Unavailable(
+                f"model '{self.name}' queue is full ({self._queued_rows} of {self.max_queue_rows} rows waiting); retry later"
+            )
         loop = asyncio.get_running_loop()
         now = loop.time()
         if deadline is not None and deadline <= now:
@@ -267,7 +282,8 @@ class DynamicBatcher:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except TimeoutError:
                     break
-            batch, rows, now = [], 0, loop.time()
+            batch: list[_Request] = []
+            rows, now = 0, loop.time()
             while self._queue and rows + self._queue[0].rows <= self.max_batch_size and (self.merge or not batch):
                 r = self._queue.popleft()
                 self._queued_rows -= r.rows
@@ -276,8 +292,11 @@ class DynamicBatcher:
                     continue
                 if r.deadline is not None and r.deadline <= now:
                     self._observer.on_reject("deadline")
-                    r.future.set_exception(DeadlineExceeded(
-                        f"the request's deadline passed while it was queued; it was not computed (model '{self.name}')"))
+                    r.future.set_exception(
+                        DeadlineExceeded(
+                            f"the request's deadline passed while it was queued; it was not computed (model '{self.name}')"
+                        )
+                    )
                     continue
                 batch.append(r)
                 rows += r.rows
@@ -322,17 +341,25 @@ class DynamicBatcher:
             t2 = time.perf_counter()
             for k, v in outputs.items():  # output count checked against input count
                 if v.shape[:1] != (rows,):
-                    raise InternalError(f"model '{self.name}' returned {v.shape[:1]} rows in output '{k}' for a batch of {rows}")
+                    raise InternalError(
+                        f"model '{self.name}' returned {v.shape[:1]} rows in output '{k}' for a batch of {rows}"
+                    )
             start = 0
             for r in batch:
                 if not r.future.done():
-                    r.future.set_result({k: v[start:start + r.rows] for k, v in outputs.items()} if len(batch) > 1 else outputs)
+                    r.future.set_result(
+                        {k: v[start : start + r.rows] for k, v in outputs.items()} if len(batch) > 1 else outputs
+                    )
                 start += r.rows
             t3 = time.perf_counter()
             report.compute_input_s, report.compute_infer_s, report.compute_output_s = t1 - t0, t2 - t1, t3 - t2
             report.ok = True
         except Exception as e:  # exceptions reach every waiting future of this batch, and only those
-            err = e if isinstance(e, ServingError) else InternalError(f"model '{self.name}' failed to run: {type(e).__name__}: {e}")
+            err = (
+                e
+                if isinstance(e, ServingError)
+                else InternalError(f"model '{self.name}' failed to run: {type(e).__name__}: {e}")
+            )
             if not isinstance(e, ServingError):
                 log.error("model %s: batch of %d rows failed", self.name, rows, exc_info=e)
             for r in batch:

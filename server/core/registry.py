@@ -73,12 +73,19 @@ class ServedVersion:
     def plan(self) -> RequestPlan:
         spec, db = self.runtime.input, self.config.dynamic_batching
         fixed = all(d > 0 for d in spec.shape)
-        return RequestPlan(spec.name, spec.datatype, 1 + len(spec.shape), tuple(spec.shape),
-                           self.config.max_batch_size, tuple(RequestedOutput(o.name) for o in self.runtime.outputs),
-                           {o.name: o.datatype for o in self.runtime.outputs},
-                           db.default_timeout_ms / 1000.0 if db is not None and db.default_timeout_ms else None,
-                           spec.dtype.newbyteorder("<"), math.prod(spec.shape) * spec.dtype.itemsize if fixed else 0,
-                           str(self.version))
+        return RequestPlan(
+            spec.name,
+            spec.datatype,
+            1 + len(spec.shape),
+            tuple(spec.shape),
+            self.config.max_batch_size,
+            tuple(RequestedOutput(o.name) for o in self.runtime.outputs),
+            {o.name: o.datatype for o in self.runtime.outputs},
+            db.default_timeout_ms / 1000.0 if db is not None and db.default_timeout_ms else None,
+            spec.dtype.newbyteorder("<"),
+            math.prod(spec.shape) * spec.dtype.itemsize if fixed else 0,
+            str(self.version),
+        )
 
     async def retire(self) -> None:
         """Finish every queued and executing request, then release the runtime (sessions or child processes)."""
@@ -150,10 +157,15 @@ class ModelRegistry:
                 return m.latest
         elif not name:
             known = self._known()
-            raise ModelNotFound("'model_name' is empty; name one of: " + ", ".join(known) if known
-                                else "'model_name' is empty and no model is loaded")
+            raise ModelNotFound(
+                "'model_name' is empty; name one of: " + ", ".join(known)
+                if known
+                else "'model_name' is empty and no model is loaded"
+            )
         else:
-            raise ModelNotFound(f"model_name: unknown model '{name}' (models: {', '.join(self._known()) or 'none loaded'})")
+            raise ModelNotFound(
+                f"model_name: unknown model '{name}' (models: {', '.join(self._known()) or 'none loaded'})"
+            )
         if not m.ready:
             raise ModelNotReady(f"model '{name}' has no ready version")
         # ASCII digits only: str.isdigit() also accepts '²', which int() refuses; and a bounded length
@@ -164,8 +176,9 @@ class ModelRegistry:
             rec = m.versions.get(int(version))
             if rec is not None and rec.state != READY:
                 raise ModelNotReady(f"model_version: model '{name}' version {version} is {rec.state}: {rec.reason}")
-            raise ModelNotFound(f"model_version: model '{name}' has no version {version} "
-                                f"(ready: {', '.join(map(str, m.ready))})")
+            raise ModelNotFound(
+                f"model_version: model '{name}' has no version {version} (ready: {', '.join(map(str, m.ready))})"
+            )
         return served
 
     def ready_models(self) -> list[str]:
@@ -230,8 +243,9 @@ class ModelRegistry:
                 if m is not None and m.unloaded and only is None:
                     continue
                 await self._sync_model(name)
-            gone = [n for n, m in self._models.items()
-                    if n not in names and not m.unloaded and (only is None or n == only)]
+            gone = [
+                n for n, m in self._models.items() if n not in names and not m.unloaded and (only is None or n == only)
+            ]
             for name in gone:
                 await self._unload_model(name, reason="removed from the repository")
                 self._models.pop(name, None)
@@ -264,8 +278,11 @@ class ModelRegistry:
                 if v in m.ready or await self._ensure_loaded(m, v, cfg):
                     wanted.append(v)
         else:
-            wanted = [v for v in repo.select_versions(policy, available)
-                      if v in m.ready or await self._ensure_loaded(m, v, cfg)]
+            wanted = [
+                v
+                for v in repo.select_versions(policy, available)
+                if v in m.ready or await self._ensure_loaded(m, v, cfg)
+            ]
         for v in [v for v in m.ready if v not in wanted]:
             await self._unload_version(m, v, reason="no longer selected by the version policy or removed")
         for v in [v for v in m.versions if v not in available]:
@@ -288,8 +305,13 @@ class ModelRegistry:
         m._refresh()
         self.metrics.model_loaded.labels(m.name, str(version), served.runtime.provider).set(1)
         self.metrics.preinitialise(m.name, str(version), queue_capacity_rows=served.batcher.max_queue_rows)
-        log.info("model %s version %d READY on %s (warm-up %.3f s)", m.name, version, served.runtime.provider,
-                 served.runtime.warmup_s)
+        log.info(
+            "model %s version %d READY on %s (warm-up %.3f s)",
+            m.name,
+            version,
+            served.runtime.provider,
+            served.runtime.warmup_s,
+        )
         return True
 
     async def _reload_version(self, m: ModelRecord, version: int, cfg: repo.ModelConfig) -> None:
@@ -312,8 +334,13 @@ class ModelRegistry:
             self.metrics.model_loaded.remove(m.name, str(version), old.runtime.provider)
         self.metrics.model_loaded.labels(m.name, str(version), served.runtime.provider).set(1)
         self.metrics.preinitialise(m.name, str(version), queue_capacity_rows=served.batcher.max_queue_rows)
-        log.info("model %s version %d READY with the new config on %s; draining the old one (%d queued rows)",
-                 m.name, version, served.runtime.provider, old.batcher.queued_rows)
+        log.info(
+            "model %s version %d READY with the new config on %s; draining the old one (%d queued rows)",
+            m.name,
+            version,
+            served.runtime.provider,
+            old.batcher.queued_rows,
+        )
         await old.retire()
 
     async def _load_version(self, rec: VersionRecord, cfg: repo.ModelConfig) -> ServedVersion | None:
@@ -355,8 +382,13 @@ class ModelRegistry:
         m._refresh()  # requests stop reaching it at once
         rec.state, rec.reason = UNLOADING, reason
         self.metrics.model_loaded.remove(m.name, str(version), served.runtime.provider)
-        log.info("model %s version %d unloading (%s); draining %d queued rows", m.name, version, reason,
-                 served.batcher.queued_rows)
+        log.info(
+            "model %s version %d unloading (%s); draining %d queued rows",
+            m.name,
+            version,
+            reason,
+            served.batcher.queued_rows,
+        )
         await served.retire()
         if m.versions.get(version) is rec:
             m.versions.pop(version)

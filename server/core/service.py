@@ -27,15 +27,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
 from server import __version__
 from server.core.registry import ModelRegistry, ServedVersion
 from server.core.types import (
-    ClassifyRequest, ClassifyResponse, ImageInput, IndexEntry, InferOutput, InferRequest, InferResponse,
-    ModelConfigInfo, ModelMetadataInfo, ModelSummary, Prediction, RawInferRequest, RequestedOutput, ServerInfo,
+    ClassifyRequest,
+    ClassifyResponse,
+    ImageInput,
+    IndexEntry,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    ModelConfigInfo,
+    ModelMetadataInfo,
+    ModelSummary,
+    Prediction,
+    RawInferRequest,
+    RequestedOutput,
+    ServerInfo,
     VersionStatistics,
 )
 from server.errors import InvalidInput, ServingError, Unavailable, Unimplemented
@@ -46,7 +58,13 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "cnn-stack"
 # Exactly the Open Inference Protocol / Triton extensions this server implements.
-EXTENSIONS = ("classification", "model_configuration", "statistics", "model_repository", "model_repository(unload_dependents)")
+EXTENSIONS = (
+    "classification",
+    "model_configuration",
+    "statistics",
+    "model_repository",
+    "model_repository(unload_dependents)",
+)
 _EXTENSIONS_NO_CONTROL = ("classification", "model_configuration", "statistics", "model_repository")
 # Classify requests whose images total more than this many bytes are decoded in a worker thread.
 INLINE_DECODE_MAX_BYTES = 64 * 1024
@@ -65,14 +83,26 @@ def _queue_deadline(deadline: float | None, timeout_s: float | None, sv: ServedV
 def _fits(sv: ServedVersion, name: str, datatype: str, shape: tuple[int, ...]) -> bool:
     """The one fast-path predicate: one tensor that fits the model exactly (no free dim to check)."""
     p = sv.plan
-    return (name == p.input_name and datatype == p.input_datatype and len(shape) == p.input_ndim
-            and shape[1:] == p.input_tail and 1 <= shape[0] <= p.max_rows)
+    return (
+        name == p.input_name
+        and datatype == p.input_datatype
+        and len(shape) == p.input_ndim
+        and shape[1:] == p.input_tail
+        and 1 <= shape[0] <= p.max_rows
+    )
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, *, default_model: str = "",
-                 image_limits: ImageLimits = ImageLimits(), max_images_per_request: int = 256,
-                 allow_model_control: bool = False) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        *,
+        default_model: str = "",
+        image_limits: ImageLimits = ImageLimits(),
+        max_images_per_request: int = 256,
+        allow_model_control: bool = False,
+    ) -> None:
         self._registry = registry
         self.metrics = metrics
         self.default_model = default_model
@@ -132,21 +162,36 @@ class InferenceService:
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadataInfo:
         sv = self._registry.get(name, version)
-        return ModelMetadataInfo(sv.name, self._versions(sv.name), sv.config.platform, list(sv.runtime.inputs),
-                                 list(sv.runtime.outputs))
+        return ModelMetadataInfo(
+            sv.name, self._versions(sv.name), sv.config.platform, list(sv.runtime.inputs), list(sv.runtime.outputs)
+        )
 
     def model_config(self, name: str, version: str = "") -> ModelConfigInfo:
         sv = self._registry.get(name, version)
         rt = sv.runtime
-        return ModelConfigInfo(sv.name, str(sv.version), sv.config, list(rt.inputs), list(rt.outputs), rt.provider,
-                               list(rt.metadata.labels))
+        return ModelConfigInfo(
+            sv.name,
+            str(sv.version),
+            sv.config,
+            list(rt.inputs),
+            list(rt.outputs),
+            rt.provider,
+            list(rt.metadata.labels),
+        )
 
     def list_models(self) -> list[ModelSummary]:
         out = []
         for name in self._registry.ready_models():
             rt = self._registry.get(name).runtime
-            out.append(ModelSummary(name, self._versions(name), list(rt.metadata.labels), list(rt.input.shape),
-                                    rt.metadata.preprocessing.color_mode))
+            out.append(
+                ModelSummary(
+                    name,
+                    self._versions(name),
+                    list(rt.metadata.labels),
+                    list(rt.input.shape),
+                    rt.metadata.preprocessing.color_mode,
+                )
+            )
         return out
 
     def default_model_name(self) -> str:
@@ -207,11 +252,16 @@ class InferenceService:
                 sv = self._registry.get(raw.model_name, raw.model_version)
             except ServingError:  # refused by `infer`, after the decoding checks that come first there
                 sv = None
-            if (sv is not None and sv.plan.row_bytes and _fits(sv, raw.input_name, raw.datatype, raw.shape)
-                    and len(raw.raw) == raw.shape[0] * sv.plan.row_bytes):
+            if (
+                sv is not None
+                and sv.plan.row_bytes
+                and _fits(sv, raw.input_name, raw.datatype, raw.shape)
+                and len(raw.raw) == raw.shape[0] * sv.plan.row_bytes
+            ):
                 data = np.frombuffer(raw.raw, dtype=sv.plan.wire_dtype).reshape(raw.shape)
-                return self._execute(sv, raw.id, data, raw.shape[0], _queue_deadline(raw.deadline, None, sv),
-                                     sv.plan.default_outputs)
+                return self._execute(
+                    sv, raw.id, data, raw.shape[0], _queue_deadline(raw.deadline, None, sv), sv.plan.default_outputs
+                )
         return self.infer(decode())
 
     async def infer(self, req: InferRequest) -> InferResponse:
@@ -226,8 +276,15 @@ class InferenceService:
         wanted = self._check_outputs(req, sv) if req.outputs else sv.plan.default_outputs
         return await self._execute(sv, req.id, data, rows, _queue_deadline(req.deadline, req.timeout_s, sv), wanted)
 
-    async def _execute(self, sv: ServedVersion, request_id: str, data: np.ndarray, rows: int, deadline: float | None,
-                       wanted: tuple[RequestedOutput, ...] | list[RequestedOutput]) -> InferResponse:
+    async def _execute(
+        self,
+        sv: ServedVersion,
+        request_id: str,
+        data: np.ndarray,
+        rows: int,
+        deadline: float | None,
+        wanted: tuple[RequestedOutput, ...] | list[RequestedOutput],
+    ) -> InferResponse:
         """Count non-finite inputs, batch and run, record the outcome, shape the answer."""
         if data.dtype.kind == "f" and not np.isfinite(data).all():
             self.metrics.child(self.metrics.nonfinite_inputs, sv.name).inc()
@@ -256,35 +313,49 @@ class InferenceService:
         names = [i.name for i in req.inputs]
         if len(req.inputs) > 1:
             extra = [n for n in names if n != spec.name]
-            raise InvalidInput(f"'inputs' has {len(names)} tensors ({', '.join(names)}); model '{name}' expects only "
-                               f"'{spec.name}'" + (f"; unexpected: {', '.join(extra)}" if extra else ""))
+            raise InvalidInput(
+                f"'inputs' has {len(names)} tensors ({', '.join(names)}); model '{name}' expects only "
+                f"'{spec.name}'" + (f"; unexpected: {', '.join(extra)}" if extra else "")
+            )
         x = req.inputs[0]
         if x.name != spec.name:
             raise InvalidInput(f"inputs[0].name: unexpected input '{x.name}'; model '{name}' expects '{spec.name}'")
         if x.datatype != spec.datatype:
-            raise InvalidInput(f"inputs[0].datatype: '{x.name}' is {x.datatype}; model '{name}' expects {spec.datatype}")
+            raise InvalidInput(
+                f"inputs[0].datatype: '{x.name}' is {x.datatype}; model '{name}' expects {spec.datatype}"
+            )
         want = "[-1, " + ", ".join(map(str, spec.shape)) + "]"
         if len(x.shape) != 1 + len(spec.shape):
-            raise InvalidInput(f"inputs[0].shape: {list(x.shape)} has {len(x.shape)} dims; model '{name}' expects {want}")
+            raise InvalidInput(
+                f"inputs[0].shape: {list(x.shape)} has {len(x.shape)} dims; model '{name}' expects {want}"
+            )
         rows = x.shape[0]
         if rows < 1:
             raise InvalidInput(f"inputs[0].shape: batch dimension is {rows}; at least 1 row is needed")
         if rows > sv.config.max_batch_size:
-            raise InvalidInput(f"inputs[0].shape: batch of {rows} rows exceeds max_batch_size {sv.config.max_batch_size} of model '{name}'")
+            raise InvalidInput(
+                f"inputs[0].shape: batch of {rows} rows exceeds max_batch_size {sv.config.max_batch_size} of model '{name}'"
+            )
         for i, (got, exp) in enumerate(zip(x.shape[1:], spec.shape), start=1):
             if exp > 0 and got != exp:
-                raise InvalidInput(f"inputs[0].shape: {list(x.shape)} does not match model '{name}' input {want} (dim {i})")
+                raise InvalidInput(
+                    f"inputs[0].shape: {list(x.shape)} does not match model '{name}' input {want} (dim {i})"
+                )
         return x.data, rows
 
     @staticmethod
     def _check_outputs(req: InferRequest, sv: ServedVersion) -> list[RequestedOutput]:
         specs = {o.name: o for o in sv.runtime.outputs}
         if len(req.outputs) > len(specs):
-            raise InvalidInput(f"'outputs' asks for {len(req.outputs)} tensors; model '{sv.name}' has {len(specs)} ({', '.join(specs)})")
+            raise InvalidInput(
+                f"'outputs' asks for {len(req.outputs)} tensors; model '{sv.name}' has {len(specs)} ({', '.join(specs)})"
+            )
         seen = set()
         for i, o in enumerate(req.outputs):
             if o.name not in specs:
-                raise InvalidInput(f"outputs[{i}].name: model '{sv.name}' has no output '{o.name}' (outputs: {', '.join(specs)})")
+                raise InvalidInput(
+                    f"outputs[{i}].name: model '{sv.name}' has no output '{o.name}' (outputs: {', '.join(specs)})"
+                )
             if o.name in seen:
                 raise InvalidInput(f"outputs[{i}].name: output '{o.name}' is requested twice")
             seen.add(o.name)
@@ -317,8 +388,10 @@ class InferenceService:
         ready = self._registry.ready_models()
         if len(ready) == 1:
             return ready[0]
-        raise InvalidInput("'model_name' is empty and the server has " +
-                           (f"several models ({', '.join(ready)}); name one" if ready else "no ready model"))
+        raise InvalidInput(
+            "'model_name' is empty and the server has "
+            + (f"several models ({', '.join(ready)}); name one" if ready else "no ready model")
+        )
 
     async def classify(self, req: ClassifyRequest) -> ClassifyResponse:
         if self._draining:
@@ -334,20 +407,27 @@ class InferenceService:
             raise InvalidInput(f"model '{sv.name}' takes {spec.datatype} input, not images; use ModelInfer for it")
         # Small images decode on the loop (cheaper than a thread hop); anything bigger goes to a thread so
         # one large photo does not stall every other request on this event loop.
-        size = sum(len(im.encoded) if im.encoded is not None else len(im.raw[0]) if im.raw is not None else 0
-                   for im in images)
+        size = sum(
+            len(im.encoded) if im.encoded is not None else len(im.raw[0]) if im.raw is not None else 0 for im in images
+        )
         if size > INLINE_DECODE_MAX_BYTES:
             x = await asyncio.to_thread(self._model_input, images, sv)
         else:
             x = self._model_input(images, sv)  # (N, C, H, W)
         if x.shape[1:] != tuple(d if d > 0 else x.shape[1 + i] for i, d in enumerate(spec.shape)):
-            raise InvalidInput(f"model '{sv.name}' input {list(spec.shape)} does not match its preprocessing metadata {list(x.shape[1:])}")
+            raise InvalidInput(
+                f"model '{sv.name}' input {list(spec.shape)} does not match its preprocessing metadata {list(x.shape[1:])}"
+            )
         mb = sv.config.max_batch_size
         deadline = _queue_deadline(req.deadline, None, sv)
         t0 = time.perf_counter()
         try:
-            results = await asyncio.gather(*(sv.batcher.submit({spec.name: x[i:i + mb]}, len(x[i:i + mb]), deadline)
-                                             for i in range(0, len(x), mb)))
+            results = await asyncio.gather(
+                *(
+                    sv.batcher.submit({spec.name: x[i : i + mb]}, len(x[i : i + mb]), deadline)
+                    for i in range(0, len(x), mb)
+                )
+            )
         except Exception:
             self._request_done(sv, t0, False, len(x))
             raise
@@ -356,9 +436,14 @@ class InferenceService:
         labels = sv.runtime.metadata.labels
         k = max(1, min(req.top_k or 1, probs.shape[1]))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return ClassifyResponse(sv.name, str(sv.version),
-                                [[Prediction(labels[j] if j < len(labels) else str(j), int(j), float(p[j])) for j in ids]
-                                 for p, ids in zip(probs, order)])
+        return ClassifyResponse(
+            sv.name,
+            str(sv.version),
+            [
+                [Prediction(labels[j] if j < len(labels) else str(j), int(j), float(p[j])) for j in ids]
+                for p, ids in zip(probs, order)
+            ],
+        )
 
     def _model_input(self, images: list[ImageInput], sv: ServedVersion) -> np.ndarray:
         """Decode, resize and normalise every image as the model's metadata says: (N, C, H, W)."""

@@ -57,11 +57,22 @@ class VersionStats:
     def snapshot(self, name: str, version: str) -> VersionStatistics:
         with self.lock:
             return VersionStatistics(
-                name, version, self.last_inference_ms, self.inference_count, self.execution_count,
-                self.success.frozen(), self.fail.frozen(), self.queue.frozen(), self.compute_input.frozen(),
-                self.compute_infer.frozen(), self.compute_output.frozen(),
-                [BatchStatistics(bs, ci.frozen(), cf.frozen(), co.frozen())
-                 for bs, (ci, cf, co) in sorted(self.batches.items())])
+                name,
+                version,
+                self.last_inference_ms,
+                self.inference_count,
+                self.execution_count,
+                self.success.frozen(),
+                self.fail.frozen(),
+                self.queue.frozen(),
+                self.compute_input.frozen(),
+                self.compute_infer.frozen(),
+                self.compute_output.frozen(),
+                [
+                    BatchStatistics(bs, ci.frozen(), cf.frozen(), co.frozen())
+                    for bs, (ci, cf, co) in sorted(self.batches.items())
+                ],
+            )
 
 
 class BatchStatsObserver:

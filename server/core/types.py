@@ -13,9 +13,18 @@ import numpy as np
 
 # Open Inference Protocol datatype -> numpy dtype (native byte order)
 KSERVE_TO_NUMPY: dict[str, Any] = {
-    "FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8, "INT8": np.int8,
-    "UINT16": np.uint16, "INT16": np.int16, "UINT32": np.uint32, "INT32": np.int32, "UINT64": np.uint64,
-    "INT64": np.int64, "BOOL": np.bool_,
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "FP64": np.float64,
+    "UINT8": np.uint8,
+    "INT8": np.int8,
+    "UINT16": np.uint16,
+    "INT16": np.int16,
+    "UINT32": np.uint32,
+    "INT32": np.int32,
+    "UINT64": np.uint64,
+    "INT64": np.int64,
+    "BOOL": np.bool_,
 }
 
 # lifecycle states of a model version (Triton's names; RepositoryIndex reports them)

@@ -43,6 +43,7 @@ class ClassificationServicer(pb_grpc.ClassificationServicer):
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         resp = pb.ListModelsResponse(default_model=self.service.default_model_name())
         for m in self.service.list_models():
-            resp.models.add(name=m.name, versions=m.versions, labels=m.labels, input_shape=m.input_shape,
-                            color_mode=m.color_mode)
+            resp.models.add(
+                name=m.name, versions=m.versions, labels=m.labels, input_shape=m.input_shape, color_mode=m.color_mode
+            )
         return resp

@@ -21,7 +21,13 @@ from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from protos.inference import model_config_pb2 as mc
 from server.core.service import InferenceService
 from server.core.types import (
-    KSERVE_TO_NUMPY, InferInput, InferRequest, InferResponse, RawInferRequest, RequestedOutput, VersionStatistics,
+    KSERVE_TO_NUMPY,
+    InferInput,
+    InferRequest,
+    InferResponse,
+    RawInferRequest,
+    RequestedOutput,
+    VersionStatistics,
 )
 from server.errors import InvalidInput, ServingError
 from server.grpc.status import deadline_of, model_label, record, rpc, status_of
@@ -29,14 +35,33 @@ from server.metrics import Metrics
 
 # datatype -> the InferTensorContents field that carries it when not sent raw
 TYPED_FIELD = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
 }
-CONFIG_DATATYPE = {"BOOL": mc.TYPE_BOOL, "UINT8": mc.TYPE_UINT8, "UINT16": mc.TYPE_UINT16, "UINT32": mc.TYPE_UINT32,
-                   "UINT64": mc.TYPE_UINT64, "INT8": mc.TYPE_INT8, "INT16": mc.TYPE_INT16, "INT32": mc.TYPE_INT32,
-                   "INT64": mc.TYPE_INT64, "FP16": mc.TYPE_FP16, "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64,
-                   "BYTES": mc.TYPE_STRING}
+CONFIG_DATATYPE = {
+    "BOOL": mc.TYPE_BOOL,
+    "UINT8": mc.TYPE_UINT8,
+    "UINT16": mc.TYPE_UINT16,
+    "UINT32": mc.TYPE_UINT32,
+    "UINT64": mc.TYPE_UINT64,
+    "INT8": mc.TYPE_INT8,
+    "INT16": mc.TYPE_INT16,
+    "INT32": mc.TYPE_INT32,
+    "INT64": mc.TYPE_INT64,
+    "FP16": mc.TYPE_FP16,
+    "FP32": mc.TYPE_FP32,
+    "FP64": mc.TYPE_FP64,
+    "BYTES": mc.TYPE_STRING,
+}
 MAX_DIMS = 8
 _LE_DTYPES = {k: np.dtype(v).newbyteorder("<") for k, v in KSERVE_TO_NUMPY.items()}  # wire byte order, built once
 # Largest element count a shape may describe (product of its non-zero dims). Far above anything that
@@ -65,10 +90,15 @@ def decode_request(req: pb.ModelInferRequest, deadline: float | None) -> InferRe
     for i, t in enumerate(tensors):
         shape = tuple(t.shape)
         count = math.prod(shape)  # Python ints: no silent int64 wrap-around
-        if (len(shape) > MAX_DIMS or (shape and min(shape) < 0)
-                or (count if count else math.prod(d for d in shape if d > 0)) > MAX_ELEMENTS):
-            raise InvalidInput(f"inputs[{i}].shape: {list(shape)} is not a valid shape (non-negative, at most {MAX_DIMS} dims, "
-                               f"at most {MAX_ELEMENTS} elements)")
+        if (
+            len(shape) > MAX_DIMS
+            or (shape and min(shape) < 0)
+            or (count if count else math.prod(d for d in shape if d > 0)) > MAX_ELEMENTS
+        ):
+            raise InvalidInput(
+                f"inputs[{i}].shape: {list(shape)} is not a valid shape (non-negative, at most {MAX_DIMS} dims, "
+                f"at most {MAX_ELEMENTS} elements)"
+            )
         datatype = t.datatype
         dtype = _LE_DTYPES.get(datatype)
         if dtype is None:
@@ -76,24 +106,32 @@ def decode_request(req: pb.ModelInferRequest, deadline: float | None) -> InferRe
         if raws:
             raw = raws[i]
             if len(raw) != count * dtype.itemsize:
-                raise InvalidInput(f"raw_input_contents[{i}]: {len(raw)} bytes, but input '{t.name}' of shape {list(shape)} "
-                                   f"and datatype {datatype} needs {count * dtype.itemsize}")
+                raise InvalidInput(
+                    f"raw_input_contents[{i}]: {len(raw)} bytes, but input '{t.name}' of shape {list(shape)} "
+                    f"and datatype {datatype} needs {count * dtype.itemsize}"
+                )
             data = np.frombuffer(raw, dtype=dtype).reshape(shape)
         else:
             where = f"inputs[{i}]"
             fname = TYPED_FIELD.get(t.datatype)
             if fname is None:
-                raise InvalidInput(f"{where}.contents: datatype {t.datatype} has no typed contents field; send it in 'raw_input_contents'")
+                raise InvalidInput(
+                    f"{where}.contents: datatype {t.datatype} has no typed contents field; send it in 'raw_input_contents'"
+                )
             values = getattr(t.contents, fname)
             if len(values) != count:
-                raise InvalidInput(f"{where}.contents.{fname}: {len(values)} values, but shape {list(shape)} needs {count}")
+                raise InvalidInput(
+                    f"{where}.contents.{fname}: {len(values)} values, but shape {list(shape)} needs {count}"
+                )
             if fname in _WIDE:  # e.g. int_contents (int32) carrying INT8: refuse what does not fit
                 wide = np.asarray(values, dtype=_WIDE[fname])
                 info = np.iinfo(dtype)
                 if wide.size and (wide.min() < info.min or wide.max() > info.max):
                     bad = wide.min() if wide.min() < info.min else wide.max()
-                    raise InvalidInput(f"{where}.contents.{fname}: value {int(bad)} is out of range for {t.datatype} "
-                                       f"({info.min}..{info.max})")
+                    raise InvalidInput(
+                        f"{where}.contents.{fname}: value {int(bad)} is out of range for {t.datatype} "
+                        f"({info.min}..{info.max})"
+                    )
                 data = wide.astype(dtype).reshape(shape)
             else:
                 data = np.asarray(values, dtype=dtype).reshape(shape)
@@ -125,10 +163,10 @@ def encode_response(r: InferResponse) -> pb.ModelInferResponse:
     add, raws = out.outputs.add, out.raw_output_contents
     for o in r.outputs:
         add(name=o.name, datatype=o.datatype, shape=o.shape)
-        if o.datatype == "BYTES":
-            raws.append(_bytes_tensor(o.data))
+        data = o.data
+        if isinstance(data, list):  # BYTES
+            raws.append(_bytes_tensor(data))
         else:
-            data = o.data
             if data.dtype.byteorder == ">":  # the wire is little-endian; tobytes() makes the C-order copy
                 data = data.astype(data.dtype.newbyteorder("<"))
             raws.append(data.tobytes())
@@ -143,7 +181,9 @@ def common_request(req: pb.ModelInferRequest, deadline: float | None) -> RawInfe
     t = tensors[0]
     if t.HasField("contents"):
         return None
-    return RawInferRequest(req.model_name, req.model_version, req.id, t.name, t.datatype, tuple(t.shape), raws[0], deadline)
+    return RawInferRequest(
+        req.model_name, req.model_version, req.id, t.name, t.datatype, tuple(t.shape), raws[0], deadline
+    )
 
 
 async def infer(service: InferenceService, req: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
@@ -204,8 +244,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request, context):
         info = self.service.model_config(request.name, request.version)
         cfg = info.config
-        c = mc.ModelConfig(name=info.name, platform=cfg.platform, backend="onnxruntime", max_batch_size=cfg.max_batch_size,
-                           default_model_filename="model.onnx")
+        c = mc.ModelConfig(
+            name=info.name,
+            platform=cfg.platform,
+            backend="onnxruntime",
+            max_batch_size=cfg.max_batch_size,
+            default_model_filename="model.onnx",
+        )
         vp = cfg.version_policy
         if vp.kind == "all":
             c.version_policy.all.SetInParent()
@@ -214,10 +259,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         else:
             c.version_policy.latest.num_versions = vp.num_versions
         for t in info.inputs:
-            c.input.add(name=t.name, data_type=CONFIG_DATATYPE[t.datatype], format=mc.ModelInput.FORMAT_NCHW, dims=list(t.shape))
+            c.input.add(
+                name=t.name, data_type=CONFIG_DATATYPE[t.datatype], format=mc.ModelInput.FORMAT_NCHW, dims=list(t.shape)
+            )
         for t in info.outputs:
             c.output.add(name=t.name, data_type=CONFIG_DATATYPE[t.datatype], dims=list(t.shape))
-        kind = mc.ModelInstanceGroup.KIND_GPU if info.provider == "CUDAExecutionProvider" else mc.ModelInstanceGroup.KIND_CPU
+        kind = (
+            mc.ModelInstanceGroup.KIND_GPU
+            if info.provider == "CUDAExecutionProvider"
+            else mc.ModelInstanceGroup.KIND_CPU
+        )
         c.instance_group.add(name=f"{info.name}_0", count=cfg.instances, kind=kind)
         db = cfg.dynamic_batching
         c.dynamic_batching.SetInParent()  # present even when off: delay 0 means "no waiting"
@@ -254,14 +305,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await answers.put(pb.ModelStreamInferResponse(infer_response=resp))
             except ServingError as e:
                 code = status_of(e).name
-                await answers.put(pb.ModelStreamInferResponse(
-                    error_message=str(e), infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id)))
+                await answers.put(
+                    pb.ModelStreamInferResponse(
+                        error_message=str(e), infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id)
+                    )
+                )
             except Exception as e:  # keep the stream alive; report in-band, attributed to its request
                 code = "INTERNAL"
                 log.exception("ModelStreamInfer %s: unexpected error", model or "-")
-                await answers.put(pb.ModelStreamInferResponse(
-                    error_message=f"internal error: {type(e).__name__}",
-                    infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id)))
+                await answers.put(
+                    pb.ModelStreamInferResponse(
+                        error_message=f"internal error: {type(e).__name__}",
+                        infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id),
+                    )
+                )
             # version "": stream answers are recorded without it (server/metrics.py init_version)
             record(self.metrics, "ModelStreamInfer", model, "", code, t0)
 
@@ -291,8 +348,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(self, request, context):
         resp = pb.ModelStatisticsResponse()
         for s in self.service.statistics(request.name, request.version):
-            m = resp.model_stats.add(name=s.name, version=s.version, last_inference=s.last_inference_ms,
-                                     inference_count=s.inference_count, execution_count=s.execution_count)
+            m = resp.model_stats.add(
+                name=s.name,
+                version=s.version,
+                last_inference=s.last_inference_ms,
+                inference_count=s.inference_count,
+                execution_count=s.execution_count,
+            )
             _encode_statistics(s, m)
         return resp
 

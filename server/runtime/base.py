@@ -17,9 +17,10 @@ and choose it in `server/runtime/__init__.py:open_runtime`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,16 +31,34 @@ from server.repository import METADATA_KEY, ModelConfig, ModelMetadata, check_ex
 
 log = logging.getLogger("server.runtime")
 
-__all__ = ["KSERVE_TO_NUMPY", "ORT_TO_KSERVE", "PROVIDER_NAMES", "BatchRunner", "Runtime", "RuntimeBase",
-           "SessionDescription", "TensorSpec", "select_providers", "warmup_batch"]
+__all__ = [
+    "KSERVE_TO_NUMPY",
+    "ORT_TO_KSERVE",
+    "PROVIDER_NAMES",
+    "BatchRunner",
+    "Runtime",
+    "RuntimeBase",
+    "SessionDescription",
+    "TensorSpec",
+    "select_providers",
+    "warmup_batch",
+]
 
 Outputs = dict[str, np.ndarray]
 
 # ONNX tensor element type strings (onnxruntime) -> Open Inference Protocol datatypes
 ORT_TO_KSERVE = {
-    "tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64",
-    "tensor(uint8)": "UINT8", "tensor(int8)": "INT8", "tensor(uint16)": "UINT16", "tensor(int16)": "INT16",
-    "tensor(uint32)": "UINT32", "tensor(int32)": "INT32", "tensor(uint64)": "UINT64", "tensor(int64)": "INT64",
+    "tensor(float)": "FP32",
+    "tensor(float16)": "FP16",
+    "tensor(double)": "FP64",
+    "tensor(uint8)": "UINT8",
+    "tensor(int8)": "INT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(int16)": "INT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(int32)": "INT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int64)": "INT64",
     "tensor(bool)": "BOOL",
 }
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -73,8 +92,9 @@ class Runtime(BatchRunner, Protocol):
     async def aclose(self) -> None: ...
 
 
-def select_providers(wanted: list[str], cuda_fallback: bool, available: list[str] | None = None,
-                     where: str = "model") -> list[str]:
+def select_providers(
+    wanted: list[str], cuda_fallback: bool, available: list[str] | None = None, where: str = "model"
+) -> list[str]:
     """Map config provider names to onnxruntime providers, checking what this onnxruntime build lists.
 
     CUDA asked for but not listed: fall back to the CPU with a warning, or refuse (RepositoryError). A
@@ -90,8 +110,10 @@ def select_providers(wanted: list[str], cuda_fallback: bool, available: list[str
         if name in available:
             out.append(name)
         elif p == "cuda":
-            msg = (f"{where}: CUDA was asked for but this onnxruntime has no CUDAExecutionProvider "
-                   f"(available: {', '.join(available)}; install onnxruntime-gpu)")
+            msg = (
+                f"{where}: CUDA was asked for but this onnxruntime has no CUDAExecutionProvider "
+                f"(available: {', '.join(available)}; install onnxruntime-gpu)"
+            )
             if not cuda_fallback:
                 raise RepositoryError(msg + "; cuda_fallback is false, so the load is refused")
             log.warning("%s; falling back to the CPU", msg)
@@ -112,10 +134,13 @@ class SessionDescription:
     outputs: tuple[tuple[str, str, tuple], ...]
 
     @classmethod
-    def of(cls, sess: Any) -> "SessionDescription":
-        return cls(tuple(sess.get_providers()), sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY),
-                   tuple((t.name, t.type, tuple(t.shape)) for t in sess.get_inputs()),
-                   tuple((t.name, t.type, tuple(t.shape)) for t in sess.get_outputs()))
+    def of(cls, sess: Any) -> SessionDescription:
+        return cls(
+            tuple(sess.get_providers()),
+            sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY),
+            tuple((t.name, t.type, tuple(t.shape)) for t in sess.get_inputs()),
+            tuple((t.name, t.type, tuple(t.shape)) for t in sess.get_outputs()),
+        )
 
 
 def warmup_batch(rows: int, dims, dtype) -> np.ndarray:
@@ -155,8 +180,10 @@ class RuntimeBase:
         self.provider = d.providers[0]
         self.providers_fell_back = CUDA in self.providers and CUDA not in d.providers
         if self.providers_fell_back:
-            msg = (f"{where}: CUDA was asked for, but the created session has only {', '.join(d.providers)} "
-                   "(the CUDA or cuDNN libraries could not be loaded)")
+            msg = (
+                f"{where}: CUDA was asked for, but the created session has only {', '.join(d.providers)} "
+                "(the CUDA or cuDNN libraries could not be loaded)"
+            )
             if not self.config.cuda_fallback:
                 raise RepositoryError(msg + "; cuda_fallback is false, so the load is refused")
             log.warning("%s; serving on the CPU (cuda_fallback is true)", msg)
@@ -166,11 +193,15 @@ class RuntimeBase:
         self.inputs = [self._spec(t, where) for t in d.inputs]
         self.outputs = [self._spec(t, where) for t in d.outputs]
         if len(self.inputs) != 1:
-            raise RepositoryError(f"{where}: the server serves models with exactly one input, this one has {len(self.inputs)}")
+            raise RepositoryError(
+                f"{where}: the server serves models with exactly one input, this one has {len(self.inputs)}"
+            )
         if self.inputs[0].datatype == "BOOL":
             raise RepositoryError(f"{where}: input '{self.inputs[0].name}' is BOOL; a numeric input is expected")
         if len(self.metadata.labels) not in {s.shape[-1] for s in self.outputs if s.shape}:
-            raise RepositoryError(f"{where}: metadata has {len(self.metadata.labels)} labels but no output has that many classes")
+            raise RepositoryError(
+                f"{where}: metadata has {len(self.metadata.labels)} labels but no output has that many classes"
+            )
 
     @staticmethod
     def _spec(t: tuple[str, str, tuple], where: str) -> TensorSpec:

@@ -126,14 +126,33 @@ class _Instance:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         in_fd = os.memfd_create(f"cnn-{self.config.name}-{self.index}-in")
         out_fd = os.memfd_create(f"cnn-{self.config.name}-{self.index}-out")
-        spec = {"model": str(self.path), "providers": self.providers, "name": self.config.name,
-                "intra_op_threads": self.config.intra_op_threads, "inter_op_threads": self.config.inter_op_threads,
-                "warmup_batch_sizes": list(self.config.warmup_batch_sizes)}
+        spec = {
+            "model": str(self.path),
+            "providers": self.providers,
+            "name": self.config.name,
+            "intra_op_threads": self.config.intra_op_threads,
+            "inter_op_threads": self.config.inter_op_threads,
+            "warmup_batch_sizes": list(self.config.warmup_batch_sizes),
+        }
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "server.runtime.process", "--socket-fd", str(child.fileno()),
-                 "--input-fd", str(in_fd), "--output-fd", str(out_fd), "--spec", json.dumps(spec)],
-                pass_fds=(child.fileno(), in_fd, out_fd), stdin=subprocess.DEVNULL, env=_child_env())
+                [
+                    sys.executable,
+                    "-m",
+                    "server.runtime.process",
+                    "--socket-fd",
+                    str(child.fileno()),
+                    "--input-fd",
+                    str(in_fd),
+                    "--output-fd",
+                    str(out_fd),
+                    "--spec",
+                    json.dumps(spec),
+                ],
+                pass_fds=(child.fileno(), in_fd, out_fd),
+                stdin=subprocess.DEVNULL,
+                env=_child_env(),
+            )
         except OSError:
             for x in (parent, child):
                 x.close()
@@ -144,7 +163,7 @@ class _Instance:
         parent.settimeout(START_TIMEOUT_S)
         try:
             data = parent.recv(MAX_MESSAGE_BYTES)
-        except (OSError, socket.timeout) as e:
+        except (TimeoutError, OSError) as e:
             data, why = b"", f"{type(e).__name__}: {e}"
         else:
             why = ""
@@ -154,7 +173,9 @@ class _Instance:
             parent.close()
             os.close(in_fd)
             os.close(out_fd)
-            raise RepositoryError(f"{self.path}: instance process {self.index} exited while loading (exit code {rc}{'; ' + why if why else ''})")
+            raise RepositoryError(
+                f"{self.path}: instance process {self.index} exited while loading (exit code {rc}{'; ' + why if why else ''})"
+            )
         msg = pickle.loads(data)
         if msg[0] != "ready":
             proc.wait()
@@ -173,6 +194,7 @@ class _Instance:
         loop = asyncio.get_running_loop()
         if self._restart is not None:  # the child died: wait for (or fail with) its replacement
             await asyncio.shield(self._restart)
+        assert self.sock is not None and self._in is not None  # started (or restarted) above
         if self._loop is not loop:
             self._loop = loop
             loop.add_reader(self.sock.fileno(), self._on_readable)
@@ -191,6 +213,7 @@ class _Instance:
             self._pending = None
 
     def _on_readable(self) -> None:
+        assert self.sock is not None and self._out is not None  # the reader is removed when they close
         try:
             data = self.sock.recv(MAX_MESSAGE_BYTES)
         except OSError:
@@ -204,14 +227,18 @@ class _Instance:
             return
         if msg[0] == "ok":
             _, size, layout, run_s = msg
-            fut.set_result(({k: v.copy() for k, v in self._out.views(size, layout).items()}, run_s))  # the region is reused
+            fut.set_result(
+                ({k: v.copy() for k, v in self._out.views(size, layout).items()}, run_s)
+            )  # the region is reused
         else:
             fut.set_exception(InternalError(f"model '{self.config.name}' failed to run: {msg[1]}"))
 
     def _death_message(self) -> str:
         rc = self.proc.poll() if self.proc is not None else None
-        return (f"model '{self.config.name}' instance process {self.index} exited"
-                f"{'' if rc is None else f' (exit code {rc})'}; it is being restarted")
+        return (
+            f"model '{self.config.name}' instance process {self.index} exited"
+            f"{'' if rc is None else f' (exit code {rc})'}; it is being restarted"
+        )
 
     def _died(self) -> None:
         """EOF from the child: fail its batch, close this end, start a replacement in a thread."""
@@ -234,8 +261,9 @@ class _Instance:
             err = fut.exception() if not fut.cancelled() else None
             log.error("model '%s' instance process %d could not be restarted: %s", self.config.name, self.index, err)
             failed = asyncio.get_running_loop().create_future()  # every later batch fails with the reason
-            failed.set_exception(InternalError(f"model '{self.config.name}' instance process {self.index} could not be "
-                                               f"restarted: {err}"))
+            failed.set_exception(
+                InternalError(f"model '{self.config.name}' instance process {self.index} could not be restarted: {err}")
+            )
             failed.exception()  # retrieved: no "never retrieved" warning if no batch comes
             self._restart = failed
             return
@@ -316,7 +344,11 @@ class ProcessRuntime(RuntimeBase):
     async def aclose(self) -> None:
         for inst in self._instances:
             inst.detach()  # on the loop: it owns the readers
-        await asyncio.get_running_loop().run_in_executor(None, lambda: [inst.join() for inst in self._instances])
+        await asyncio.get_running_loop().run_in_executor(None, self._join_all)
+
+    def _join_all(self) -> None:
+        for inst in self._instances:
+            inst.join()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,18 +370,24 @@ def _child(argv: list[str] | None = None) -> int:
     try:
         from server.runtime.threads import open_sessions
 
-        sess = open_sessions(Path(spec["model"]), spec["intra_op_threads"], spec["inter_op_threads"], spec["providers"], 1)[0]
+        sess = open_sessions(
+            Path(spec["model"]), spec["intra_op_threads"], spec["inter_op_threads"], spec["providers"], 1
+        )[0]
         d = SessionDescription.of(sess)
         names = [o[0] for o in d.outputs]
         t0 = time.perf_counter()
-        iname, itype, ishape = d.inputs[0] if len(d.inputs) == 1 else (None, None, None)
-        if iname is not None and itype in ORT_TO_KSERVE:  # else the parent refuses the model, naming why
+        if len(d.inputs) == 1 and d.inputs[0][1] in ORT_TO_KSERVE:  # else the parent refuses the model, naming why
+            iname, itype, ishape = d.inputs[0]
             dtype = KSERVE_TO_NUMPY[ORT_TO_KSERVE[itype]]
             for b in spec["warmup_batch_sizes"]:
                 sess.run(names, {iname: warmup_batch(b, ishape[1:], dtype)})
         warmup_s = time.perf_counter() - t0
     except Exception as e:  # a load failure is the parent's RepositoryError, with the same words
-        sock.send(pickle.dumps(("error", str(e) if isinstance(e, RepositoryError) else f"{spec['model']}: {type(e).__name__}: {e}")))
+        sock.send(
+            pickle.dumps(
+                ("error", str(e) if isinstance(e, RepositoryError) else f"{spec['model']}: {type(e).__name__}: {e}")
+            )
+        )
         return 1
     sock.send(pickle.dumps(("ready", (d.providers, d.metadata_json, d.inputs, d.outputs), warmup_s)))
     while True:
@@ -362,7 +400,7 @@ def _child(argv: list[str] | None = None) -> int:
             outputs = sess.run(names, inp.views(size, layout))
             run_s = time.perf_counter() - t
             used, olayout = out.write(list(zip(names, outputs)))
-            reply = ("ok", used, olayout, run_s)
+            reply: tuple = ("ok", used, olayout, run_s)
         except Exception as e:  # reported to the batch's requests; the child keeps serving
             reply = ("error", f"{type(e).__name__}: {str(e).strip()[:2000]}")
         sock.send(pickle.dumps(reply))

@@ -12,8 +12,9 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -46,8 +47,13 @@ class InstanceThreads:
     About half the CPU of `loop.run_in_executor` per call (no concurrent.futures.Future, no wrap_future
     chain), which matters when a batch of a tiny model takes tens of microseconds."""
 
-    def __init__(self, fn: Callable[[Outputs, int], Outputs], instances: int, name: str = "model",
-                 inline_max_run_s: float = INLINE_MAX_RUN_S) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Outputs, int], Outputs],
+        instances: int,
+        name: str = "model",
+        inline_max_run_s: float = INLINE_MAX_RUN_S,
+    ) -> None:
         if not isinstance(instances, int) or instances < 1:
             raise ValueError(f"instances must be a positive integer, got {instances!r}")
         if not inline_max_run_s >= 0:
@@ -58,8 +64,9 @@ class InstanceThreads:
         self.inline_runs = 0  # executions that ran on the event loop (for tests and statistics)
         self._run_s = float("inf")  # estimated cost of one call, seconds (unknown: inf); see _timed
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._serve, name=f"ort-{name}_{i}", daemon=True)
-                         for i in range(instances)]
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"ort-{name}_{i}", daemon=True) for i in range(instances)
+        ]
         for t in self._threads:
             t.start()
 
@@ -122,8 +129,9 @@ def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.Session
     return opts
 
 
-def open_sessions(path: Path, intra_op_threads: int, inter_op_threads: int, providers: list[str],
-                  count: int) -> list[ort.InferenceSession]:
+def open_sessions(
+    path: Path, intra_op_threads: int, inter_op_threads: int, providers: list[str], count: int
+) -> list[ort.InferenceSession]:
     opts = session_options(intra_op_threads, inter_op_threads)
     try:
         return [ort.InferenceSession(str(path), sess_options=opts, providers=providers) for _ in range(count)]
@@ -138,8 +146,9 @@ class ThreadRuntime(RuntimeBase):
 
     def __init__(self, path: str | Path, config: ModelConfig, version: int) -> None:
         super().__init__(path, config, version)
-        self.sessions = open_sessions(self.path, config.intra_op_threads, config.inter_op_threads, self.providers,
-                                      config.instances)
+        self.sessions = open_sessions(
+            self.path, config.intra_op_threads, config.inter_op_threads, self.providers, config.instances
+        )
         self._describe(SessionDescription.of(self.sessions[0]))
         self._output_names = [o.name for o in self.outputs]
         self.warmup_s = self._warm_up()
