@@ -41,43 +41,81 @@ class ExplainClient(ClassificationClient):
 
     last_method = ""
 
-    def explain(self, images: list[bytes], top_k: int = 3, classes: list[int] | None = None, model: str = "",
-                version: str = "", overlay: bool = True, overlay_size: int = 0) -> list[Explanation]:
+    def explain(
+        self,
+        images: list[bytes],
+        top_k: int = 3,
+        classes: list[int] | None = None,
+        model: str = "",
+        version: str = "",
+        overlay: bool = True,
+        overlay_size: int = 0,
+    ) -> list[Explanation]:
         """Encoded images -> per image, the top-k and a heatmap per class in `classes` (default: its top-1)."""
-        req = pb.ExplainRequest(model_name=model, model_version=version, top_k=top_k, class_indices=classes or [],
-                                skip_overlay=not overlay, overlay_size=overlay_size,
-                                images=[pb.Image(encoded=b) for b in images])
+        req = pb.ExplainRequest(
+            model_name=model,
+            model_version=version,
+            top_k=top_k,
+            class_indices=classes or [],
+            skip_overlay=not overlay,
+            overlay_size=overlay_size,
+            images=[pb.Image(encoded=b) for b in images],
+        )
         resp = self._call(self._stub.Explain, req)
         self.last_model = (resp.model_name, resp.model_version)
         self.last_method = resp.method
-        return [Explanation([Prediction(p.label, p.index, p.probability) for p in r.top_k],
-                            [Heatmap(h.index, h.label, np.asarray(h.values, np.float32).reshape(h.height, h.width),
-                                     h.overlay_png) for h in r.heatmaps])
-                for r in resp.results]
+        return [
+            Explanation(
+                [Prediction(p.label, p.index, p.probability) for p in r.top_k],
+                [
+                    Heatmap(
+                        h.index, h.label, np.asarray(h.values, np.float32).reshape(h.height, h.width), h.overlay_png
+                    )
+                    for h in r.heatmaps
+                ],
+            )
+            for r in resp.results
+        ]
 
 
 def add_explain_parser(subparsers) -> None:
-    p = subparsers.add_parser("explain", help="show where the evidence for a class lies (heatmap overlays)",
-                              description="Send PNG/JPEG files to the server's Explain call and write, per image and "
-                                          "explained class, the preprocessed input with a heatmap over it "
-                                          "(class activation maps or occlusion sensitivity, as the model's metadata says).")
+    p = subparsers.add_parser(
+        "explain",
+        help="show where the evidence for a class lies (heatmap overlays)",
+        description="Send PNG/JPEG files to the server's Explain call and write, per image and "
+        "explained class, the preprocessed input with a heatmap over it "
+        "(class activation maps or occlusion sensitivity, as the model's metadata says).",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the overlays (created if missing)")
     p.add_argument("--server", default="127.0.0.1:8001", help="gRPC address (default 127.0.0.1:8001)")
     p.add_argument("--model", default="", help="model name (default: the server's default model)")
     p.add_argument("--version", default="", help="model version (default: the newest ready one)")
     p.add_argument("--top-k", type=int, default=3, help="how many labels per image (default 3)")
-    p.add_argument("--class", dest="classes", type=int, action="append", metavar="INDEX",
-                   help="explain this class index (repeatable; default: each image's most probable class)")
-    p.add_argument("--overlay-size", type=int, default=0,
-                   help="longer side of the overlay in pixels (default: the input enlarged to at least 224)")
+    p.add_argument(
+        "--class",
+        dest="classes",
+        type=int,
+        action="append",
+        metavar="INDEX",
+        help="explain this class index (repeatable; default: each image's most probable class)",
+    )
+    p.add_argument(
+        "--overlay-size",
+        type=int,
+        default=0,
+        help="longer side of the overlay in pixels (default: the input enlarged to at least 224)",
+    )
     p.add_argument("--save-maps", action="store_true", help="also write each heatmap as float32 .npy (H x W)")
     p.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-request deadline in seconds")
     p.add_argument("--token", default=os.environ.get("CNN_TOKEN", ""), help="bearer token (default: $CNN_TOKEN)")
     p.add_argument("--tls-ca", metavar="PEM", help="use TLS, trusting this CA (PEM file)")
-    p.add_argument("--json", action="store_true",
-                   help='one JSON object per image: {"image", "method", "top_k", "heatmaps": [{"index", "label", "overlay"}]}')
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per image: {"image", "method", "top_k", "heatmaps": [{"index", "label", "overlay"}]}',
+    )
     p.set_defaults(func=run_explain)
 
 
@@ -130,9 +168,15 @@ def run_explain(args) -> int:
         with ExplainClient(args.server, timeout_s=args.timeout_s, token=args.token, **tls) as c:
             step = max(1, args.batch_size)
             for start in range(0, len(data), step):
-                results = c.explain(data[start:start + step], top_k=args.top_k, classes=args.classes, model=args.model,
-                                    version=args.version, overlay_size=args.overlay_size)
-                for path, r in zip(paths[start:start + step], results):
+                results = c.explain(
+                    data[start : start + step],
+                    top_k=args.top_k,
+                    classes=args.classes,
+                    model=args.model,
+                    version=args.version,
+                    overlay_size=args.overlay_size,
+                )
+                for path, r in zip(paths[start : start + step], results):
                     written = []
                     for h in r.heatmaps:
                         name = output_name(path, h.index, h.label, taken)
@@ -141,13 +185,30 @@ def run_explain(args) -> int:
                             np.save(out / f"{name}.npy", h.values)
                         written.append((h, out / f"{name}.png"))
                     if args.json:
-                        print(json.dumps({"image": str(path), "model": c.last_model[0], "version": c.last_model[1],
-                                          "method": c.last_method,
-                                          "top_k": [{"label": p.label, "index": p.index, "probability": round(p.probability, 6)}
-                                                    for p in r.top_k],
-                                          "heatmaps": [{"index": h.index, "label": h.label, "overlay": str(f),
-                                                        "height": int(h.values.shape[0]), "width": int(h.values.shape[1])}
-                                                       for h, f in written]}))
+                        print(
+                            json.dumps(
+                                {
+                                    "image": str(path),
+                                    "model": c.last_model[0],
+                                    "version": c.last_model[1],
+                                    "method": c.last_method,
+                                    "top_k": [
+                                        {"label": p.label, "index": p.index, "probability": round(p.probability, 6)}
+                                        for p in r.top_k
+                                    ],
+                                    "heatmaps": [
+                                        {
+                                            "index": h.index,
+                                            "label": h.label,
+                                            "overlay": str(f),
+                                            "height": int(h.values.shape[0]),
+                                            "width": int(h.values.shape[1]),
+                                        }
+                                        for h, f in written
+                                    ],
+                                }
+                            )
+                        )
                     else:
                         best = ", ".join(f"{p.label} ({p.probability:.3f})" for p in r.top_k)
                         files = ", ".join(str(f) for _, f in written)

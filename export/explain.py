@@ -47,8 +47,20 @@ from server.repository import ModelMetadata
 
 OUTPUT_NAMES = ("logits", "probabilities", FEATURES_OUTPUT)
 DEFAULT_ATOL = 1e-4  # on logits and on CAM values, scaled by max(1, largest |value|) for deep nets
-_GOOGLENET_PATH = ("stem", "inception3a", "inception3b", "pool3", "inception4a", "inception4b", "inception4c",
-                   "inception4d", "inception4e", "pool4", "inception5a", "inception5b")
+_GOOGLENET_PATH = (
+    "stem",
+    "inception3a",
+    "inception3b",
+    "pool3",
+    "inception4a",
+    "inception4b",
+    "inception4c",
+    "inception4d",
+    "inception4e",
+    "pool4",
+    "inception5a",
+    "inception5b",
+)
 
 
 def feature_path(model: nn.Module) -> tuple[str, ...] | None:
@@ -119,8 +131,15 @@ def explain_entry(model: nn.Module) -> dict[str, Any]:
     return {"method": METHOD_CAM if feature_path(model) is not None else METHOD_OCCLUSION}
 
 
-def export_cam_graph(model: nn.Module, input_shape: list[int] | tuple[int, ...], path: str | os.PathLike, *,
-                     metadata: ModelMetadata, opset: int, exporter: str = "dynamo") -> dict[str, Any]:
+def export_cam_graph(
+    model: nn.Module,
+    input_shape: list[int] | tuple[int, ...],
+    path: str | os.PathLike,
+    *,
+    metadata: ModelMetadata,
+    opset: int,
+    exporter: str = "dynamo",
+) -> dict[str, Any]:
     """Write the CAM graph of `model` to `path`; returns model.onnx's extra["explain"] entry."""
     from export.onnx import INPUT_NAME, _quiet, project_version, set_metadata
 
@@ -136,23 +155,48 @@ def export_cam_graph(model: nn.Module, input_shape: list[int] | tuple[int, ...],
     try:
         with torch.no_grad(), _quiet():
             if exporter == "dynamo":
-                torch.onnx.export(graph, (example,), str(path), dynamo=True, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                                  dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1 << 20)}},
-                                  optimize=True, verbose=False)
+                torch.onnx.export(
+                    graph,
+                    (example,),
+                    str(path),
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=list(OUTPUT_NAMES),
+                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1 << 20)}},
+                    optimize=True,
+                    verbose=False,
+                )
             else:
-                torch.onnx.export(graph, (example,), str(path), dynamo=False, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                                  dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)},
-                                  do_constant_folding=True, verbose=False)
+                torch.onnx.export(
+                    graph,
+                    (example,),
+                    str(path),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=list(OUTPUT_NAMES),
+                    dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)},
+                    do_constant_folding=True,
+                    verbose=False,
+                )
     except Exception as e:
-        raise ExportError(f"{exporter} export of the CAM graph of {type(model).__name__} failed: "
-                          f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
-    entry = {"method": METHOD_CAM, "file": EXPLAIN_FILE, "features_output": FEATURES_OUTPUT,
-             "feature_shape": [int(c), int(h), int(w)]}
+        raise ExportError(
+            f"{exporter} export of the CAM graph of {type(model).__name__} failed: "
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        ) from e
+    entry = {
+        "method": METHOD_CAM,
+        "file": EXPLAIN_FILE,
+        "features_output": FEATURES_OUTPUT,
+        "feature_shape": [int(c), int(h), int(w)],
+    }
     md = copy.deepcopy(metadata)
-    md.extra["explain"] = dict(entry, class_weights=encode_array(model.fc.weight.detach().cpu().numpy()),
-                               class_bias=encode_array(model.fc.bias.detach().cpu().numpy()))
+    md.extra["explain"] = dict(
+        entry,
+        class_weights=encode_array(model.fc.weight.detach().cpu().numpy()),
+        class_bias=encode_array(model.fc.bias.detach().cpu().numpy()),
+    )
     proto = onnx.load(str(path))  # embedded weights: the zoo's CAM models are far below protobuf's 2 GiB
     for vi in list(proto.graph.input) + list(proto.graph.output):
         dims = vi.type.tensor_type.shape.dim
@@ -169,8 +213,9 @@ def export_cam_graph(model: nn.Module, input_shape: list[int] | tuple[int, ...],
     return entry
 
 
-def verify_cam_graph(model: nn.Module, path: str | os.PathLike, images: np.ndarray, *,
-                     atol: float = DEFAULT_ATOL) -> tuple[float, float]:
+def verify_cam_graph(
+    model: nn.Module, path: str | os.PathLike, images: np.ndarray, *, atol: float = DEFAULT_ATOL
+) -> tuple[float, float]:
     """Run the CAM graph on `images` (N, C, H, W, normalised) in onnxruntime and compare with PyTorch:
     logits, and the CAM of every class (onnxruntime features x the metadata's weights, via
     server.explain.cam, against torch_cam). Returns (max |logits diff|, max |CAM diff|);
@@ -198,9 +243,17 @@ def verify_cam_graph(model: nn.Module, path: str | os.PathLike, images: np.ndarr
     return dl, dc
 
 
-def add_explanation(model: nn.Module, input_shape: list[int] | tuple[int, ...], folder: str | os.PathLike,
-                    metadata: ModelMetadata, images: np.ndarray, *, opset: int, exporter: str = "dynamo",
-                    log: Callable[[str], None] = lambda s: None) -> ExplainExport:
+def add_explanation(
+    model: nn.Module,
+    input_shape: list[int] | tuple[int, ...],
+    folder: str | os.PathLike,
+    metadata: ModelMetadata,
+    images: np.ndarray,
+    *,
+    opset: int,
+    exporter: str = "dynamo",
+    log: Callable[[str], None] = lambda s: None,
+) -> ExplainExport:
     """The export step: for a CAM model write and verify `folder`/EXPLAIN_FILE; record the method in
     metadata.extra["explain"] either way (call before the final metadata rewrite of model.onnx)."""
     t0 = time.perf_counter()
@@ -213,6 +266,8 @@ def add_explanation(model: nn.Module, input_shape: list[int] | tuple[int, ...], 
     dl, dc = verify_cam_graph(model, path, images)
     metadata.extra["explain"] = entry
     out = ExplainExport(METHOD_CAM, entry, path, dl, dc, time.perf_counter() - t0)
-    log(f"CAM graph {EXPLAIN_FILE} written and verified on {len(images)} images in {out.seconds:.1f}s "
-        f"(max |logits diff| {dl:.1e}, max |CAM diff| {dc:.1e})")
+    log(
+        f"CAM graph {EXPLAIN_FILE} written and verified on {len(images)} images in {out.seconds:.1f}s "
+        f"(max |logits diff| {dl:.1e}, max |CAM diff| {dc:.1e})"
+    )
     return out

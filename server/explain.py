@@ -100,8 +100,10 @@ class CamHead:
         w = decode_array(entry.get("class_weights"), f"{where}: metadata extra.explain.class_weights")
         b = decode_array(entry.get("class_bias"), f"{where}: metadata extra.explain.class_bias")
         if w.ndim != 2 or b.shape != (w.shape[0],):
-            raise RepositoryError(f"{where}: metadata extra.explain: class_weights {list(w.shape)} and "
-                                  f"class_bias {list(b.shape)} do not form a (K, C) classifier")
+            raise RepositoryError(
+                f"{where}: metadata extra.explain: class_weights {list(w.shape)} and "
+                f"class_bias {list(b.shape)} do not form a (K, C) classifier"
+            )
         return cls(w, b, str(entry.get("features_output") or FEATURES_OUTPUT))
 
 
@@ -187,7 +189,7 @@ def occlusion_plan(height: int, width: int, grid: int = 7, patch: float = 0.25) 
     corners = tuple((y, x) for y in ys for x in xs)
     masks = np.zeros((len(corners), height, width), np.float32)
     for i, (y, x) in enumerate(corners):
-        masks[i, y:y + ph, x:x + pw] = 1.0
+        masks[i, y : y + ph, x : x + pw] = 1.0
     coverage = masks.sum(axis=0)
     share = masks / np.where(coverage > 0, coverage, 1.0)
     share = share.reshape(len(corners), height * width)
@@ -202,7 +204,7 @@ def occlusion_batch(x: np.ndarray, plan: OcclusionPlan, fill: float | np.ndarray
     ph, pw = plan.patch
     fill = np.asarray(fill, dtype=x.dtype).reshape(-1, 1, 1)
     for i, (y, xx) in enumerate(plan.corners, start=1):
-        out[i, :, y:y + ph, xx:xx + pw] = fill
+        out[i, :, y : y + ph, xx : xx + pw] = fill
     return out
 
 
@@ -253,7 +255,9 @@ def input_image(x: np.ndarray, scale: float, mean: Sequence[float], std: Sequenc
     return np.repeat(pix, 3, axis=2) if pix.shape[2] == 1 else pix[:, :, :3]
 
 
-def render_overlay(base: np.ndarray, heat: np.ndarray, size: int = 0, settings: ExplainSettings = ExplainSettings()) -> bytes:
+def render_overlay(
+    base: np.ndarray, heat: np.ndarray, size: int = 0, settings: ExplainSettings = ExplainSettings()
+) -> bytes:
     """PNG of `base` (H, W, 3) uint8 with the min-max normalised `heat` (H, W) over it: colour from red
     (low) to yellow (high), opacity proportional to the map (cold regions show the input unchanged). The input is
     enlarged with nearest neighbours (its pixels stay visible), the map bilinearly."""
@@ -285,7 +289,9 @@ class ClassMap:
     overlay_png: bytes  # b"" when no overlay was asked for
 
 
-def plan_for(height: int, width: int, max_batch_size: int, settings: ExplainSettings = ExplainSettings()) -> OcclusionPlan:
+def plan_for(
+    height: int, width: int, max_batch_size: int, settings: ExplainSettings = ExplainSettings()
+) -> OcclusionPlan:
     """The occlusion plan, its grid narrowed so that one image's rows fit one batch of the model."""
     grid = settings.occlusion_grid
     if max_batch_size >= 5:
@@ -298,8 +304,9 @@ def occlusion_inputs(x: np.ndarray, plan: OcclusionPlan) -> list[np.ndarray]:
     return [occlusion_batch(row, plan, 0.0) for row in x]
 
 
-def occlusion_explain(probs_per_image: Sequence[np.ndarray], plan: OcclusionPlan, class_indices: Sequence[int],
-                      num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def occlusion_explain(
+    probs_per_image: Sequence[np.ndarray], plan: OcclusionPlan, class_indices: Sequence[int], num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image (plan.rows, K) probabilities -> (probabilities of the unoccluded images (N, K),
     classes (N, m), maps (N, m, H, W))."""
     probs = np.stack([p[0] for p in probs_per_image]).astype(np.float32)
@@ -308,20 +315,33 @@ def occlusion_explain(probs_per_image: Sequence[np.ndarray], plan: OcclusionPlan
     return probs, classes, maps
 
 
-def cam_explain(probs: np.ndarray, features: np.ndarray, head: CamHead, class_indices: Sequence[int],
-                height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def cam_explain(
+    probs: np.ndarray, features: np.ndarray, head: CamHead, class_indices: Sequence[int], height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The CAM graph's (N, K) probabilities and (N, C, h, w) features -> (classes (N, m), maps (N, m, H, W))."""
     k = head.weights.shape[0]
     if probs.shape[1] != k or features.shape[1] != head.weights.shape[1]:
-        raise RepositoryError(f"CAM graph outputs ({probs.shape[1]} classes, {features.shape[1]} feature maps) do not "
-                              f"match its classifier weights {list(head.weights.shape)}")
+        raise RepositoryError(
+            f"CAM graph outputs ({probs.shape[1]} classes, {features.shape[1]} feature maps) do not "
+            f"match its classifier weights {list(head.weights.shape)}"
+        )
     classes = choose_classes(probs, class_indices, k)
     return classes, upsample(cam(features, head.weights, classes), height, width)
 
 
-def class_maps(x: np.ndarray, classes: np.ndarray, maps: np.ndarray, labels: Sequence[str], *, scale: float,
-               mean: Sequence[float], std: Sequence[float], overlay: bool, overlay_size: int = 0,
-               settings: ExplainSettings = ExplainSettings()) -> list[list[ClassMap]]:
+def class_maps(
+    x: np.ndarray,
+    classes: np.ndarray,
+    maps: np.ndarray,
+    labels: Sequence[str],
+    *,
+    scale: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+    overlay: bool,
+    overlay_size: int = 0,
+    settings: ExplainSettings = ExplainSettings(),
+) -> list[list[ClassMap]]:
     """Per image, one ClassMap per explained class; the overlays drawn over the preprocessed input x (N, C, H, W)."""
     if overlay:
         overlay_shape(x.shape[2], x.shape[3], overlay_size, settings)  # refuse a bad size before any drawing

@@ -26,11 +26,14 @@ def test_output_names_are_safe_and_unique():
     assert output_name(Path("..png"), 0, "../..", taken) == "class.0-class"
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--top-k", "0"], "--top-k must be at least 1"),
-    (["--class", "-1"], "--class must be a class index >= 0"),
-    (["--overlay-size", "4096"], "--overlay-size must be in 0..2048"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--top-k", "0"], "--top-k must be at least 1"),
+        (["--class", "-1"], "--class must be a class index >= 0"),
+        (["--overlay-size", "4096"], "--overlay-size must be in 0..2048"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, message):
     img = tmp_path / "a.png"
     img.write_bytes(b"not read")

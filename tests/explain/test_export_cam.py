@@ -54,8 +54,13 @@ def _metadata(k: int, shape: list[int]) -> ModelMetadata:
 
 MODELS = [  # the default exporter on one, the TorchScript one on the other (each export costs ~30-60 s here)
     ("resnet20", {"num_classes": 10, "in_channels": 1, "input_size": 28}, [1, 28, 28], (64, 7, 7), "dynamo"),
-    ("mobilenet_v2", {"num_classes": 5, "in_channels": 3, "input_size": 32, "width_mult": 0.5}, [3, 32, 32], (1280, 4, 4),
-     "torchscript"),
+    (
+        "mobilenet_v2",
+        {"num_classes": 5, "in_channels": 3, "input_size": 32, "width_mult": 0.5},
+        [3, 32, 32],
+        (1280, 4, 4),
+        "torchscript",
+    ),
 ]
 
 
@@ -113,9 +118,16 @@ def test_the_gate_refuses_a_cam_graph_whose_weights_are_off(tmp_path):
 def test_models_without_a_pooling_head_are_explained_by_occlusion(tmp_path):
     lenet = create_model("lenet5")
     assert explain_entry(lenet) == {"method": METHOD_OCCLUSION}
-    assert explain_entry(create_model("vgg11", num_classes=10, in_channels=1, input_size=32))["method"] == METHOD_OCCLUSION
-    assert explain_entry(create_model("googlenet", num_classes=10, in_channels=1, input_size=32))["method"] == METHOD_CAM
-    assert explain_entry(create_model("mobilenet_v1", num_classes=10, in_channels=1, input_size=28))["method"] == METHOD_CAM
+    assert (
+        explain_entry(create_model("vgg11", num_classes=10, in_channels=1, input_size=32))["method"] == METHOD_OCCLUSION
+    )
+    assert (
+        explain_entry(create_model("googlenet", num_classes=10, in_channels=1, input_size=32))["method"] == METHOD_CAM
+    )
+    assert (
+        explain_entry(create_model("mobilenet_v1", num_classes=10, in_channels=1, input_size=28))["method"]
+        == METHOD_CAM
+    )
     md = _metadata(10, [1, 28, 28])
     res = add_explanation(lenet, [1, 28, 28], tmp_path, md, np.zeros((1, 1, 28, 28), np.float32), opset=DEFAULT_OPSET)
     assert res.method == METHOD_OCCLUSION and md.extra["explain"] == {"method": METHOD_OCCLUSION}
@@ -131,6 +143,10 @@ def test_add_explanation_writes_and_records_the_cam_graph(tmp_path):
     x = np.random.default_rng(5).normal(size=(4, *shape)).astype(np.float32)
     res = add_explanation(model, shape, tmp_path, md, x, opset=DEFAULT_OPSET, exporter="torchscript")
     assert res.method == METHOD_CAM and res.path == tmp_path / EXPLAIN_FILE and res.path.is_file()
-    assert md.extra["explain"] == {"method": METHOD_CAM, "file": EXPLAIN_FILE, "features_output": "features",
-                                   "feature_shape": list(feature_shape)}
+    assert md.extra["explain"] == {
+        "method": METHOD_CAM,
+        "file": EXPLAIN_FILE,
+        "features_output": "features",
+        "feature_shape": list(feature_shape),
+    }
     assert "class_weights" not in md.to_json()  # the weights live in explain.onnx only

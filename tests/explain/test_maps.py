@@ -38,8 +38,17 @@ from server.explain import (
 )
 
 
-@pytest.mark.parametrize("src,dst", [((7, 7), (28, 28)), ((4, 4), (28, 28)), ((3, 5), (10, 21)), ((1, 1), (6, 6)),
-                                     ((7, 7), (224, 224)), ((28, 28), (28, 28))])
+@pytest.mark.parametrize(
+    "src,dst",
+    [
+        ((7, 7), (28, 28)),
+        ((4, 4), (28, 28)),
+        ((3, 5), (10, 21)),
+        ((1, 1), (6, 6)),
+        ((7, 7), (224, 224)),
+        ((28, 28), (28, 28)),
+    ],
+)
 def test_upsample_is_torch_bilinear_without_corner_alignment(src, dst):
     rng = np.random.default_rng(0)
     m = rng.normal(size=(2, 3, *src)).astype(np.float32)
@@ -61,10 +70,14 @@ def test_cam_is_the_class_weighted_sum_of_feature_maps():
             want = sum(w[c, k] * f[n, k] for k in range(5))
             np.testing.assert_allclose(got[n, j], want, rtol=1e-5, atol=1e-5)
     # the CAM identity: the logit (without bias) is the mean of the map
-    np.testing.assert_allclose(got.mean(axis=(2, 3)), np.einsum("nmc,nc->nm", w[classes], f.mean(axis=(2, 3))), atol=1e-5)
+    np.testing.assert_allclose(
+        got.mean(axis=(2, 3)), np.einsum("nmc,nc->nm", w[classes], f.mean(axis=(2, 3))), atol=1e-5
+    )
 
 
-@pytest.mark.parametrize("h,w,grid", [(28, 28, 7), (32, 32, 7), (224, 224, 7), (10, 17, 3), (8, 8, 7), (28, 28, 1), (5, 5, 9)])
+@pytest.mark.parametrize(
+    "h,w,grid", [(28, 28, 7), (32, 32, 7), (224, 224, 7), (10, 17, 3), (8, 8, 7), (28, 28, 1), (5, 5, 9)]
+)
 def test_occlusion_plan_covers_every_pixel_and_shares_sum_to_one(h, w, grid):
     plan = occlusion_plan(h, w, grid)
     assert plan.rows == 1 + len(plan.corners) <= 1 + grid * grid
@@ -90,7 +103,7 @@ def test_occlusion_batch_blanks_exactly_one_patch_per_row():
     ph, pw = plan.patch
     for i, (y, xx) in enumerate(plan.corners, start=1):
         inside = np.zeros((12, 12), bool)
-        inside[y:y + ph, xx:xx + pw] = True
+        inside[y : y + ph, xx : xx + pw] = True
         for c in range(3):
             assert (b[i, c][inside] == fill[c]).all()
             np.testing.assert_array_equal(b[i, c][~inside], x[c][~inside])
@@ -168,10 +181,14 @@ def test_method_from_metadata_and_cam_head():
     assert explain_method({"explain": {"method": "cam"}}) == METHOD_CAM
     assert explain_method({"explain": {"method": "magic"}}) == METHOD_OCCLUSION
     w, b = np.ones((3, 4), np.float32), np.zeros(3, np.float32)
-    head = CamHead.from_extra({"explain": {"method": "cam", "class_weights": encode_array(w), "class_bias": encode_array(b)}}, "m")
+    head = CamHead.from_extra(
+        {"explain": {"method": "cam", "class_weights": encode_array(w), "class_bias": encode_array(b)}}, "m"
+    )
     np.testing.assert_array_equal(head.weights, w)
     with pytest.raises(RepositoryError, match="do not form a"):
-        CamHead.from_extra({"explain": {"method": "cam", "class_weights": encode_array(w), "class_bias": encode_array(w)}}, "m")
+        CamHead.from_extra(
+            {"explain": {"method": "cam", "class_weights": encode_array(w), "class_bias": encode_array(w)}}, "m"
+        )
     with pytest.raises(RepositoryError, match="method is not 'cam'"):
         CamHead.from_extra({"explain": {"method": "occlusion"}}, "m")
 
@@ -205,7 +222,9 @@ def test_occlusion_explain_and_class_maps_end_to_end_on_a_known_model():
     out = class_maps(x, classes, maps, ["zero", "one"], scale=1 / 255, mean=[0.0], std=[1 / 255], overlay=True)
     assert [[(c.index, c.label, c.values.shape) for c in row] for row in out] == [[(1, "one", (28, 28))]] * 2
     assert all(Image.open(io.BytesIO(row[0].overlay_png)).size == (224, 224) for row in out)
-    bare = class_maps(x, classes, maps, ["zero", "one"], scale=1.0, mean=[0.0], std=[1.0], overlay=False, overlay_size=9999)
+    bare = class_maps(
+        x, classes, maps, ["zero", "one"], scale=1.0, mean=[0.0], std=[1.0], overlay=False, overlay_size=9999
+    )
     assert bare[0][0].overlay_png == b""
     with pytest.raises(InvalidInput, match="overlay_size"):
         class_maps(x, classes, maps, ["zero", "one"], scale=1.0, mean=[0.0], std=[1.0], overlay=True, overlay_size=9999)
