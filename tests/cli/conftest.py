@@ -37,6 +37,10 @@ def cnn(*args: str, timeout: float = 300, env: dict | None = None, cwd: Path = R
     return Result(p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
 
 
+# Fewer verification images: these tests check what the command line says, tests/export checks the gate.
+FAST_EXPORT = ("--parity-images", "32", "--eval-images", "96")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
