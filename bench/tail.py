@@ -4,7 +4,8 @@ For LeNet-5 and ResNet-20, with dynamic batching on (the exported config) and of
 null`), one server each:
 
 1. find the maximum sustainable rate: open-loop Poisson probes, doubling from `start_rps` until a probe is
-   not sustainable, then bisecting between the last good and the first bad rate. A probe is sustainable
+   not sustainable (or halving until one is, if the first is not), then bisecting between the last good and
+   the first bad rate. A probe is sustainable
    when every request scheduled in its window was answered OK, the answers kept up with the offered rate
    (completed/s >= 95 % of the offered requests/s actually drawn), and p99 <= `p99_limit_ms`;
 2. measure p50 / p99 / p99.9 (and the generator's send lag) at 10, 50, 80 and 95 % of that rate.
@@ -85,13 +86,22 @@ def find_max_rate(address: str, payload: bytes, tm: TailMode, *, processes: int 
         time.sleep(0.3)  # let any backlog of a failed probe drain before the next
         return ok
 
-    for _ in range(tm.max_probes):
-        if probe(rate):
-            good = rate
+    if probe(rate):  # up: double until a probe fails
+        good = rate
+        for _ in range(tm.max_probes - 1):
             rate *= 2
-        else:
+            if not probe(rate):
+                bad = rate
+                break
+            good = rate
+    else:  # even the first failed (a slow model or a busy machine): halve until one holds
+        bad = rate
+        for _ in range(tm.max_probes - 1):
+            rate /= 2
+            if probe(rate):
+                good = rate
+                break
             bad = rate
-            break
     if bad is not None and good > 0:
         for _ in range(tm.bisect_steps):
             mid = (good + bad) / 2
@@ -198,7 +208,7 @@ def s7_open_loop(ctx) -> dict:
     md = (f"# Scenario 7: tail latency under open-loop load (LeNet-5, ResNet-20; batching on / off)\n\n"
           f"Open loop (bench/openloop.py): Poisson arrivals at a set rate, each request timed from its *scheduled* "
           f"send time, so neither a slow server nor a late generator can hide latency. Maximum sustainable rate: "
-          f"doubling from {tm.start_rps:g}/s, then {tm.bisect_steps} bisection steps, probes of {tm.probe_s:g} s after "
+          f"doubling from {tm.start_rps:g}/s (halving if that fails), then {tm.bisect_steps} bisection steps, probes of {tm.probe_s:g} s after "
           f"{tm.warmup_s:g} s warm-up; sustainable = every request answered OK, answers >= 95 % of the offered rate, "
           f"p99 <= {tm.p99_limit_ms:g} ms. Then {tm.level_s:g} s windows at 10/50/80/95 % of it. "
           f"{ctx.processes or 1} generator process(es) (separate from the server), 2 channels each. "
