@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import ExportError, VerificationError
+from training.progress import Progress
 
 INT8_FORMATS = ("qoperator", "qdq")
 DEFAULT_INT8_FORMAT = "qoperator"
@@ -37,17 +38,28 @@ class _Reader:
 
     def __init__(self, images, batch_size: int):
         self.images, self.batch_size, self.i = images, batch_size, 0
+        self.bar: Progress | None = None  # INT8 calibration progress, in images; opened on the first batch
 
     def get_next(self):
         if self.i >= len(self.images):
+            self.close()
             return None
+        if self.bar is None:
+            self.bar = Progress(len(self.images), "int8: calibration", "img")
         j = self.i + self.batch_size
         batch = self.images[self.i : j] if isinstance(self.images, np.ndarray) else self.images.normalised(self.i, j)
+        self.bar.update(len(batch))
         self.i = j
         return {"input": np.ascontiguousarray(batch, dtype=np.float32)}
 
     def rewind(self):
+        self.close()
         self.i = 0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 @dataclass
@@ -81,8 +93,9 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         proto = onnx.load(str(pre))
         softmax = [n.name for n in proto.graph.node if n.op_type == "Softmax"]
+        reader = _Reader(calibration, batch_size)
         quantize_static(
-            str(pre), str(out_path), _Reader(calibration, batch_size),
+            str(pre), str(out_path), reader,
             quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
@@ -91,6 +104,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
             nodes_to_exclude=softmax,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
+        reader.close()
     return Int8Info(format=fmt, per_channel=per_channel, calibration_images=len(calibration),
                     seconds=time.perf_counter() - t0)
 

@@ -28,6 +28,7 @@ import numpy as np
 from export.errors import VerificationError
 from server.errors import RepositoryError
 from server.repository import check_external_data
+from training.progress import Progress
 
 DEFAULT_ATOL = 1e-4
 FP32_NOISE_FACTOR = 2.0
@@ -123,13 +124,16 @@ def ort_session(path: str | os.PathLike, threads: int = 1, optimization: str = "
         raise VerificationError(f"{path}: onnxruntime cannot load the model: {str(e).strip().splitlines()[0]}") from None
 
 
-def run_batched(session, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, probabilities) for all images, fed in chunks of batch_size."""
+def run_batched(session, images: np.ndarray, batch_size: int,
+                progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, probabilities) for all images, fed in chunks of batch_size; ``progress`` counts images."""
     logits, probs = [], []
     for i in range(0, len(images), batch_size):
         lo, pr = session.run(["logits", "probabilities"], {"input": np.ascontiguousarray(images[i : i + batch_size])})
         logits.append(lo)
         probs.append(pr)
+        if progress is not None:
+            progress.update(len(lo))
     return np.concatenate(logits), np.concatenate(probs)
 
 
@@ -180,10 +184,12 @@ def parity(model, path: str | os.PathLike, images: np.ndarray, *, atol: float = 
     sess = ort_session(path)
     worst_l = worst_p = 0.0
     mismatches = 0
+    # batch 1 on every image is slow for big models; a few images show the axis works
+    subsets = {bs: images[: min(len(images), 32)] if bs == 1 else images for bs in batch_sizes}
+    bar = Progress(sum(len(v) for v in subsets.values()), "verify: onnxruntime vs PyTorch", "img")
     for bs in batch_sizes:
-        # batch 1 on every image is slow for big models; a few images show the axis works
-        subset = images[: min(len(images), 32)] if bs == 1 else images
-        logits, probs = run_batched(sess, subset, bs)
+        subset = subsets[bs]
+        logits, probs = run_batched(sess, subset, bs, bar)
         r = ref[: len(subset)]
         if logits.shape != r.shape:
             raise VerificationError(f"{path}: logits shape {logits.shape} != PyTorch {r.shape} at batch size {bs}")
@@ -191,6 +197,7 @@ def parity(model, path: str | os.PathLike, images: np.ndarray, *, atol: float = 
         e = np.exp(r - r.max(axis=1, keepdims=True))
         worst_p = max(worst_p, float(np.abs(probs - e / e.sum(axis=1, keepdims=True)).max()))
         mismatches = max(mismatches, int((logits.argmax(1) != r.argmax(1)).sum()))
+    bar.close()
     report = ParityReport(images=len(images), batch_sizes=list(batch_sizes), max_abs_diff_logits=worst_l,
                           max_abs_diff_probabilities=worst_p, argmax_mismatches=mismatches, atol=atol,
                           max_abs_logit=float(np.abs(ref).max()), bound=atol)
@@ -211,14 +218,20 @@ def require_parity(report: ParityReport, path: str | os.PathLike) -> None:
             f"{report.argmax_mismatches} argmax mismatches")
 
 
-def predictions(path: str | os.PathLike, batches, batch_size: int = 64, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(argmax, labels) over an iterable of (images, labels) batches, e.g. export.data.Images.batches()."""
+def predictions(path: str | os.PathLike, batches, batch_size: int = 64, threads: int = 1, *,
+                total: int | None = None, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax, labels) over an iterable of (images, labels) batches, e.g. export.data.Images.batches(), or
+    over an export.data.Images itself (then the progress display knows the total). ``total``: the number of
+    images, if known; ``desc`` labels the progress (default "verify: test accuracy of <file name>")."""
+    if total is None and hasattr(batches, "batches"):
+        total, batches = len(batches), batches.batches()
     sess = ort_session(path, threads=threads)
     preds, labels = [], []
-    for x, y in batches:
-        logits, _ = run_batched(sess, x, batch_size)
-        preds.append(logits.argmax(1))
-        labels.append(np.asarray(y))
+    with Progress(total, desc or f"verify: test accuracy of {Path(path).name}", "img") as bar:
+        for x, y in batches:
+            logits, _ = run_batched(sess, x, batch_size, bar)
+            preds.append(logits.argmax(1))
+            labels.append(np.asarray(y))
     return np.concatenate(preds), np.concatenate(labels)
 
 

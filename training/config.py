@@ -103,6 +103,9 @@ class TrainConfig:
         need(0 <= a.rotate <= 180, "augment.rotate", "must be in [0, 180] degrees")
         need(0 <= a.translate < 1, "augment.translate", "must be in [0, 1)")
         need(0 <= a.scale < 1, "augment.scale", "must be in [0, 1)")
+        need(0 <= a.shear < 90, "augment.shear", "must be in [0, 90) degrees")
+        need(a.elastic_alpha >= 0, "augment.elastic_alpha", "must be >= 0 (pixels; 0: off)")
+        need(a.elastic_sigma > 0, "augment.elastic_sigma", "must be > 0 (pixels)")
         need(0 <= a.erase_prob <= 1, "augment.erase_prob", "must be in [0, 1]")
         need(0 < a.erase_max_area <= 1, "augment.erase_max_area", "must be in (0, 1]")
         return self

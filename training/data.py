@@ -1,6 +1,10 @@
 """Datasets as in-memory uint8 tensors (N, C, H, W) with int64 labels, split into train/val/test.
 
 Specs accepted by ``load_dataset``:
+    mnist           the MNIST files shipped in data/mnist/ (CC BY-SA 3.0, see data/mnist/README.md), their MD5
+                    checked on first read. Standard split: the first 55,000 training digits train, the last
+                    5,000 validate (fixed, whatever the seed), the 10,000 test digits score the final model.
+                    ``$CNN_MNIST_DIR`` points elsewhere (an install without the repository's data/ folder).
     digits          scikit-learn's bundled 8x8 handwritten digits (1797 images, no download), brought to
                     MNIST style: 0..16 -> 0..255, bilinear (antialiased) resize to 20x20, centred in a
                     28x28 black canvas, white digit on black. Fixed seeded stratified 70/10/20 split.
@@ -18,6 +22,7 @@ split. The test split is only ever used for the final report, never for model se
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +37,14 @@ from training.errors import DataError
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where `apt-get install dataset-fashion-mnist` puts it
 FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                         "Bag", "Ankle boot"]
+MNIST_DIR = Path(__file__).resolve().parents[1] / "data" / "mnist"  # shipped with the repository
+MNIST_MD5 = {  # of the .gz files as distributed (data/mnist/README.md); checked on first read
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+MNIST_VAL_SIZE = 5000  # the last 5,000 of the 60,000 training digits validate
 DIGITS_SPLIT_SEED = 20240601  # fixed: the digits test split never changes with the training seed
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -70,15 +83,15 @@ def data_kind(spec: str) -> str:
     """Which recipe family a data spec falls in, without loading it: "digits", "gray28" or "color"."""
     if spec == "digits":
         return "digits"
-    if spec == "fashion-mnist" or spec.startswith("idx:"):
+    if spec in ("mnist", "fashion-mnist") or spec.startswith("idx:"):
         return "gray28"
     if spec.startswith("folder:"):
         return "color"
-    raise DataError(f"unknown data {spec!r}; expected digits, fashion-mnist, idx:DIR or folder:DIR")
+    raise DataError(f"unknown data {spec!r}; expected mnist, digits, fashion-mnist, idx:DIR or folder:DIR")
 
 
 def dataset_key(spec: str) -> str:
-    """Short name used in recipe file names: digits, fashion_mnist, idx, folder."""
+    """Short name used in recipe file names: mnist, digits, fashion_mnist, idx, folder."""
     data_kind(spec)  # validates
     return spec.split(":", 1)[0].replace("-", "_")
 
@@ -89,6 +102,8 @@ def load_dataset(spec: str, *, seed: int = 0, val_fraction: float = 0.1, image_s
     kind = data_kind(spec)
     if spec == "digits":
         return load_digits()
+    if spec == "mnist":
+        return load_mnist()
     if spec == "fashion-mnist":
         if not Path(FASHION_MNIST_DIR).is_dir():
             raise DataError(f"fashion-mnist not found at {FASHION_MNIST_DIR}: install Debian's package "
@@ -150,6 +165,58 @@ def load_digits() -> Dataset:
     x, y = digits_images()
     tr, va, te = stratified_split(y.numpy(), [0.7, 0.1, 0.2], DIGITS_SPLIT_SEED)
     return Dataset("digits", [str(i) for i in range(10)], x[tr], y[tr], x[va], y[va], x[te], y[te])
+
+
+# ----------------------------------------------------------------------------- MNIST (shipped)
+
+_verified: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime_ns) whose MD5 matched, this process
+
+
+def mnist_dir() -> Path:
+    """Where the shipped MNIST files are: ``$CNN_MNIST_DIR`` if set, else data/mnist/ of the repository."""
+    env = os.environ.get("CNN_MNIST_DIR")
+    return Path(env) if env else MNIST_DIR
+
+
+def verify_mnist(directory: str | os.PathLike | None = None) -> Path:
+    """Check that the four MNIST files exist and have the published MD5 sums (each file once per process,
+    about 20 ms for the 11.6 MB). Returns the directory; raises DataError naming every bad file."""
+    d = Path(directory) if directory is not None else mnist_dir()
+    problems = []
+    for name, want in MNIST_MD5.items():
+        p = d / name
+        try:
+            st = p.stat()
+        except OSError:
+            problems.append(f"{name} is missing")
+            continue
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        if key in _verified:
+            continue
+        try:
+            got = hashlib.md5(p.read_bytes()).hexdigest()
+        except OSError as e:
+            problems.append(f"{name} cannot be read ({e})")
+            continue
+        if got != want:
+            problems.append(f"{name} is corrupt (MD5 {got}, expected {want}, {st.st_size:,} bytes)")
+        else:
+            _verified[key] = True
+    if problems:
+        raise DataError(f"MNIST in {d}: {'; '.join(problems)}. The repository ships these files in data/mnist/ "
+                        f"(restore them with `git checkout -- data/mnist`), or point CNN_MNIST_DIR at a "
+                        f"folder holding the original files")
+    return d
+
+
+def load_mnist(directory: str | os.PathLike | None = None) -> Dataset:
+    """The shipped MNIST with the standard split: train = the first 55,000 training digits, val = the last
+    5,000, test = the 10,000 test digits. The split does not depend on the seed."""
+    d = verify_mnist(directory)
+    x, y = load_idx_split(d, "train")
+    test_x, test_y = load_idx_split(d, "test")
+    n = len(y) - MNIST_VAL_SIZE
+    return Dataset("mnist", [str(i) for i in range(10)], x[:n], y[:n], x[n:], y[n:], test_x, test_y)
 
 
 # ----------------------------------------------------------------------------- IDX

@@ -33,6 +33,7 @@ from training.distributed import DistContext
 from training.errors import ConfigError, DataError
 from training.models import create_model, resolved_arguments
 from training.optim import lr_factor, make_optimizer, make_scheduler
+from training.progress import Progress
 
 
 def default_threads() -> int:
@@ -69,14 +70,16 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x: torc
                     transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor], g: torch.Generator,
                     batch_size: int, label_smoothing: float = 0.0, grad_clip: float = 0.0, *,
                     ctx: DistContext | None = None, aug_generator: torch.Generator | None = None,
-                    amp: str = "off") -> dict[str, float]:
+                    amp: str = "off", progress: str | None = None) -> dict[str, float]:
     """One pass over (x uint8 (N, C, H, W), y (N,)) in a seeded random order. Returns loss/accuracy/speed.
 
     ``g`` draws the permutation (and the augmentation, unless ``aug_generator`` is given). Under DDP
     (``ctx.enabled``) every rank draws the same permutation from ``g``, takes its part of each global
     batch of ``batch_size`` and augments it with its own ``aug_generator``; the returned numbers are
     reduced over the ranks. ``amp="bf16"`` runs the forward pass and the loss under bfloat16 autocast
-    (the parameters, their gradients and the optimiser state stay float32)."""
+    (the parameters, their gradients and the optimiser state stay float32). ``progress``: a label such as
+    "epoch 3/15" shows progress within the epoch (training/progress.py: a bar on a terminal, a line per
+    quarter otherwise); None shows nothing."""
     model.train()
     dev_type = y.device.type
     ctx = ctx or DistContext()
@@ -86,8 +89,11 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x: torc
     loss_sum = torch.zeros((), dtype=torch.float64, device=y.device)
     correct = torch.zeros((), dtype=torch.int64, device=y.device)
     seen = 0
+    steps = steps_per_epoch(n, batch_size, ctx.world_size)
+    bar = Progress(steps, progress, "batch", unit_scale=batch_size, rate_unit="img",
+                   plain_final=False) if progress else None
     t0 = time.perf_counter()
-    for i in range(steps_per_epoch(n, batch_size, ctx.world_size)):
+    for i in range(steps):
         idx = perm[i * batch_size:(i + 1) * batch_size]        # (B,) the global batch
         global_n = len(idx)
         idx = distributed.shard(idx, ctx)                      # (B / world_size,) this rank's part
@@ -108,6 +114,10 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x: torc
         loss_sum += loss.detach() * len(idx)
         correct += (logits.detach().argmax(1) == yb).sum()
         seen += len(idx)
+        if bar is not None:  # the running loss every 25 steps: one read of a scalar, no per-step sync
+            bar.update(1, **({"loss": float(loss_sum) / seen} if i % 25 == 0 else {}))
+    if bar is not None:
+        bar.close()
     dt = time.perf_counter() - t0
     if ctx.enabled:
         loss_total, correct_total, seen_total = distributed.all_reduce_sum([loss_sum, correct, seen], ctx)
@@ -319,7 +329,8 @@ def _fit(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, ctx: Dist
             torch.manual_seed(distributed.derive_seed(cfg.seed, "torch", ctx.rank, epoch))  # dropout
         lr = opt.param_groups[0]["lr"]
         tr = train_one_epoch(train_model, opt, sched, data.train_x, train_y, transform, g, cfg.batch_size,
-                             cfg.label_smoothing, cfg.grad_clip, ctx=ctx, aug_generator=aug_g, amp=cfg.amp)
+                             cfg.label_smoothing, cfg.grad_clip, ctx=ctx, aug_generator=aug_g, amp=cfg.amp,
+                             progress=f"epoch {epoch}/{cfg.epochs}" if ctx.is_main else None)
         if ctx.enabled:
             distributed.broadcast_buffers(model, ctx)  # every rank evaluates the model rank 0 saves
             va = evaluate_sharded(model, data.val_x, val_y, normalize, cfg.eval_batch_size, ctx)

@@ -123,8 +123,8 @@ def test_missing_data_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="train images IDX file"):
         load_dataset(f"idx:{tmp_path / 'empty'}")
-    with pytest.raises(DataError, match="unknown data 'mnist'"):
-        load_dataset("mnist")
+    with pytest.raises(DataError, match="unknown data 'kmnist'; expected mnist, digits"):  # mnist is a spec now
+        load_dataset("kmnist")
 
 
 def test_fashion_mnist_location_and_class_names(tmp_path, monkeypatch):
