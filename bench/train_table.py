@@ -5,6 +5,9 @@ training-loop overhead against a bare PyTorch loop.
     python bench/train_table.py --rows all            # + the Fashion-MNIST rows (up to 30 min each)
     python bench/train_table.py --rows resnet20-fashion --epochs 1   # a smoke run (marked as such)
     python bench/train_table.py --overhead            # loop overhead vs a bare loop
+    python bench/train_table.py --rows lenet5-mnist   # LeNet-5 on the shipped MNIST (~4 min on 2 cores)
+    python bench/train_table.py --record resnet20-mnist runs/resnet20-mnist --cpu-seconds 2400
+                                                      # a row from a run made by `cnn train` itself
 
 Each row runs the real command line in a subprocess (`python -m training.cli train ...`, the same
 code as `cnn train ...`) and reads its summary.json. Results are merged into
@@ -30,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 # name: (model, data, recipe, target test accuracy, wall-clock budget in seconds on 2 cores)
 ROWS = {
     "lenet5-digits": ("lenet5", "digits", "lenet5_digits", 0.985, 60),
+    "lenet5-mnist": ("lenet5", "mnist", "lenet5_mnist", 0.993, 300),
+    "resnet20-mnist": ("resnet20", "mnist", "resnet20_mnist", 0.996, 1200),
     "lenet5-fashion": ("lenet5", "fashion-mnist", "lenet5_fashion_mnist", 0.91, 1800),
     "resnet20-fashion": ("resnet20", "fashion-mnist", "resnet20_fashion_mnist", 0.94, 1800),
     "mobilenet_v2-fashion": ("mobilenet_v2", "fashion-mnist", "mobilenet_v2_fashion_mnist", 0.93, 1800),
@@ -77,6 +82,25 @@ def run_row(name: str, runs_dir: Path, epochs: int | None) -> dict:
             "threads": s["threads"],
             "smoke": epochs is not None, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "host": host(), "command": "cnn " + " ".join(args)}
+
+
+def record_row(name: str, run_dir: Path, cpu_seconds: float | None, command: str | None) -> dict:
+    """A row from a finished run made outside this script (its summary.json): wall-clock is the run's own
+    (fit() from data loading to the test scores, without the process start), CPU seconds as measured by
+    whoever ran it (e.g. utime + stime from /proc/PID/stat), None if not given."""
+    model, data, recipe, target, budget = ROWS[name]
+    s = json.loads((run_dir / "summary.json").read_text())
+    if (s["model"], s["dataset"], s["recipe"]) != (model, data, recipe):
+        raise SystemExit(f"{run_dir}: {s['model']} / {s['dataset']} / {s['recipe']} is not row {name}")
+    wall = s["wall_seconds"]
+    shown = os.path.relpath(run_dir, ROOT) if run_dir.resolve().is_relative_to(ROOT) else str(run_dir)
+    return {"row": name, "model": model, "dataset": data, "recipe": recipe, "epochs": s["epochs_run"],
+            "test_accuracy": s["test_accuracy"], "val_accuracy": s["val_accuracy"], "best_epoch": s["best_epoch"],
+            "target": target, "met": s["test_accuracy"] >= target and wall <= budget,
+            "wall_seconds": round(wall, 1), "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 1),
+            "budget_seconds": budget, "threads": s["threads"], "smoke": False, "recorded_from": shown,
+            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": host(),
+            "command": command or f"cnn train --model {model} --data {data} --out {shown}"}
 
 
 # ----------------------------------------------------------------------------- overhead
@@ -202,7 +226,7 @@ def markdown(results: dict) -> str:
             continue
         smoke = " (smoke)" if r["smoke"] else ""
         lines.append(f"| {name} | {model} | {data} | {recipe} | {r['epochs']}{smoke} | {r['test_accuracy']:.2%} | "
-                     f"{target:.1%} | {r['wall_seconds']:.1f} s | {r.get('cpu_seconds', float('nan')):.1f} s | "
+                     f"{target:.1%} | {r['wall_seconds']:.1f} s | {r.get('cpu_seconds') or float('nan'):.1f} s | "
                      f"{budget} s | {'smoke run' if r['met'] is None else 'yes' if r['met'] else 'no'} | "
                      f"`{r['command']}` |")
     ov = results.get("overhead")
@@ -233,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override epochs: a smoke run, marked as such")
     p.add_argument("--overhead", action="store_true", help="also measure loop overhead vs a bare loop")
     p.add_argument("--no-train", action="store_true", help="skip the table rows (with --overhead)")
+    p.add_argument("--record", nargs=2, metavar=("ROW", "RUN_DIR"), default=None,
+                   help="record ROW from a finished run in RUN_DIR (its summary.json) instead of training")
+    p.add_argument("--cpu-seconds", type=float, default=None, help="with --record: the run's CPU seconds")
+    p.add_argument("--command", default=None, help="with --record: the command that made the run")
     p.add_argument("--runs", default=str(ROOT / "runs" / "bench"), help="where the runs go")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where the JSON and Markdown go")
     args = p.parse_args(argv)
@@ -245,7 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "train_table.json"
     results = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
-    if not args.no_train:
+    if args.record:
+        name, run_dir = args.record
+        if name not in ROWS:
+            print(f"unknown row {name!r}; valid: {', '.join(ROWS)}", file=sys.stderr)
+            return 2
+        results["rows"][name] = r = record_row(name, Path(run_dir), args.cpu_seconds, args.command)
+        print(json.dumps({k: v for k, v in r.items() if k != "host"}), flush=True)
+    elif not args.no_train:
         for name in rows:
             results["rows"][name] = r = run_row(name, Path(args.runs), args.epochs)
             print(json.dumps({k: v for k, v in r.items() if k != "host"}), flush=True)
