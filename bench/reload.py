@@ -45,7 +45,7 @@ class ReloadMode:
 RELOAD_MODES = {
     "full": ReloadMode(40.0, 2.0, 12.0, 26.0, 0.5),
     "quick": ReloadMode(20.0, 1.0, 6.0, 13.0, 0.5),
-    "smoke": ReloadMode(4.0, 0.2, 1.0, 3.0, 0.2),
+    "smoke": ReloadMode(5.0, 0.2, 1.0, 4.0, 0.2),
 }
 AROUND_S = 5.0
 

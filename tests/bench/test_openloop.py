@@ -77,14 +77,14 @@ class StallServer:
 
 @pytest.fixture
 def stall_server():
-    s = StallServer(stall_at=150, stall_s=0.2)
+    s = StallServer(stall_at=100, stall_s=0.2)
     yield s
     s.close()
 
 
 def test_requests_scheduled_during_a_stall_are_charged_the_stall(stall_server):
     rate = 500.0
-    r = run_open_loop(stall_server.address, b"x", rate, duration_s=1.2, warmup_s=0.0, arrival="constant", channels=2)
+    r = run_open_loop(stall_server.address, b"x", rate, duration_s=2.0, warmup_s=0.0, arrival="constant", channels=2)
     assert stall_server.stall_end is not None, "the server never stalled"
     assert r.failed == 0 and r.ok == r.scheduled == len(r.sched), r.outcomes()
     start, end = stall_server.stall_start - r.t0, stall_server.stall_end - r.t0  # seconds on the schedule's clock
