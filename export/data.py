@@ -1,17 +1,22 @@
 """Real images for the gate and for INT8 calibration: the checkpoint's own dataset, preprocessed the
-way the metadata says (resize to H x W if needed, scale, (x - mean) / std), as float32 NCHW numpy.
+way the metadata says (preprocessing.image.prepare_batch: resized to H x W with the recorded
+interpolation exactly as the server resizes, x * scale, (x - mean) / std), as float32 NCHW numpy.
+Dataset images are already in the model's training form, so mode "digit" is not re-run on them.
 
 Test images for parity and accuracy; training images (never test) for calibration.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from export.errors import ExportError
+from preprocessing.image import prepare_batch
+from preprocessing.spec import Preprocessing
 
 
 @dataclass
@@ -21,7 +26,7 @@ class Images:
 
     raw: Any  # torch uint8 (N, C, H, W), the dataset's size
     y: np.ndarray  # int64 (N,)
-    pre: dict[str, Any]  # the checkpoint's preprocessing
+    pre: Preprocessing  # the checkpoint's preprocessing
     spec: str
     split: str
     _x: np.ndarray | None = field(default=None, repr=False)
@@ -67,21 +72,11 @@ def dataset_for(ckpt: dict[str, Any], spec: str | None):
                           f"(pass --data SPEC to use another copy)") from None
 
 
-def preprocess(x_uint8, pre: dict[str, Any]) -> np.ndarray:
-    """uint8 (N, C, H, W) torch tensor -> float32 normalised numpy, per the checkpoint's preprocessing."""
-    import torch
-    import torch.nn.functional as F
-
-    h, w = int(pre["height"]), int(pre["width"])
-    x = x_uint8.float()
-    if tuple(x.shape[2:]) != (h, w):
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    x = x * float(pre.get("scale", 1.0 / 255.0))
-    c = x.shape[1]
-    mean = torch.tensor(pre.get("mean") or [0.0], dtype=torch.float32)
-    std = torch.tensor(pre.get("std") or [1.0], dtype=torch.float32)
-    mean, std = mean.expand(c).view(1, c, 1, 1), std.expand(c).view(1, c, 1, 1)
-    return ((x - mean) / std).numpy().astype(np.float32, copy=False)
+def preprocess(x_uint8, pre: Preprocessing | dict[str, Any]) -> np.ndarray:
+    """uint8 (N, C, H, W) (torch or numpy) -> float32 normalised numpy, per the checkpoint's preprocessing."""
+    pre = pre if isinstance(pre, Preprocessing) else Preprocessing.from_dict(pre)
+    x = x_uint8.numpy() if hasattr(x_uint8, "numpy") else np.asarray(x_uint8)
+    return prepare_batch(x, pre)
 
 
 def load_images(ckpt: dict[str, Any], split: str, limit: int | None = None, *, spec: str | None = None,
@@ -98,4 +93,4 @@ def load_images(ckpt: dict[str, Any], split: str, limit: int | None = None, *, s
     if limit is not None and limit < len(x):
         idx = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
         x, y = x[idx], y[idx]
-    return Images(x, y.numpy().astype(np.int64), dict(ckpt["preprocessing"]), ds.name, split)
+    return Images(x, y.numpy().astype(np.int64), Preprocessing.from_dict(ckpt["preprocessing"]), ds.name, split)

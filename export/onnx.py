@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 
 from export.errors import ExportError
-from server.repository import METADATA_KEY, MODEL_FILE, ModelMetadata, Preprocessing
+from server.repository import METADATA_KEY, ModelMetadata
+from training.checkpoint import Checkpoint, CheckpointError, as_checkpoint
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
@@ -173,39 +174,33 @@ def project_version() -> str:
         return "0+unknown"
 
 
-def metadata_from_checkpoint(ckpt: dict[str, Any], *, extra: dict[str, Any] | None = None,
+def metadata_from_checkpoint(ckpt: dict[str, Any] | Checkpoint, *, extra: dict[str, Any] | None = None,
                              metrics: dict[str, Any] | None = None) -> ModelMetadata:
-    """ModelMetadata from a training checkpoint dict (format_version 1)."""
-    known = set(Preprocessing.__dataclass_fields__)
-    pre_in = dict(ckpt.get("preprocessing") or {})
-    pre = Preprocessing(**{k: v for k, v in pre_in.items() if k in known})
-    input_shape = [int(d) for d in ckpt["input_shape"]]
-    if list(input_shape[1:]) != [pre.height, pre.width]:
-        raise ExportError(f"checkpoint input_shape {input_shape} disagrees with preprocessing "
-                          f"{pre.height}x{pre.width}")
-    if len(pre.mean) not in (1, input_shape[0]) or len(pre.std) not in (1, input_shape[0]):
-        raise ExportError(f"checkpoint preprocessing mean/std length does not match {input_shape[0]} channels")
-    ckpt_metrics = {k: v for k, v in (ckpt.get("metrics") or {}).items() if isinstance(v, (int, float, str))}
+    """ModelMetadata from a training checkpoint (format_version 1). The preprocessing recorded is the one
+    the model is served with (Checkpoint.serving_preprocessing: mode "digit" for digit data)."""
+    try:
+        ck = as_checkpoint(ckpt)
+        pre = ck.serving_preprocessing()
+    except (CheckpointError, ValueError) as e:
+        raise ExportError(str(e)) from None
+    ckpt_metrics = {k: v for k, v in ck.metrics.items() if isinstance(v, (int, float, str))}
     if metrics:
         ckpt_metrics.update(metrics)
-    ex = {"checkpoint_format_version": ckpt.get("format_version"), "checkpoint_created": ckpt.get("created", ""),
-          "precision": "fp32"}
-    ignored = {k: v for k, v in pre_in.items() if k not in known}
-    if ignored:
-        ex["preprocessing_extra"] = ignored
+    ex: dict[str, Any] = {"checkpoint_format_version": ck.format_version, "checkpoint_created": ck.created,
+                          "precision": "fp32"}
     ex.update(extra or {})
     return ModelMetadata(
-        labels=[str(label) for label in ckpt["labels"]],
+        labels=list(ck.labels),
         input_name=INPUT_NAME,
-        input_shape=input_shape,
+        input_shape=list(ck.input_shape),
         layout="NCHW",
         preprocessing=pre,
-        model_name=str(ckpt["model_name"]),
-        model_kwargs=dict(ckpt.get("model_kwargs") or {}),
-        dataset=str(ckpt.get("dataset", "")),
+        model_name=ck.model_name,
+        model_kwargs=dict(ck.model_kwargs),
+        dataset=ck.dataset,
         metrics=ckpt_metrics,
-        recipe_sha256=str(ckpt.get("recipe_sha256", "")),
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        recipe_sha256=ck.recipe_sha256,
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         project_version=project_version(),
         extra=ex,
     )

@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from export.errors import ExportError
 from export.explain import EXPLAIN_FILE, add_explanation
@@ -28,7 +29,6 @@ from export.verify import DEFAULT_ATOL
 from server.repository import MODEL_FILE
 
 QUANTIZE_CHOICES = ("int8", "fp16")
-REQUIRED_KEYS = ("model_name", "model_kwargs", "state_dict", "labels", "input_shape", "preprocessing")
 
 
 @dataclass
@@ -62,23 +62,14 @@ def default_name(ckpt: dict[str, Any]) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """training.checkpoint's loader (validates the schema); its one-line errors as ExportError."""
+    from training.checkpoint import CheckpointError
     from training.checkpoint import load_checkpoint as _load
 
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: checkpoint not found")
     try:
-        ckpt = _load(path)
-    except ValueError as e:  # TrainingError and friends: already a user-facing message
-        raise ExportError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
-    except Exception as e:  # a truncated or foreign file: torch.load raises many types
-        raise ExportError(f"{path}: not a readable checkpoint: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    if not isinstance(ckpt, dict):
-        raise ExportError(f"{path}: not a training checkpoint (expected a dict)")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
-    if missing:
-        raise ExportError(f"{path}: checkpoint lacks {', '.join(missing)} (written by an older `cnn train`?)")
-    return ckpt
+        return _load(path)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
 
 
 def build_model(ckpt: dict[str, Any], where: str):

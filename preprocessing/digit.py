@@ -1,0 +1,272 @@
+"""Handwritten-digit normalisation for real images: a photo or scan of a digit on paper -> an MNIST-style
+28x28 field (white ink on black, the digit fitted in a 20x20 box, its centre of mass at the centre).
+
+MNIST was made this way from NIST's binary scans: fit the digit in 20x20 keeping its aspect ratio
+(anti-aliasing gives the grey levels), then translate its centre of mass to the centre of 28x28
+(LeCun et al.). A photo first needs the binary digit, found here with OpenCV:
+
+1. grayscale, working resolution (longest side in [upscale_to, work_side]), slight Gaussian blur
+   (noise, JPEG blocks, paper grain);
+2. background estimation by grey-level morphology with a window wider than any stroke: closing
+   (for dark ink) and opening (for light ink) keep the paper, its lighting gradients and shadows and
+   drop the strokes; ink strength = difference to that background (for dark ink relative to the local
+   paper brightness, so a shadowed stroke counts like a lit one);
+3. polarity: the side (dark-on-light or light-on-dark) with more strongly contrasted pixels;
+4. threshold: Otsu on the ink strength, floored by a noise level (median + k MAD) and a fraction of
+   the strongest ink;
+5. connected components: ruled/squared paper lines spanning the frame removed, specks dropped,
+   components touching the frame border (paper edges, table) used only if nothing else is there;
+   the main component (most ink) plus nearby large pieces (a broken stroke, a detached bar);
+6. stroke width normalised (2 * area / perimeter; a thin pen on a large digit is dilated towards
+   MNIST's stroke width in the 20x20 box), crop, fit in 20x20 (INTER_AREA: anti-aliased grey levels),
+   centre of mass to the centre of the 28x28 field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+FIELD = 28  # output side (MNIST)
+BOX = 20  # the digit's longest side inside the field (MNIST)
+
+
+@dataclass(frozen=True)
+class DigitConfig:
+    work_side: int = 320  # longest side the search runs at; larger images are shrunk first (speed)
+    upscale_to: int = 64  # smaller images are enlarged to this longest side first (smooth masks)
+    blur_fraction: float = 1 / 300  # Gaussian sigma as a fraction of the working longest side (min 0.6 px)
+    window_fraction: float = 1 / 5  # first background window, as a fraction of the longest side (min 7 px)
+    window_strokes: float = 4.0  # second background window, in stroke widths (min 7 px)
+    noise_k: float = 5.0  # ink threshold >= median + noise_k * 1.4826 * MAD of the ink strength
+    min_fraction_of_peak: float = 0.3  # ink threshold >= this fraction of the strongest ink (99.9th pct)
+    hysteresis: bool = False
+    strong_fraction: float = 0.45  # hysteresis: weaker ink counts only within half a stroke of this
+    line_span: float = 0.85  # a straight run this long (fraction of the frame side) is a paper line
+    speck_fraction: float = 0.03  # components with less area than this fraction of the largest are specks
+    group_margin: float = 0.35  # pieces within this fraction of the digit's size join it
+    group_min_fraction: float = 0.08  # ... when their area is at least this fraction of the main piece
+    target_stroke: float = 2.2  # MNIST-like stroke width in output pixels at the 20x20 box scale
+    thin_ratio: float = 0.7  # strokes thinner than target * thin_ratio are thickened
+
+
+DEFAULT = DigitConfig()
+
+
+def _odd(n: float) -> int:
+    n = max(3, int(round(n)))
+    return n if n % 2 else n + 1
+
+
+def dark_ink(g: np.ndarray) -> bool:
+    """Polarity: True for dark ink on light paper. The background is what a coarse median keeps (ink of
+    either polarity is a minority in each window); the ink is the side with more strongly deviating pixels."""
+    h, w = g.shape
+    f = 64.0 / max(h, w)
+    small = cv2.resize(g, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) if f < 1 else g
+    k = _odd(max(small.shape) / 3)
+    m = k // 2  # mirrored margins: medianBlur alone replicates the edge row, and a dark table edge would
+    padded = cv2.copyMakeBorder(np.clip(small, 0, 255).astype(np.uint8), m, m, m, m, cv2.BORDER_REFLECT_101)
+    bg = cv2.medianBlur(padded, k)[m:-m, m:-m].astype(np.float32)  # then look like light ink beside it
+    d = small - bg
+    t = 0.5 * max(float(np.abs(d).max()), 1e-3)
+    return _inner_count(d < -t) >= _inner_count(d > t)
+
+
+def _inner_count(binary: np.ndarray) -> int:
+    """Pixels of the components that do not touch the frame border (a table edge, the dark band beside
+    it); all pixels when every component touches it."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+    h, w = binary.shape
+    x0, y0 = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    x1, y1 = x0 + stats[1:, cv2.CC_STAT_WIDTH], y0 + stats[1:, cv2.CC_STAT_HEIGHT]
+    area = stats[1:, cv2.CC_STAT_AREA]
+    inner = (x0 > 0) & (y0 > 0) & (x1 < w) & (y1 < h)
+    return int(area[inner].sum()) if inner.any() else int(area.sum())
+
+
+def smoothed(gray: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
+    """float32 grayscale with a slight Gaussian blur (noise, JPEG blocks, paper grain)."""
+    return cv2.GaussianBlur(gray.astype(np.float32), (0, 0), max(0.6, max(gray.shape) * cfg.blur_fraction))
+
+
+def strength(g: np.ndarray, dark: bool, k: int) -> np.ndarray:
+    """Ink strength (float32, 0..255) against a background estimated with a k x k window: closing keeps
+    the paper (its lighting, and shadows wider than k) and drops dark strokes narrower than k; opening
+    does the same for light ink. Dark ink counts relative to the local paper brightness."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
+    box = (k // 2 | 1, k // 2 | 1)
+    if dark:
+        bg = cv2.blur(cv2.morphologyEx(g, cv2.MORPH_CLOSE, kernel), box)
+        return np.maximum(bg - g, 0) * (255.0 / np.maximum(bg, 48.0))
+    bg = cv2.blur(cv2.morphologyEx(g, cv2.MORPH_OPEN, kernel), box)
+    return np.maximum(g - bg, 0)
+
+
+def ink_strength(gray: np.ndarray, cfg: DigitConfig = DEFAULT) -> tuple[np.ndarray, bool, float]:
+    """(ink strength of the working-resolution image, dark_ink, stroke width), in two passes: a window of
+    window_fraction of the frame finds the ink whatever its stroke width; a second window of
+    window_strokes x the stroke width found then keeps shadows and stains wider than that out of it."""
+    g = smoothed(gray, cfg)
+    dark = dark_ink(g)
+    k1 = _odd(max(7.0, max(g.shape) * cfg.window_fraction))
+    s = strength(g, dark, k1)
+    width = typical_stroke_width(ink_mask(s, cfg))
+    if width > 0:
+        k2 = _odd(min(k1, max(7.0, cfg.window_strokes * width)))
+        if k2 < k1:
+            s = strength(g, dark, k2)
+    return s, dark, width
+
+
+def typical_stroke_width(mask: np.ndarray) -> float:
+    """Stroke width of the thinner structures in a mask: 2 x a low percentile of the distance transform on
+    its ridges (the skeleton of a stroke of width w lies w/2 from its edges; wide blobs such as shadows
+    have few ridge pixels per area and fall above the percentile). 0 for an empty mask."""
+    if not mask.any():
+        return 0.0
+    dt = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+    ridge = (dt > 0) & (dt >= cv2.dilate(dt, np.ones((3, 3), np.uint8)))
+    values = dt[ridge]
+    return 2.0 * float(np.percentile(values, 35)) if values.size else 0.0
+
+
+def ink_mask(s: np.ndarray, cfg: DigitConfig = DEFAULT, width: float = 0.0) -> np.ndarray:
+    """Binary (uint8 0/1) ink from the strength image. Hysteresis when the stroke width is known: pixels
+    above the low threshold count only within half a stroke of a strong pixel (above strong_fraction of
+    the peak), which keeps faint stroke edges and drops faint shadows, stains and paper lines."""
+    peak = float(np.percentile(s, 99.9)) if s.size >= 1000 else float(s.max())
+    peak = max(peak, float(s.max()) * 0.5)
+    if peak <= 1.0:
+        return np.zeros(s.shape, np.uint8)
+    s8 = np.clip(s * (255.0 / peak), 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(s8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    med = float(np.median(s8))
+    mad = float(np.median(np.abs(s8.astype(np.float32) - med)))
+    t = max(float(otsu), med + cfg.noise_k * 1.4826 * mad, 255.0 * cfg.min_fraction_of_peak)
+    weak = (s8 > t).astype(np.uint8)
+    if width <= 0:
+        return weak
+    strong = (s8 > max(t, 255.0 * cfg.strong_fraction)).astype(np.uint8)
+    r = max(1, int(round(width / 2)))
+    near = cv2.dilate(strong, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    return weak & near
+
+
+def _remove_lines(mask: np.ndarray, cfg: DigitConfig) -> np.ndarray:
+    h, w = mask.shape
+    lines = np.zeros_like(mask)
+    for kw, kh in ((int(w * cfg.line_span), 1), (1, int(h * cfg.line_span))):
+        if max(kw, kh) >= 8:
+            lines |= cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (kw, kh)))
+    if not lines.any():
+        return mask
+    return mask & ~cv2.dilate(lines, np.ones((3, 3), np.uint8)) & 1
+
+
+def select_digit(mask: np.ndarray, s: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
+    """The digit's pixels (uint8 0/1): main component and the pieces that belong to it."""
+    mask = _remove_lines(mask, cfg)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return np.zeros_like(mask)
+    h, w = mask.shape
+    area = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
+    x0, y0 = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    x1, y1 = x0 + stats[1:, cv2.CC_STAT_WIDTH], y0 + stats[1:, cv2.CC_STAT_HEIGHT]
+    mass = np.bincount(labels.ravel(), weights=(s * s).ravel(), minlength=n)[1:]  # strong ink over soft shadows
+    ok = area >= max(2.0, cfg.speck_fraction * area.max())
+    border = (x0 <= 0) | (y0 <= 0) | (x1 >= w) | (y1 >= h)
+    inner = ok & ~border
+    cand = inner if inner.any() else ok
+    main = int(np.argmax(np.where(cand, mass, -1.0)))
+    keep = {main}
+    bx0, by0, bx1, by1 = x0[main], y0[main], x1[main], y1[main]
+    for _ in range(3):
+        grown = False
+        m = cfg.group_margin * max(bx1 - bx0, by1 - by0)
+        for i in np.flatnonzero(cand):
+            if i in keep or area[i] < cfg.group_min_fraction * area[main]:
+                continue
+            gap_x = max(0, bx0 - x1[i], x0[i] - bx1)
+            gap_y = max(0, by0 - y1[i], y0[i] - by1)
+            if gap_x <= m and gap_y <= m:
+                keep.add(int(i))
+                bx0, by0 = min(bx0, x0[i]), min(by0, y0[i])
+                bx1, by1 = max(bx1, x1[i]), max(by1, y1[i])
+                grown = True
+        if not grown:
+            break
+    lut = np.zeros(n, np.uint8)
+    lut[[i + 1 for i in keep]] = 1
+    return lut[labels]
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width in pixels: 2 * area / perimeter (a stroke of length L, width w: 2wL / 2L)."""
+    contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    perimeter = sum(cv2.arcLength(c, True) for c in contours)
+    return 2.0 * float(mask.sum()) / perimeter if perimeter > 0 else 0.0
+
+
+def fit_field(mask: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
+    """Binary digit (any size) -> uint8 28x28: crop, stroke width, 20x20 box, centre of mass centred."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return np.zeros((FIELD, FIELD), np.uint8)
+    crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    side = max(crop.shape)
+    scale = BOX / side
+    width = stroke_width(crop)
+    if width * scale < cfg.target_stroke * cfg.thin_ratio:  # thin pen on a big digit: thicken towards MNIST
+        grow = int(round((cfg.target_stroke / scale - width) / 2))
+        if grow >= 1:
+            pad = grow + 1
+            crop = cv2.dilate(np.pad(crop, pad), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
+            ys, xs = np.nonzero(crop)
+            crop = crop[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+            side = max(crop.shape)
+            scale = BOX / side
+    ch, cw = crop.shape
+    nh, nw = max(1, int(round(ch * scale))), max(1, int(round(cw * scale)))
+    interp = cv2.INTER_AREA if side >= BOX else cv2.INTER_LINEAR
+    small = cv2.resize(crop.astype(np.float32), (nw, nh), interpolation=interp)
+    total = float(small.sum())
+    if total <= 0:
+        return np.zeros((FIELD, FIELD), np.uint8)
+    gy, gx = np.indices(small.shape)
+    cy, cx = float((gy * small).sum()) / total, float((gx * small).sum()) / total
+    oy, ox = int(round(FIELD / 2 - cy)), int(round(FIELD / 2 - cx))  # (14, 14): where MNIST puts it (measured)
+    out = np.zeros((FIELD, FIELD), np.float32)
+    ty0, tx0 = max(0, oy), max(0, ox)
+    ty1, tx1 = min(FIELD, oy + nh), min(FIELD, ox + nw)
+    if ty1 > ty0 and tx1 > tx0:
+        out[ty0:ty1, tx0:tx1] = small[ty0 - oy:ty1 - oy, tx0 - ox:tx1 - ox]
+    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def working_image(gray: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
+    h, w = gray.shape
+    side = max(h, w)
+    if side > cfg.work_side:
+        f = cfg.work_side / side
+        return cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    if side < cfg.upscale_to:
+        f = cfg.upscale_to / side
+        return cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_LINEAR)
+    return gray
+
+
+def normalise_digit(gray: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
+    """uint8 grayscale (H, W) photo/scan/drawing of one digit -> uint8 (28, 28), white ink on black.
+    An image with no ink gives an all-black field."""
+    if gray.ndim != 2:
+        raise ValueError(f"normalise_digit takes a 2-D grayscale array, got shape {gray.shape}")
+    if gray.dtype != np.uint8:
+        gray = np.clip(gray, 0, 255).astype(np.uint8)
+    work = working_image(gray, cfg)
+    s, _, width = ink_strength(work, cfg)
+    digit = select_digit(ink_mask(s, cfg, width if cfg.hysteresis else 0.0), s, cfg)
+    return fit_field(digit, cfg)
