@@ -42,8 +42,8 @@ def add_classify_parser(subparsers) -> None:
         epilog="Exit codes: 0 every image classified; 1 no connection, a failed call, or some images could not be "
                "read or decoded (each is named, the others are still classified); 2 a usage error.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
-    p.add_argument("--server", default=DEFAULT_SERVER, metavar="HOST:PORT",
-                   help=f"gRPC address of the server (default {DEFAULT_SERVER})")
+    p.add_argument("--server", default=os.environ.get("CNN_SERVER") or DEFAULT_SERVER, metavar="HOST:PORT",
+                   help=f"gRPC address of the server (default: $CNN_SERVER, else {DEFAULT_SERVER})")
     p.add_argument("--model", default="", help="model name (default: the server's default model, or its only one)")
     p.add_argument("--version", default="", help="model version (default: the newest ready one)")
     p.add_argument("--top-k", type=int, default=3, help="how many labels per image (default 3)")
