@@ -45,6 +45,7 @@ class ServerProcess:
     log_path: Path  # the server's stderr
     t_spawn: float  # time.monotonic() just before Popen
     t_ready: float  # time.monotonic() when the ready line was read
+    ready_line: str = ""  # the whole ready line (it also says what is on: TLS, tokens, models, providers)
 
     @property
     def pid(self) -> int:
@@ -135,4 +136,5 @@ def start_server(repository: str | os.PathLike, *args: str, python: str = sys.ex
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     m = wait_for_line(proc, READY_LINE, log_path, f"server ({' '.join(cmd)})", timeout_s)
     metrics_url = f"http://{m.group(3)}:{m.group(4)}/metrics" if m.group(3) else None
-    return ServerProcess(proc, f"{m.group(1)}:{m.group(2)}", metrics_url, log_path, t_spawn, time.monotonic())
+    return ServerProcess(proc, f"{m.group(1)}:{m.group(2)}", metrics_url, log_path, t_spawn, time.monotonic(),
+                         m.string.strip())

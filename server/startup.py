@@ -29,8 +29,10 @@ from server.config import ServerConfig
 
 GROUPS = ("health", "metadata", "inference", "statistics", "repository")  # as in server/security.py
 
-_FLAGS = {"grpc_address": ("--grpc-address", "the gRPC port"),
-          "metrics_address": ("--metrics-address", "the Prometheus /metrics port")}
+_FLAGS = {
+    "grpc_address": ("--grpc-address", "the gRPC port"),
+    "metrics_address": ("--metrics-address", "the Prometheus /metrics port"),
+}
 
 
 class AddressInUse(OSError):
@@ -107,12 +109,16 @@ def check_addresses(config: ServerConfig, where: Mapping[str, str] | None = None
         flag, what = _FLAGS[listen.key]
         source = f", from {where[listen.key]}" if listen.key in where else ""
         if err.errno == errno.EADDRINUSE:
-            why = ("address already in use: another server (or another program) is listening there; "
-                   f"stop it or choose another port with {flag} HOST:PORT")
+            why = (
+                "address already in use: another server (or another program) is listening there; "
+                f"stop it or choose another port with {flag} HOST:PORT"
+            )
         elif err.errno == errno.EACCES:
             why = f"permission denied (ports below 1024 need privileges); choose another port with {flag} HOST:PORT"
         elif err.errno == errno.EADDRNOTAVAIL:
-            why = f"no such local address ({err.strerror}); use 127.0.0.1, 0.0.0.0 or an address of this host with {flag}"
+            why = (
+                f"no such local address ({err.strerror}); use 127.0.0.1, 0.0.0.0 or an address of this host with {flag}"
+            )
         else:
             why = f"{err.strerror or err}; choose another address with {flag} HOST:PORT"
         raise AddressInUse(err.errno or 0, f"cannot listen on {listen.address} ({listen.key}, {what}{source}): {why}")
@@ -135,23 +141,29 @@ def tokens_summary(tokens: Mapping[str, Iterable[str]] | None) -> str:
     return f"tokens: {', '.join(locked)}" + (f" (open: {', '.join(open_)})" if open_ else " (every group)")
 
 
-def models_summary(serving: Mapping[str, Mapping[int, object]]) -> str:
-    """'lenet5-digits v1,2 [CPUExecutionProvider], other v3 [CUDAExecutionProvider]' or 'none'.
-
-    `serving` maps a model name to {version: ModelVersion}; a version's provider is read from
-    `.runtime.provider` when it has one."""
+def models_summary(models: Iterable[tuple[str, Iterable[int | str], str]]) -> str:
+    """'lenet5-digits v1,2 [CPUExecutionProvider], other v3 [CUDAExecutionProvider]' or 'none', from
+    (name, versions, provider) per served model ('' when the provider is not known)."""
     parts = []
-    for name, versions in sorted(serving.items()):
-        if not versions:
+    for name, versions, provider in sorted(models, key=lambda m: m[0]):
+        shown = ",".join(sorted(map(str, versions), key=lambda v: int(v) if v.isdigit() else 0))
+        if not shown:
             continue
-        providers = sorted({str(getattr(getattr(mv, "runtime", None), "provider", "") or "") for mv in versions.values()} - {""})
-        parts.append(f"{name} v{','.join(map(str, sorted(versions)))}" + (f" [{', '.join(providers)}]" if providers else ""))
+        parts.append(f"{name} v{shown}" + (f" [{provider}]" if provider else ""))
     return ", ".join(parts) or "none"
 
 
-def summary_line(host: str, grpc_port: int, metrics: str, models: str, config: ServerConfig,
-                 tokens: Mapping[str, Iterable[str]] | None) -> str:
+def summary_line(
+    host: str,
+    grpc_port: int,
+    metrics: str,
+    models: str,
+    config: ServerConfig,
+    tokens: Mapping[str, Iterable[str]] | None,
+) -> str:
     """The ready line: the prefix client/testing.py parses, then TLS and tokens. `metrics` is the URL or 'off';
     `models` is models_summary()'s text."""
-    return (f"serving gRPC on {host}:{grpc_port} metrics {metrics} models: {models}; "
-            f"{tls_summary(config)}; {tokens_summary(tokens)}")
+    return (
+        f"serving gRPC on {host}:{grpc_port} metrics {metrics} models: {models}; "
+        f"{tls_summary(config)}; {tokens_summary(tokens)}"
+    )
