@@ -56,7 +56,7 @@ class MemMode:
 
 MEM_MODES = {
     "full": MemMode({"resnet20": 10_000, "vgg11": 3_000}, 1_000, {"resnet20": 100_000, "vgg11": 100_000}, 1_000, None, 4),
-    "quick": MemMode({"resnet20": 400, "vgg11": 120}, 100, {"resnet20": 1_500, "vgg11": 300}, 1_000, None, 4),
+    "quick": MemMode({"resnet20": 250, "vgg11": 80}, 100, {"resnet20": 1_200, "vgg11": 200}, 1_000, None, 4),
     "smoke": MemMode({"resnet20": 30, "vgg11": 30}, 10, {"resnet20": 60, "vgg11": 60}, 20, 8, 2),
 }
 
