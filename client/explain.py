@@ -103,8 +103,8 @@ def add_explain_parser(subparsers) -> None:
     p.add_argument(
         "--overlay-size",
         type=int,
-        default=0,
-        help="longer side of the overlay in pixels (default: the input enlarged to at least 224)",
+        default=224,
+        help="longer side of the overlays in pixels (default 224; 0: the model input's own size, e.g. 28x28)",
     )
     p.add_argument("--save-maps", action="store_true", help="also write each heatmap as float32 .npy (H x W)")
     p.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")

@@ -33,7 +33,6 @@ from server.explain import (
     METHOD_OCCLUSION,
     CamHead,
     ClassMap,
-    ExplainSettings,
     cam_explain,
     class_maps,
     explain_method,
@@ -132,7 +131,7 @@ def check_request(req: ExplainRequest, num_classes: int, height: int, width: int
         if not 0 <= int(c) < num_classes:
             raise InvalidInput(f"class_indices[{i}]: {int(c)} is not a class of this model (0..{num_classes - 1})")
     if req.overlay:
-        overlay_shape(height, width, req.overlay_size, ExplainSettings())
+        overlay_shape(height, width, req.overlay_size)
 
 
 async def run_maps(

@@ -78,13 +78,16 @@ def test_cam_is_the_class_weighted_sum_of_feature_maps():
 @pytest.mark.parametrize(
     "h,w,grid", [(28, 28, 7), (32, 32, 7), (224, 224, 7), (10, 17, 3), (8, 8, 7), (28, 28, 1), (5, 5, 9)]
 )
-def test_occlusion_plan_covers_every_pixel_and_shares_sum_to_one(h, w, grid):
+def test_occlusion_plan_covers_every_pixel(h, w, grid):
     plan = occlusion_plan(h, w, grid)
     assert plan.rows == 1 + len(plan.corners) <= 1 + grid * grid
-    assert plan.share.shape == (len(plan.corners), h * w)
-    np.testing.assert_allclose(plan.share.sum(axis=0), 1.0, atol=1e-6)  # every pixel covered, weights sum to 1
     ph, pw = plan.patch
     assert all(0 <= y <= h - ph and 0 <= x <= w - pw for y, x in plan.corners)
+    coverage = np.zeros((h, w))
+    for y, x in plan.corners:
+        coverage[y : y + ph, x : x + pw] += 1
+    assert coverage.min() >= 1  # no pixel is left unexplained
+    np.testing.assert_allclose(plan.inverse_coverage, 1 / coverage, rtol=1e-6)
 
 
 def test_default_plan_for_28x28_is_one_batch_of_50_rows_with_7_pixel_patches():
@@ -155,16 +158,17 @@ def test_overlay_is_a_png_of_the_expected_size_with_the_input_under_cold_regions
     base[10:18, 10:18] = 200
     heat = np.zeros((28, 28), np.float32)
     heat[:, 20:] = 5.0  # evidence on the right
-    png = render_overlay(base, heat)
+    assert Image.open(io.BytesIO(render_overlay(base, heat))).size == (28, 28)  # default: the input's size
+    png = render_overlay(base, heat, size=224)
     img = np.asarray(Image.open(io.BytesIO(png)))
-    assert img.shape == (224, 224, 3)  # 28 * 8 >= 224
+    assert img.shape == (224, 224, 3)
     np.testing.assert_array_equal(img[80:144, 80:144], 200)  # cold: the input unchanged (enlarged 8x)
     assert (img[:, 200:] == [153, 153, 0]).all()  # the strongest evidence: yellow at 0.6 over black
     assert img[:, 150:170, 0].mean() > 3 * img[:, 150:170, 2].mean() + 20  # the rising edge: reddish
     assert Image.open(io.BytesIO(render_overlay(base, heat, size=100))).size == (100, 100)
-    assert overlay_shape(28, 56, 0, ExplainSettings()) == (112, 224)
+    assert overlay_shape(28, 56, 224) == (112, 224)
     with pytest.raises(InvalidInput, match="overlay_size"):
-        overlay_shape(28, 28, 5000, ExplainSettings())
+        overlay_shape(28, 28, 5000)
 
 
 def test_array_codec_round_trips_exactly_and_names_bad_entries():
@@ -219,9 +223,11 @@ def test_occlusion_explain_and_class_maps_end_to_end_on_a_known_model():
     assert maps.shape == (2, 1, 28, 28)
     for m in maps[:, 0]:
         assert m[:14, :14].mean() > 0 > m[14:, 14:].mean()  # evidence for class 1 is in its quadrant
-    out = class_maps(x, classes, maps, ["zero", "one"], scale=1 / 255, mean=[0.0], std=[1 / 255], overlay=True)
+    out = class_maps(
+        x, classes, maps, ["zero", "one"], scale=1 / 255, mean=[0.0], std=[1 / 255], overlay=True, overlay_size=56
+    )
     assert [[(c.index, c.label, c.values.shape) for c in row] for row in out] == [[(1, "one", (28, 28))]] * 2
-    assert all(Image.open(io.BytesIO(row[0].overlay_png)).size == (224, 224) for row in out)
+    assert all(Image.open(io.BytesIO(row[0].overlay_png)).size == (56, 56) for row in out)
     bare = class_maps(
         x, classes, maps, ["zero", "one"], scale=1.0, mean=[0.0], std=[1.0], overlay=False, overlay_size=9999
     )
