@@ -42,8 +42,6 @@ class DigitConfig:
     window_strokes: float = 4.0  # second background window, in stroke widths (min 7 px)
     noise_k: float = 5.0  # ink threshold >= median + noise_k * 1.4826 * MAD of the ink strength
     min_fraction_of_peak: float = 0.3  # ink threshold >= this fraction of the strongest ink (99.9th pct)
-    hysteresis: bool = False
-    strong_fraction: float = 0.45  # hysteresis: weaker ink counts only within half a stroke of this
     line_span: float = 0.85  # a straight run this long (fraction of the frame side) is a paper line
     speck_fraction: float = 0.03  # components with less area than this fraction of the largest are specks
     group_margin: float = 0.35  # pieces within this fraction of the digit's size join it
@@ -88,8 +86,8 @@ def _inner_count(binary: np.ndarray) -> int:
 
 
 def smoothed(gray: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
-    """float32 grayscale with a slight Gaussian blur (noise, JPEG blocks, paper grain)."""
-    return cv2.GaussianBlur(gray.astype(np.float32), (0, 0), max(0.6, max(gray.shape) * cfg.blur_fraction))
+    """uint8 grayscale with a slight Gaussian blur (noise, JPEG blocks, paper grain)."""
+    return cv2.GaussianBlur(gray, (0, 0), max(0.6, max(gray.shape) * cfg.blur_fraction))
 
 
 def strength(g: np.ndarray, dark: bool, k: int) -> np.ndarray:
@@ -98,11 +96,12 @@ def strength(g: np.ndarray, dark: bool, k: int) -> np.ndarray:
     does the same for light ink. Dark ink counts relative to the local paper brightness."""
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
     box = (k // 2 | 1, k // 2 | 1)
+    gf = g.astype(np.float32)
     if dark:
-        bg = cv2.blur(cv2.morphologyEx(g, cv2.MORPH_CLOSE, kernel), box)
-        return np.maximum(bg - g, 0) * (255.0 / np.maximum(bg, 48.0))
-    bg = cv2.blur(cv2.morphologyEx(g, cv2.MORPH_OPEN, kernel), box)
-    return np.maximum(g - bg, 0)
+        bg = cv2.blur(cv2.morphologyEx(g, cv2.MORPH_CLOSE, kernel), box).astype(np.float32)
+        return np.maximum(bg - gf, 0) * (255.0 / np.maximum(bg, 48.0))
+    bg = cv2.blur(cv2.morphologyEx(g, cv2.MORPH_OPEN, kernel), box).astype(np.float32)
+    return np.maximum(gf - bg, 0)
 
 
 def ink_strength(gray: np.ndarray, cfg: DigitConfig = DEFAULT) -> tuple[np.ndarray, bool, float]:
@@ -130,29 +129,33 @@ def typical_stroke_width(mask: np.ndarray) -> float:
     dt = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
     ridge = (dt > 0) & (dt >= cv2.dilate(dt, np.ones((3, 3), np.uint8)))
     values = dt[ridge]
-    return 2.0 * float(np.percentile(values, 35)) if values.size else 0.0
+    if not values.size:
+        return 0.0
+    return 2.0 * float(np.partition(values, int(0.35 * (values.size - 1)))[int(0.35 * (values.size - 1))])
 
 
-def ink_mask(s: np.ndarray, cfg: DigitConfig = DEFAULT, width: float = 0.0) -> np.ndarray:
-    """Binary (uint8 0/1) ink from the strength image. Hysteresis when the stroke width is known: pixels
-    above the low threshold count only within half a stroke of a strong pixel (above strong_fraction of
-    the peak), which keeps faint stroke edges and drops faint shadows, stains and paper lines."""
-    peak = float(np.percentile(s, 99.9)) if s.size >= 1000 else float(s.max())
-    peak = max(peak, float(s.max()) * 0.5)
-    if peak <= 1.0:
+def _quantile(hist: np.ndarray, q: float) -> float:
+    """q-quantile (0..1) of the values whose histogram (bins 0..255) is `hist` (no sort: O(256))."""
+    c = np.cumsum(hist)
+    return float(np.searchsorted(c, q * c[-1], side="left"))
+
+
+def ink_mask(s: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
+    """Binary (uint8 0/1) ink from the strength image: above Otsu's threshold, above the noise (median +
+    noise_k MADs) and above min_fraction_of_peak of the strongest ink (its 99.9th percentile)."""
+    s_max = float(s.max())
+    if s_max <= 1.0:
         return np.zeros(s.shape, np.uint8)
-    s8 = np.clip(s * (255.0 / peak), 0, 255).astype(np.uint8)
+    raw = np.clip(s, 0, 255).astype(np.uint8)
+    peak = max(_quantile(np.bincount(raw.ravel(), minlength=256), 0.999), 0.5 * s_max, 1.0)
+    s8 = cv2.convertScaleAbs(s, alpha=255.0 / peak)  # saturating: 0..255 relative to the peak
+    hist = np.bincount(s8.ravel(), minlength=256)
     otsu, _ = cv2.threshold(s8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    med = float(np.median(s8))
-    mad = float(np.median(np.abs(s8.astype(np.float32) - med)))
+    med = _quantile(hist, 0.5)
+    dev = np.abs(np.arange(256) - med).astype(np.int64)  # |value - median| per bin: the MAD's histogram
+    mad = _quantile(np.bincount(dev, weights=hist, minlength=256), 0.5)
     t = max(float(otsu), med + cfg.noise_k * 1.4826 * mad, 255.0 * cfg.min_fraction_of_peak)
-    weak = (s8 > t).astype(np.uint8)
-    if width <= 0:
-        return weak
-    strong = (s8 > max(t, 255.0 * cfg.strong_fraction)).astype(np.uint8)
-    r = max(1, int(round(width / 2)))
-    near = cv2.dilate(strong, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-    return weak & near
+    return (s8 > t).astype(np.uint8)
 
 
 def _remove_lines(mask: np.ndarray, cfg: DigitConfig) -> np.ndarray:
@@ -184,11 +187,12 @@ def select_digit(mask: np.ndarray, s: np.ndarray, cfg: DigitConfig = DEFAULT) ->
     main = int(np.argmax(np.where(cand, mass, -1.0)))
     keep = {main}
     bx0, by0, bx1, by1 = x0[main], y0[main], x1[main], y1[main]
+    pieces = [int(i) for i in np.flatnonzero(cand & (area >= cfg.group_min_fraction * area[main]))]
     for _ in range(3):
         grown = False
         m = cfg.group_margin * max(bx1 - bx0, by1 - by0)
-        for i in np.flatnonzero(cand):
-            if i in keep or area[i] < cfg.group_min_fraction * area[main]:
+        for i in pieces:
+            if i in keep:
                 continue
             gap_x = max(0, bx0 - x1[i], x0[i] - bx1)
             gap_y = max(0, by0 - y1[i], y0[i] - by1)
@@ -268,5 +272,5 @@ def normalise_digit(gray: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
         gray = np.clip(gray, 0, 255).astype(np.uint8)
     work = working_image(gray, cfg)
     s, _, width = ink_strength(work, cfg)
-    digit = select_digit(ink_mask(s, cfg, width if cfg.hysteresis else 0.0), s, cfg)
+    digit = select_digit(ink_mask(s, cfg), s, cfg)
     return fit_field(digit, cfg)

@@ -1,0 +1,104 @@
+"""Digit normalisation (preprocessing/digit.py) on real MNIST test digits drawn into photo-like frames:
+each case must give the same 28x28 field as the digit itself (Pearson correlation), white ink on black,
+the digit in the 20x20 box, its centre of mass at the field's centre."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from preprocessing.digit import BOX, FIELD, normalise_digit
+from preprocessing.image import gray_for_digit
+from tests.preprocessing.helpers import centre_of_mass, draw, jpeg, mnist_test, similarity
+
+N = 20
+CASES = {  # name: (draw arguments, least mean similarity over N digits)
+    "dark ink on light paper": ({}, 0.95),
+    "light ink on dark (polarity)": ({"ink": (240, 240, 240), "paper": (10, 10, 10)}, 0.95),
+    "off-centre, in a corner": ({"centre": (0.2, 0.8), "height": 0.3}, 0.93),
+    "tiny digit in a large frame": ({"height": 0.07, "frame": (400, 400)}, 0.8),
+    "huge digit filling the frame": ({"height": 0.68}, 0.93),
+    "sensor noise": ({"noise": 25}, 0.95),
+    "uneven light, 35% to 100%": ({"light": (0.35, 1.0)}, 0.95),
+    "blue ink on yellow paper": ({"ink": (30, 50, 160), "paper": (250, 235, 150)}, 0.95),
+    "blur": ({"blur": 3}, 0.92),
+    "wide landscape frame": ({"frame": (240, 640), "centre": (0.7, 0.5)}, 0.9),
+}
+
+
+def _field(rgb: np.ndarray | Image.Image) -> np.ndarray:
+    img = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
+    return normalise_digit(gray_for_digit(img))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_photo_like_digit_gives_the_mnist_field(name):
+    kwargs, least = CASES[name]
+    x, _ = mnist_test(N)
+    sims = [similarity(normalise_digit(d), _field(draw(d, seed=i, **kwargs))) for i, d in enumerate(x)]
+    assert float(np.mean(sims)) >= least, f"{name}: mean similarity {np.mean(sims):.3f} < {least} ({np.round(sims, 2)})"
+
+
+def test_jpeg_artefacts():
+    x, _ = mnist_test(N)
+    sims = [similarity(normalise_digit(d), _field(jpeg(draw(d, noise=6), 20))) for d in x]
+    assert float(np.mean(sims)) >= 0.95
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"ink": (240, 240, 240), "paper": (10, 10, 10)}, {"centre": (0.8, 0.25)}])
+def test_output_is_white_on_black_boxed_and_centred(kwargs):
+    x, _ = mnist_test(N)
+    for d in x:
+        f = _field(draw(d, **kwargs))
+        assert f.dtype == np.uint8 and f.shape == (FIELD, FIELD)
+        border = np.concatenate([f[:2].ravel(), f[-2:].ravel(), f[:, :2].ravel(), f[:, -2:].ravel()])
+        assert (border > 64).mean() < 0.05  # black background (the 20x20 box leaves about 4 pixels each side)
+        assert f.max() == 255  # saturated ink like MNIST's
+        ys, xs = np.nonzero(f > 0)
+        assert max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 <= BOX + 1
+        cy, cx = centre_of_mass(f)
+        assert abs(cy - 14) <= 0.75 and abs(cx - 14) <= 0.75  # MNIST's centres of mass average (14.0, 14.0)
+
+
+def test_polarity_is_found_both_ways():
+    x, _ = mnist_test(N)
+    for d in x:
+        dark = _field(draw(d))
+        light = _field(draw(d, ink=(235, 235, 235), paper=(25, 25, 25)))
+        assert similarity(dark, light) > 0.97
+
+
+def test_specks_and_a_table_edge_are_ignored():
+    x, _ = mnist_test(N)
+    sims = []
+    for i, d in enumerate(x):
+        img = draw(d, height=0.35, centre=(0.55, 0.5))
+        img[:, :25] = (40, 30, 25)  # dark table beside the sheet, touching the frame border
+        rng = np.random.default_rng(i)
+        for yy, xx in rng.integers(40, 260, (6, 2)):  # pen dots far from the digit
+            if abs(xx - 165) > 70 or abs(yy - 150) > 70:
+                img[yy:yy + 3, xx:xx + 3] = 20
+        sims.append(similarity(normalise_digit(d), _field(img)))
+    assert float(np.mean(sims)) >= 0.93, np.round(sims, 2)
+
+
+def test_blank_and_uniform_images_give_an_empty_field():
+    for value in (0, 128, 255):
+        assert not normalise_digit(np.full((50, 70), value, np.uint8)).any()
+
+
+def test_transparent_canvas_drawing_keeps_its_strokes():
+    x, _ = mnist_test(5)
+    for d in x:
+        rgba = np.zeros((140, 140, 4), np.uint8)  # black strokes on a fully transparent canvas
+        big = np.asarray(Image.fromarray(d).resize((140, 140), Image.Resampling.BICUBIC))
+        rgba[..., 3] = big
+        assert similarity(normalise_digit(d), normalise_digit(gray_for_digit(Image.fromarray(rgba, "RGBA")))) > 0.93
+
+
+def test_mnist_digits_are_nearly_unchanged():
+    """An MNIST digit is already normalised: doing it again keeps the picture."""
+    x, _ = mnist_test(200)
+    sims = [similarity(d, normalise_digit(d)) for d in x]
+    assert float(np.median(sims)) > 0.9 and float(np.mean(sims)) > 0.88
