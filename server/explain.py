@@ -17,7 +17,7 @@ Two methods; the model's metadata (`extra["explain"]["method"]`, written by `cnn
                  original minus that of an occluded copy, averaged over the patches covering the pixel.
 
 Heatmap values are raw (logit units for CAM, probability drops for occlusion); the PNG overlay shows
-the min-max normalised map over the preprocessed input.
+the normalised map (see `normalise`) over the preprocessed input.
 """
 
 from __future__ import annotations
@@ -136,12 +136,14 @@ def upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def normalise(m: np.ndarray) -> np.ndarray:
-    """Min-max to [0, 1] (a constant map becomes zeros); non-finite values count as the minimum."""
+    """To [0, 1] for display: from max(min, 0) to the max. A map with negative values (evidence against the
+    class, e.g. occluding there raised the probability) shows only its positive part; an all-positive one
+    (a typical CAM) is min-max normalised as in Zhou et al. A constant map, and non-finite values, give 0."""
     m = np.where(np.isfinite(m), m, np.nan).astype(np.float32)
     if np.isnan(m).all():
         return np.zeros(m.shape, np.float32)
-    lo, hi = np.nanmin(m), np.nanmax(m)
-    out = np.zeros(m.shape, np.float32) if hi <= lo else (m - lo) / (hi - lo)
+    lo, hi = max(float(np.nanmin(m)), 0.0), float(np.nanmax(m))
+    out = np.zeros(m.shape, np.float32) if hi <= lo else np.clip((m - lo) / (hi - lo), 0.0, 1.0)
     return np.nan_to_num(out, nan=0.0)
 
 
@@ -249,7 +251,7 @@ def input_image(x: np.ndarray, scale: float, mean: Sequence[float], std: Sequenc
 def render_overlay(
     base: np.ndarray, heat: np.ndarray, size: int = 0, settings: ExplainSettings = ExplainSettings()
 ) -> bytes:
-    """PNG of `base` (H, W, 3) uint8 with the min-max normalised `heat` (H, W) over it: colour from red
+    """PNG of `base` (H, W, 3) uint8 with the normalised `heat` (H, W) over it: colour from red
     (low) to yellow (high), opacity proportional to the map (cold regions show the input unchanged). The
     input is enlarged with nearest neighbours (its pixels stay visible), the map bilinearly. PIL all the way."""
     h, w = heat.shape

@@ -134,6 +134,7 @@ def test_normalise():
     np.testing.assert_allclose(n, [[0.0, 1.0], [0.5, 0.0]])
     assert (normalise(np.full((3, 3), 7.0)) == 0).all()
     assert (normalise(np.full((2, 2), np.inf)) == 0).all()
+    np.testing.assert_allclose(normalise(np.array([-1.0, 0.0, 1.0, 2.0])), [0.0, 0.0, 0.5, 1.0])  # negatives: floor 0
 
 
 def test_choose_classes_defaults_to_top1_and_names_a_bad_index():
