@@ -69,7 +69,8 @@ class ModelConfig:
     inter_op_threads: int = 1
     # Where each instance's onnxruntime session runs: "thread" (a thread of the server process) or "process"
     # (a child process per instance, tensors through shared memory: onnxruntime never waits for the event
-    # loop's GIL, and a crashing model does not take the server down; ~75 MB more memory per instance).
+    # loop's GIL, and a crashing model does not take the server down; each instance holds an interpreter and
+    # an onnxruntime of its own in memory, measured in docs/benchmarks.md).
     instance_isolation: str = "thread"
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     warmup_batch_sizes: list[int] = field(default_factory=lambda: [1])  # run at load, before READY
