@@ -164,3 +164,19 @@ def test_the_quickstart_command_works_from_the_repository_root(server):
     r = cnn("classify", *[str(p.relative_to(ROOT)) for p in digit_examples()], "--server", server.address)
     assert r.rc == 0, r
     assert len(r.out.splitlines()) == len(digit_examples()), r
+
+
+def test_a_missing_or_wrong_token_names_the_flag(model_repository, tmp_path):
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("inference: [app-token-123]\n")
+    s = start_server(model_repository, "--poll-interval-s", "0", "--auth-tokens-file", str(tokens), log_dir=tmp_path)
+    try:
+        image = str(digit_examples()[0])
+        r = cnn("classify", image, "--server", s.address, env={"CNN_TOKEN": ""})
+        assert r.rc == 2 and f"the server at {s.address} needs a bearer token" in r.err and "--token" in r.err, r
+        r = cnn("classify", image, "--server", s.address, "--token", "not-the-token")
+        assert r.rc == 2 and "unknown token" in r.err and "$CNN_TOKEN" in r.err, r
+        r = cnn("classify", image, "--server", s.address, env={"CNN_TOKEN": "app-token-123"})
+        assert r.rc == 0, r
+    finally:
+        s.stop()
