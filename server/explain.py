@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from server.core.types import Heatmap
 from server.errors import InvalidInput, RepositoryError
 
 METHOD_CAM = "cam"
@@ -274,16 +275,6 @@ def render_overlay(
 # one request's explanations, from the model runs the caller made (the core batches and runs them)
 
 
-@dataclass
-class ClassMap:
-    """One explained class of one image, in plain types (what every protocol adapter encodes)."""
-
-    index: int
-    label: str
-    values: np.ndarray  # (H, W) float32 over the model input
-    overlay_png: bytes  # b"" when no overlay was asked for
-
-
 def plan_for(
     height: int, width: int, max_batch_size: int, settings: ExplainSettings = ExplainSettings()
 ) -> OcclusionPlan:
@@ -336,8 +327,8 @@ def class_maps(
     overlay: bool,
     overlay_size: int = 0,
     settings: ExplainSettings = ExplainSettings(),
-) -> list[list[ClassMap]]:
-    """Per image, one ClassMap per explained class; the overlays drawn over the preprocessed input x (N, C, H, W)."""
+) -> list[list[Heatmap]]:
+    """Per image, one Heatmap per explained class; the overlays drawn over the preprocessed input x (N, C, H, W)."""
     if overlay:
         overlay_shape(x.shape[2], x.shape[3], overlay_size)  # refuse a bad size before any drawing
     out = []
@@ -347,6 +338,6 @@ def class_maps(
         for c, m in zip(ci, mi):
             m = np.ascontiguousarray(m, dtype=np.float32)
             png = render_overlay(base, m, overlay_size, settings) if base is not None else b""
-            row.append(ClassMap(int(c), labels[c] if c < len(labels) else str(int(c)), m, png))
+            row.append(Heatmap(int(c), labels[c] if c < len(labels) else str(int(c)), m, png))
         out.append(row)
     return out

@@ -59,7 +59,7 @@ LOAD_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 # RPCs the adapters record (server/grpc/*.py `@rpc(NAME)` plus the streaming one); in-flight gauges for all
 # of them, and per-model request series for the inference ones, exist from the start (see init_model).
-INFERENCE_RPCS = ("ModelInfer", "ModelStreamInfer", "Classify")
+INFERENCE_RPCS = ("ModelInfer", "ModelStreamInfer", "Classify", "Explain")
 OTHER_RPCS = (
     "ServerLive",
     "ServerReady",

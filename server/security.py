@@ -3,7 +3,7 @@
 Groups (a method belongs to exactly one):
     health      grpc.health.v1.Health/*, ServerLive, ServerReady, ModelReady
     metadata    ServerMetadata, ModelMetadata, ModelConfig, ListModels, server reflection
-    inference   ModelInfer, ModelStreamInfer, Classify
+    inference   ModelInfer, ModelStreamInfer, Classify, Explain
     statistics  ModelStatistics
     repository  RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload
 
@@ -41,6 +41,7 @@ _METHOD_GROUP = {
     "ModelInfer": "inference",
     "ModelStreamInfer": "inference",
     "Classify": "inference",
+    "Explain": "inference",
     "ModelStatistics": "statistics",
     "RepositoryIndex": "repository",
     "RepositoryModelLoad": "repository",

@@ -1,5 +1,5 @@
-"""Explain, the core's entry point for explanations: the types it answers with, the CAM graph a version
-loads beside its model, and the model runs an explanation makes. server/explain.py has the numpy.
+"""Explain, the core's entry point for explanations (types in server/core/types.py): the CAM graph a
+version loads beside its model, and the model runs an explanation makes. server/explain.py has the numpy.
 
 `InferenceService.explain` resolves the model and decodes and preprocesses the images exactly as
 `classify` does, then calls `explain_images` here:
@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from server.core.batcher import DynamicBatcher
-from server.core.types import ImageInput, Prediction
+from server.core.types import ExplainRequest, Heatmap, Prediction
 from server.errors import InvalidInput, RepositoryError
 from server.explain import (
     EXPLAIN_FILE,
     METHOD_CAM,
     METHOD_OCCLUSION,
     CamHead,
-    ClassMap,
     cam_explain,
     class_maps,
     explain_method,
@@ -49,32 +48,6 @@ log = logging.getLogger(__name__)
 # Overlays for more than this many maps in one request are drawn in a worker thread (~1 ms each at 224x224).
 INLINE_OVERLAYS_MAX = 2
 MAX_CLASS_INDICES = 64
-
-
-@dataclass
-class ExplainRequest:
-    model_name: str = ""  # empty: the default model, or the only one
-    model_version: str = ""
-    images: list[ImageInput] = field(default_factory=list)
-    top_k: int = 0  # 0: 1
-    class_indices: list[int] = field(default_factory=list)  # empty: each image's top-1
-    overlay: bool = True  # False: numbers only
-    overlay_size: int = 0  # longer side of the PNG; 0: the input enlarged to >= 224
-    deadline: float | None = None
-
-
-@dataclass
-class ImageExplanation:
-    top_k: list[Prediction]
-    heatmaps: list[ClassMap]  # one per explained class: index, label, values (H, W) float32, overlay_png
-
-
-@dataclass
-class ExplainResponse:
-    model_name: str
-    model_version: str
-    method: str  # "cam" or "occlusion"
-    results: list[ImageExplanation]  # one per image, in request order
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,6 +90,18 @@ def open_cam_runtime(
         runtime.close()
         raise
     return runtime, head
+
+
+def open_with_cam(
+    model_path: Path, config: ModelConfig, version: int
+) -> tuple[Runtime, tuple[Runtime, CamHead] | None]:
+    """Blocking (off the loop): a version's runtime, and its CAM graph's when its metadata names "cam"."""
+    runtime = open_runtime(model_path, config, version)
+    try:
+        return runtime, open_cam_runtime(model_path, config, version, runtime.metadata)
+    except Exception:
+        runtime.close()
+        raise
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,10 +167,10 @@ async def render(
     labels: list[str],
     metadata: ModelMetadata,
     req: ExplainRequest,
-) -> list[list[ClassMap]]:
+) -> list[list[Heatmap]]:
     pre = metadata.preprocessing
 
-    def draw() -> list[list[ClassMap]]:
+    def draw() -> list[list[Heatmap]]:
         return class_maps(
             x,
             classes,

@@ -31,11 +31,12 @@ import numpy as np
 
 from server import repository as repo
 from server.core.batcher import DynamicBatcher
+from server.core.explain import CamRunner, open_with_cam
 from server.core.stats import BatchStatsObserver, VersionStats
 from server.core.types import LOADING, READY, UNAVAILABLE, UNLOADING, IndexEntry, RequestedOutput
 from server.errors import ModelNotFound, ModelNotReady, RepositoryError
 from server.metrics import Metrics
-from server.runtime import Runtime, open_runtime
+from server.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class ServedVersion:
     runtime: Runtime
     batcher: DynamicBatcher
     stats: VersionStats
+    cam: CamRunner | None = None  # the CAM graph (explain.onnx) of a model explained by "cam"; Explain uses it
 
     @functools.cached_property
     def plan(self) -> RequestPlan:
@@ -91,6 +93,8 @@ class ServedVersion:
         """Finish every queued and executing request, then release the runtime (sessions or child processes)."""
         await self.batcher.close(drain=True)
         await self.runtime.aclose()
+        if self.cam is not None:
+            await self.cam.close()
 
 
 @dataclass
@@ -349,7 +353,7 @@ class ModelRegistry:
         rec.state, rec.reason = LOADING, ""
         t0 = time.perf_counter()
         try:
-            runtime = await asyncio.get_running_loop().run_in_executor(None, open_runtime, rec.path, cfg, version)
+            runtime, cam = await asyncio.get_running_loop().run_in_executor(None, open_with_cam, rec.path, cfg, version)
         except RepositoryError as e:
             reason = str(e)
         except Exception as e:  # anything else from a bad file is still a load failure, not a crash
@@ -357,18 +361,24 @@ class ModelRegistry:
         else:
             self.metrics.model_load_duration.labels(name).observe(time.perf_counter() - t0)
             db = cfg.dynamic_batching
-            batcher = DynamicBatcher(
-                runtime,
-                max_batch_size=cfg.max_batch_size,
-                max_queue_delay_s=(db.max_queue_delay_us / 1e6) if db else 0.0,
-                max_queue_rows=db.max_queue_size if db else max(cfg.max_batch_size * 16, 1024),
-                preferred_batch_sizes=tuple(db.preferred_batch_sizes) if db else (),
-                observer=BatchStatsObserver(name, version, rec.stats, self.metrics),
-                name=name,
-                merge=db is not None,  # batching off: each request runs alone
-            )
-            batcher.start()
-            return ServedVersion(name, version, cfg, runtime, batcher, rec.stats)
+
+            def make_batcher(rt: Runtime, label: str) -> DynamicBatcher:
+                b = DynamicBatcher(
+                    rt,
+                    max_batch_size=cfg.max_batch_size,
+                    max_queue_delay_s=(db.max_queue_delay_us / 1e6) if db else 0.0,
+                    max_queue_rows=db.max_queue_size if db else max(cfg.max_batch_size * 16, 1024),
+                    preferred_batch_sizes=tuple(db.preferred_batch_sizes) if db else (),
+                    observer=BatchStatsObserver(name, version, rec.stats, self.metrics),
+                    name=label,
+                    merge=db is not None,  # batching off: each request runs alone
+                )
+                b.start()
+                return b
+
+            batcher = make_batcher(runtime, name)
+            explainer = None if cam is None else CamRunner(cam[0], make_batcher(cam[0], f"{name}-cam"), cam[1])
+            return ServedVersion(name, version, cfg, runtime, batcher, rec.stats, explainer)
         log.error("model %s version %d failed to load: %s", name, version, reason)
         self.metrics.model_load_failures.labels(name).inc()
         rec.state, rec.reason = UNAVAILABLE, reason

@@ -16,9 +16,10 @@ status codes in one table. They never touch the registry, a runtime, a batcher o
     await infer(InferRequest) -> InferResponse
     infer_raw(RawInferRequest, decode) -> Awaitable[InferResponse]   the common request, fast
     await classify(ClassifyRequest) -> ClassifyResponse
+    await explain(ExplainRequest) -> ExplainResponse   classify + heatmaps (server/core/explain.py)
     model_health() -> dict[model, serving?]           per-model health for the health service
 
-Every inference request (infer, infer_raw, classify) records one success or failure with its duration
+Every inference request (infer, infer_raw, classify, explain) records one success or failure with its duration
 in the version's statistics, and its rows in `inference_rows`, in the same place (`_request_done`).
 """
 
@@ -32,10 +33,14 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from server import __version__
+from server.core.explain import check_request, render, run_maps, top_k
 from server.core.registry import ModelRegistry, ServedVersion
 from server.core.types import (
     ClassifyRequest,
     ClassifyResponse,
+    ExplainRequest,
+    ExplainResponse,
+    ImageExplanation,
     ImageInput,
     IndexEntry,
     InferOutput,
@@ -394,30 +399,8 @@ class InferenceService:
         )
 
     async def classify(self, req: ClassifyRequest) -> ClassifyResponse:
-        if self._draining:
-            raise Unavailable("the server is shutting down; retry on another replica")
-        sv = self._registry.get(self._resolve_model_name(req.model_name), req.model_version)
-        images = req.images
-        if not images:
-            raise InvalidInput("'images' is empty; send at least one image")
-        if len(images) > self.max_images_per_request:
-            raise InvalidInput(f"'images' has {len(images)} entries; at most {self.max_images_per_request} per request")
+        sv, x = await self._image_batch(req.model_name, req.model_version, req.images)
         spec = sv.runtime.input
-        if spec.dtype.kind != "f":
-            raise InvalidInput(f"model '{sv.name}' takes {spec.datatype} input, not images; use ModelInfer for it")
-        # Small images decode on the loop (cheaper than a thread hop); anything bigger goes to a thread so
-        # one large photo does not stall every other request on this event loop.
-        size = sum(
-            len(im.encoded) if im.encoded is not None else len(im.raw[0]) if im.raw is not None else 0 for im in images
-        )
-        if size > INLINE_DECODE_MAX_BYTES:
-            x = await asyncio.to_thread(self._model_input, images, sv)
-        else:
-            x = self._model_input(images, sv)  # (N, C, H, W)
-        if x.shape[1:] != tuple(d if d > 0 else x.shape[1 + i] for i, d in enumerate(spec.shape)):
-            raise InvalidInput(
-                f"model '{sv.name}' input {list(spec.shape)} does not match its preprocessing metadata {list(x.shape[1:])}"
-            )
         mb = sv.config.max_batch_size
         deadline = _queue_deadline(req.deadline, None, sv)
         t0 = time.perf_counter()
@@ -443,6 +426,65 @@ class InferenceService:
                 [Prediction(labels[j] if j < len(labels) else str(j), int(j), float(p[j])) for j in ids]
                 for p, ids in zip(probs, order)
             ],
+        )
+
+    async def _image_batch(
+        self, model_name: str, model_version: str, images: list[ImageInput]
+    ) -> tuple[ServedVersion, np.ndarray]:
+        """Classify's and Explain's common start: the version, and its images decoded and preprocessed (N, C, H, W)."""
+        if self._draining:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        sv = self._registry.get(self._resolve_model_name(model_name), model_version)
+        if not images:
+            raise InvalidInput("'images' is empty; send at least one image")
+        if len(images) > self.max_images_per_request:
+            raise InvalidInput(f"'images' has {len(images)} entries; at most {self.max_images_per_request} per request")
+        spec = sv.runtime.input
+        if spec.dtype.kind != "f":
+            raise InvalidInput(f"model '{sv.name}' takes {spec.datatype} input, not images; use ModelInfer for it")
+        # Small images decode on the loop (cheaper than a thread hop); anything bigger goes to a thread so
+        # one large photo does not stall every other request on this event loop.
+        size = sum(
+            len(im.encoded) if im.encoded is not None else len(im.raw[0]) if im.raw is not None else 0 for im in images
+        )
+        if size > INLINE_DECODE_MAX_BYTES:
+            x = await asyncio.to_thread(self._model_input, images, sv)
+        else:
+            x = self._model_input(images, sv)  # (N, C, H, W)
+        if x.shape[1:] != tuple(d if d > 0 else x.shape[1 + i] for i, d in enumerate(spec.shape)):
+            raise InvalidInput(
+                f"model '{sv.name}' input {list(spec.shape)} does not match its preprocessing metadata {list(x.shape[1:])}"
+            )
+        return sv, x
+
+    async def explain(self, req: ExplainRequest) -> ExplainResponse:
+        """Classify plus, per image, a heatmap per explained class (server/core/explain.py)."""
+        sv, x = await self._image_batch(req.model_name, req.model_version, req.images)
+        md = sv.runtime.metadata
+        labels = list(md.labels)
+        check_request(req, len(labels), x.shape[2], x.shape[3])
+        t0 = time.perf_counter()
+        try:
+            method, probs, classes, maps, rows = await run_maps(
+                x,
+                req,
+                batcher=sv.batcher,
+                input_name=sv.plan.input_name,
+                max_batch_size=sv.config.max_batch_size,
+                cam=sv.cam,
+                num_classes=len(labels),
+                deadline=_queue_deadline(req.deadline, None, sv),
+            )
+        except Exception:
+            self._request_done(sv, t0, False, len(x))
+            raise
+        self._request_done(sv, t0, True, rows)
+        heatmaps = await render(x, classes, maps, labels, md, req)
+        return ExplainResponse(
+            sv.name,
+            str(sv.version),
+            method,
+            [ImageExplanation(t, h) for t, h in zip(top_k(probs, labels, req.top_k), heatmaps)],
         )
 
     def _model_input(self, images: list[ImageInput], sv: ServedVersion) -> np.ndarray:

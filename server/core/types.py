@@ -137,6 +137,42 @@ class ClassifyResponse:
     results: list[list[Prediction]]  # one list per image, best first
 
 
+@dataclass
+class ExplainRequest:
+    model_name: str = ""  # empty: the default model, or the only one
+    model_version: str = ""
+    images: list[ImageInput] = field(default_factory=list)
+    top_k: int = 0  # 0: 1
+    class_indices: list[int] = field(default_factory=list)  # classes to explain per image; empty: its top-1
+    overlay: bool = True  # False: the numbers only, no PNG
+    overlay_size: int = 0  # longer side of the PNG in pixels; 0: the model input's own size
+    deadline: float | None = None
+
+
+@dataclass
+class Heatmap:
+    """Where the evidence for one class lies in one image (server/explain.py computes it)."""
+
+    index: int  # the class explained
+    label: str
+    values: np.ndarray  # (H, W) float32 over the preprocessed model input; larger = more evidence
+    overlay_png: bytes  # RGB PNG of the input with the normalised map over it; b"" when not asked for
+
+
+@dataclass
+class ImageExplanation:
+    top_k: list[Prediction]  # best first
+    heatmaps: list[Heatmap]  # one per explained class, in class_indices order (or the top-1)
+
+
+@dataclass
+class ExplainResponse:
+    model_name: str
+    model_version: str
+    method: str  # "cam" (class activation maps) or "occlusion"
+    results: list[ImageExplanation]  # one per image, in request order
+
+
 # --------------------------------------------------------------------------------------------------
 # descriptions
 

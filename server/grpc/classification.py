@@ -1,16 +1,17 @@
-"""`cnn.v1.Classification`: encoded images in, top-k labels out (protobuf <-> core types, nothing more)."""
+"""`cnn.v1.Classification`: encoded images in, top-k labels (Classify) and heatmaps (Explain) out
+(protobuf <-> core types, nothing more)."""
 
 from __future__ import annotations
 
 from protos.cnn import classification_pb2 as pb
 from protos.cnn import classification_pb2_grpc as pb_grpc
 from server.core.service import InferenceService
-from server.core.types import ClassifyRequest, ImageInput
+from server.core.types import ClassifyRequest, ExplainRequest, ImageInput
 from server.grpc.status import deadline_of, rpc
 from server.metrics import Metrics
 
 
-def decode_classify(request: pb.ClassifyRequest, deadline: float | None) -> ClassifyRequest:
+def decode_images(request: pb.ClassifyRequest | pb.ExplainRequest) -> list[ImageInput]:
     images = []
     for im in request.images:
         kind = im.WhichOneof("source")
@@ -21,7 +22,24 @@ def decode_classify(request: pb.ClassifyRequest, deadline: float | None) -> Clas
             images.append(ImageInput(raw=(r.pixels, r.height, r.width, r.channels)))
         else:
             images.append(ImageInput())
-    return ClassifyRequest(request.model_name, request.model_version, images, request.top_k, deadline)
+    return images
+
+
+def decode_classify(request: pb.ClassifyRequest, deadline: float | None) -> ClassifyRequest:
+    return ClassifyRequest(request.model_name, request.model_version, decode_images(request), request.top_k, deadline)
+
+
+def decode_explain(request: pb.ExplainRequest, deadline: float | None) -> ExplainRequest:
+    return ExplainRequest(
+        request.model_name,
+        request.model_version,
+        decode_images(request),
+        request.top_k,
+        list(request.class_indices),
+        not request.skip_overlay,
+        request.overlay_size,
+        deadline,
+    )
 
 
 class ClassificationServicer(pb_grpc.ClassificationServicer):
@@ -37,6 +55,28 @@ class ClassificationServicer(pb_grpc.ClassificationServicer):
             c = resp.results.add()
             for p in preds:
                 c.top_k.add(label=p.label, index=p.index, probability=p.probability)
+        return resp
+
+    @rpc("Explain", lambda r: r.model_name)
+    async def Explain(self, request: pb.ExplainRequest, context) -> pb.ExplainResponse:
+        answer = await self.service.explain(decode_explain(request, deadline_of(context)))
+        resp = pb.ExplainResponse(
+            model_name=answer.model_name, model_version=answer.model_version, method=answer.method
+        )
+        for r in answer.results:
+            e = resp.results.add()
+            for p in r.top_k:
+                e.top_k.add(label=p.label, index=p.index, probability=p.probability)
+            for h in r.heatmaps:
+                height, width = h.values.shape
+                e.heatmaps.add(
+                    index=h.index,
+                    label=h.label,
+                    height=height,
+                    width=width,
+                    values=h.values.ravel().tolist(),
+                    overlay_png=h.overlay_png,
+                )
         return resp
 
     @rpc("ListModels")
