@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import IO, Any, Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
 MODES = ("auto", "bar", "lines", "off")
@@ -106,7 +107,7 @@ class Progress:
         elif self.mode == "lines" and not self.total and self.plain_final and self.n:
             self._line(time.perf_counter())  # unknown total: one closing line with the count
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -62,7 +62,7 @@ def test_a_file_gets_plain_lines_per_quarter(monkeypatch):
     s = io.StringIO()
     assert progress_mode(s) == "lines"
     with Progress(100, "epoch 2/5", "batch", stream=s, unit_scale=64, rate_unit="img", plain_final=False) as p:
-        for i in range(100):
+        for _ in range(100):
             p.update(1, loss=0.5)
     lines = s.getvalue().splitlines()
     assert [ln.split(":")[1].split("%")[0].strip() for ln in lines] == ["25", "50", "75"]
