@@ -11,20 +11,21 @@ the header on open), and the call is
 - otherwise decoded in `DecodePool`, a small bounded pool of threads (Pillow and numpy release the GIL
   while they decode and resize), so the event loop never waits on pixels.
 
-`to_8bit` turns 16-bit and 32-bit images into 8-bit grayscale a band of rows at a time, so no float64
-(or float32) array of the full image is ever made.
+High bit depths are converted to 8 bit a band of rows at a time (preprocessing/image.py `_eight_bit`), so
+no float64 array of the full image is made.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
 from PIL import Image
 
 from server.errors import ResourceExhausted
@@ -32,7 +33,6 @@ from server.errors import ResourceExhausted
 T = TypeVar("T")
 
 _HIGH_DEPTH = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
-_ROWS_PER_BAND = 256  # to_8bit converts this many rows at a time (4096 wide: 4 MiB of float32)
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class DecodePolicy:
     max_pixels: int = 4096 * 4096  # per image (width * height); the server's max_image_pixels
     max_side: int = 8192  # per image, either side
     max_request_pixels: int = 4 * 4096 * 4096  # all images of one call together; the server's max_request_pixels
-    inline_max_bytes: int = 256 * 1024  # decoded bytes per call below which decoding stays on the event loop
+    inline_max_bytes: int = 64 * 1024  # decoded bytes per call up to which decoding stays on the event loop (80 digits)
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,18 @@ def header_of(img: Image.Image) -> Header:
     return Header(w, h, img.mode, max(1, bands) * per_sample)
 
 
+def peek_encoded(data: bytes) -> Header | None:
+    """The header of a PNG/JPEG without decoding a pixel; None if it cannot be read (the decoder then
+    words the refusal as it always does)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
+                return header_of(img)
+    except Exception:  # noqa: BLE001 - not an image, truncated, a bomb header: decode() says which
+        return None
+
+
 def raw_header(height: int, width: int, channels: int) -> Header:
     return Header(width, height, {1: "L", 3: "RGB", 4: "RGBA"}.get(channels, "?"), max(1, channels))
 
@@ -84,6 +96,26 @@ def check_image(h: Header, policy: DecodePolicy, field: str) -> None:
                                 f"and {policy.max_side} per side (refused before decoding)")
 
 
+def plan_images(images: list, policy: DecodePolicy) -> str:
+    """`plan` for a call's images (each with `.encoded` bytes or `.raw` = (pixels, height, width, channels)):
+    each image against the per-image limits, then the call against the per-call budget."""
+    headers = []
+    for i, im in enumerate(images):
+        encoded, raw = getattr(im, "encoded", None), getattr(im, "raw", None)
+        if encoded is not None:
+            h = peek_encoded(encoded)
+            field = f"images[{i}].encoded"
+        elif raw is not None:
+            h = raw_header(raw[1], raw[2], raw[3]) if raw[3] in (1, 3, 4) else None
+            field = f"images[{i}].raw"
+        else:
+            h = None
+        if h is not None:
+            check_image(h, policy, field)
+            headers.append(h)
+    return plan(headers, policy)
+
+
 def plan(headers: list[Header], policy: DecodePolicy) -> str:
     """'inline' or 'worker' for a call whose images have these headers; RESOURCE_EXHAUSTED if the call is
     above the per-call pixel budget (checked before any image is decoded)."""
@@ -92,24 +124,6 @@ def plan(headers: list[Header], policy: DecodePolicy) -> str:
         raise ResourceExhausted(f"images: {len(headers)} images of {total:,} pixels together; the limit is "
                                 f"{policy.max_request_pixels:,} pixels per call (max_request_pixels; refused before decoding)")
     return "inline" if sum(h.decoded_bytes for h in headers) <= policy.inline_max_bytes else "worker"
-
-
-def to_8bit(img: Image.Image) -> Image.Image:
-    """A 16-bit or 32-bit single-band image as 8-bit "L", scaled so its largest value becomes 255 (values
-    that already fit in 0..255 are kept as they are). Works a band of rows at a time: the only full-size
-    arrays are the decoded image itself and the 8-bit result."""
-    arr = np.asarray(img)
-    if arr.ndim != 2:
-        arr = arr.reshape(arr.shape[0], -1)
-    hi = float(arr.max()) if arr.size else 0.0
-    out = np.empty(arr.shape, dtype=np.uint8)
-    scale = np.float32(255.0 / hi) if hi > 255 else np.float32(1.0)
-    for r in range(0, arr.shape[0], _ROWS_PER_BAND):
-        band = arr[r:r + _ROWS_PER_BAND].astype(np.float32)
-        band *= scale
-        np.clip(band, 0, 255, out=band)
-        out[r:r + _ROWS_PER_BAND] = band  # float32 -> uint8 truncates, as astype(np.uint8) did
-    return Image.fromarray(out, "L")
 
 
 class DecodePool:

@@ -39,6 +39,10 @@ def brief(value: Any, limit: int = BRIEF_CHARS) -> str:
 
     Containers are described by type and length rather than walked, so a huge (or shared, alias-built)
     structure costs nothing to describe."""
+    if isinstance(value, (list, tuple, set)) and len(value) <= 8 and all(
+            isinstance(x, (int, float, bool, type(None))) or (isinstance(x, str) and len(x) <= limit) for x in value):
+        text = repr(value)  # a short flat list: shown as it is
+        return text if len(text) <= 2 * limit else text[:2 * limit] + "..."
     if isinstance(value, (list, tuple, dict, set)):
         return f"a {type(value).__name__} of {len(value)} entries"
     if isinstance(value, (str, bytes)) and len(value) > limit:

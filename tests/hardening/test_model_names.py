@@ -34,8 +34,12 @@ def _answer(call, name: str) -> tuple[grpc.StatusCode, str]:
 
 def test_every_invalid_name_gets_the_same_answer(control):
     with Stubs(control.address) as s:
-        load = lambda n: s.infer.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=n), timeout=30)
-        unload = lambda n: s.infer.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=n), timeout=30)
+        def load(n: str):
+            return s.infer.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=n), timeout=30)
+
+        def unload(n: str):
+            return s.infer.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=n), timeout=30)
+
         for call in (load, unload):
             answers = {n: _answer(call, n) for n in INVALID}
             codes = {a[0] for a in answers.values()}

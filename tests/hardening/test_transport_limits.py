@@ -1,10 +1,11 @@
 """Finding 5: limits on streams, connections and unread stream answers.
 
 On 0e6d6fb one HTTP/2 connection could open any number of streams (20,000 idle streams: 719 MiB), an
-idle connection was never closed, the number of connections had no cap, and the answers of a stream
-whose client never reads them queued without bound. Now: `max_concurrent_streams` per connection,
-`max_connection_idle_s`, `max_connections`, and `stream_answer_queue` answers per stream (the stream
-stops reading requests until its client reads; HTTP/2 flow control then holds the client back).
+idle connection was never closed, and the answers of a stream whose client never reads them queued
+without bound. Now: `max_concurrent_streams` per connection, `max_connection_idle_s`, and
+`stream_window` requests per stream in flight or answered-but-unread (the stream then stops reading;
+HTTP/2 flow control holds the client back). The number of connections is capped in front of the
+server (README "Operating it safely"): grpcio 1.81 did not enforce `grpc.max_allowed_incoming_connections`.
 """
 
 from __future__ import annotations
@@ -74,30 +75,6 @@ def test_idle_connection_is_closed(repo):
                     break
             took = time.monotonic() - t0
         assert closed and took < 8, f"idle connection still open after {took:.1f} s"
-    finally:
-        assert s.stop() == 0
-
-
-def test_connections_are_capped(repo):
-    """With max_connections 4, a 9th simultaneous connection is refused; the first ones keep working."""
-    s = serve(repo, env={"CNN_SERVER_MAX_CONNECTIONS": "4"})
-    try:
-        stubs = [Stubs(s.address) for _ in range(4)]
-        for st in stubs:
-            assert st.infer.ModelInfer(scale_request(), timeout=10).outputs
-        extra = [Stubs(s.address) for _ in range(5)]
-        refused = 0
-        for st in extra:
-            try:
-                st.infer.ModelInfer(scale_request(), timeout=3)
-            except grpc.RpcError as e:
-                assert e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), e
-                refused += 1
-        assert refused >= 1, "no connection beyond max_connections was refused"
-        for st in stubs:
-            assert st.infer.ModelInfer(scale_request(), timeout=10).outputs
-        for st in stubs + extra:
-            st.close()
     finally:
         assert s.stop() == 0
 

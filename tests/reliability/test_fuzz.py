@@ -234,6 +234,45 @@ calls = st.one_of(
 
 
 # ---------------------------------------------------------------------------------------------------
+# strategies: hostile sizes (issue 18): typed contents far above max_batch_size, Classify images whose
+# few encoded bytes declare many (16-bit) pixels, calls above the per-call pixel budget
+
+
+def _png(side_w: int, side_h: int, mode: str) -> bytes:
+    dtype = np.uint16 if mode == "I;16" else np.uint8
+    a = np.zeros((side_h, side_w), dtype)
+    a[0, 0] = 40000 if mode == "I;16" else 200
+    buf = io.BytesIO()
+    (Image.fromarray(a) if mode == "I;16" else Image.fromarray(a, "L")).save(buf, "PNG")
+    return buf.getvalue()
+
+
+HOSTILE_IMAGES = [_png(w, h, m) for w, h, m in ((4096, 4096, "I;16"), (4096, 4096, "L"), (2048, 4096, "I;16"),
+                                               (8192, 2048, "L"), (1, 4096, "I;16"), (300, 200, "I;16"))]
+
+
+@st.composite
+def hostile_typed_requests(draw):
+    """Typed contents with a right-sized value list for far more rows than the model takes (or a wrong count)."""
+    rows = draw(st.sampled_from([65, 100, 1000, 4000]))
+    req = pb.ModelInferRequest(model_name=MODEL_NAME)
+    field = draw(st.sampled_from(["fp32_contents", "fp32_contents", "int_contents", "fp64_contents"]))
+    datatype = {"fp32_contents": "FP32", "int_contents": "INT32", "fp64_contents": "FP64"}[field]
+    count = rows * 28 * 28 + draw(st.sampled_from([0, 0, -1, 1]))
+    t = req.inputs.add(name="input", datatype=datatype, shape=[rows, 1, 28, 28])
+    getattr(t.contents, field).extend(np.zeros(max(count, 0), dtype=np.int32 if field == "int_contents" else np.float64).tolist())
+    return req
+
+
+hostile_classify_requests = st.builds(
+    lambda imgs: cpb.ClassifyRequest(model_name=MODEL_NAME, images=[cpb.Image(encoded=b) for b in imgs]),
+    st.lists(st.sampled_from(HOSTILE_IMAGES), min_size=1, max_size=8))
+
+hostile_calls = st.one_of(st.builds(lambda r: ("ModelInfer", r), hostile_typed_requests()),
+                          st.builds(lambda r: ("Classify", r), hostile_classify_requests))
+
+
+# ---------------------------------------------------------------------------------------------------
 # the properties
 
 
@@ -387,3 +426,28 @@ def test_fuzz_stream_answers_every_request_in_band(rel_server):
     assert not problems, "\n".join(sorted(set(problems))[:20])
     with Stubs(rel_server.address) as stubs:
         _alive(rel_server, stubs)
+
+
+def test_fuzz_hostile_sizes_are_refused_or_served_and_memory_stays_bounded(rel_server):
+    """Typed contents for thousands of rows (max_batch_size 64) and Classify calls of 16-bit and
+    limit-size images, many at once: documented codes only, a live server, bounded memory."""
+    with Stubs(rel_server.address) as stubs:
+        _send_batch(stubs, [("Classify", cpb.ClassifyRequest(model_name=MODEL_NAME, images=[cpb.Image(encoded=HOSTILE_IMAGES[0])]))], Tally())
+    rss_before = rss_bytes(rel_server.proc.pid)
+    tally = Tally()
+    with Stubs(rel_server.address) as stubs:
+
+        @settings(max_examples=12, **FUZZ_SETTINGS)
+        @given(st.lists(hostile_calls, min_size=8, max_size=8))
+        def run(batch):
+            _send_batch(stubs, batch, tally)
+            assert rel_server.proc.poll() is None, f"server died:\n{rel_server.log()[-3000:]}"
+
+        run()
+        _alive(rel_server, stubs)
+    growth = rss_bytes(rel_server.proc.pid) - rss_before
+    print(f"\nfuzz hostile sizes: {tally.sent} requests; codes {dict(sorted(tally.codes.items()))}; RSS {growth / 2**20:+.0f} MiB")
+    assert tally.sent >= 90
+    assert not tally.violations, "\n".join(tally.report())
+    assert tally.codes.get("INVALID_ARGUMENT", 0) > 10 and tally.codes.get("OK", 0) > 0
+    assert growth < 512 * 2**20, f"server RSS grew by {growth / 2**20:.0f} MiB"
