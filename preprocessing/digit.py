@@ -134,6 +134,10 @@ def typical_stroke_width(mask: np.ndarray) -> float:
     return 2.0 * float(np.partition(values, int(0.35 * (values.size - 1)))[int(0.35 * (values.size - 1))])
 
 
+def _hist(a: np.ndarray) -> np.ndarray:
+    return cv2.calcHist([a], [0], None, [256], [0, 256]).ravel()
+
+
 def _quantile(hist: np.ndarray, q: float) -> float:
     """q-quantile (0..1) of the values whose histogram (bins 0..255) is `hist` (no sort: O(256))."""
     c = np.cumsum(hist)
@@ -147,9 +151,9 @@ def ink_mask(s: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
     if s_max <= 1.0:
         return np.zeros(s.shape, np.uint8)
     raw = np.clip(s, 0, 255).astype(np.uint8)
-    peak = max(_quantile(np.bincount(raw.ravel(), minlength=256), 0.999), 0.5 * s_max, 1.0)
+    peak = max(_quantile(_hist(raw), 0.999), 0.5 * s_max, 1.0)
     s8 = cv2.convertScaleAbs(s, alpha=255.0 / peak)  # saturating: 0..255 relative to the peak
-    hist = np.bincount(s8.ravel(), minlength=256)
+    hist = _hist(s8)
     otsu, _ = cv2.threshold(s8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     med = _quantile(hist, 0.5)
     dev = np.abs(np.arange(256) - med).astype(np.int64)  # |value - median| per bin: the MAD's histogram
@@ -161,8 +165,9 @@ def ink_mask(s: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
 def _remove_lines(mask: np.ndarray, cfg: DigitConfig) -> np.ndarray:
     h, w = mask.shape
     lines = np.zeros_like(mask)
-    for kw, kh in ((int(w * cfg.line_span), 1), (1, int(h * cfg.line_span))):
-        if max(kw, kh) >= 8:
+    rows, cols = mask.sum(axis=1, dtype=np.int32), mask.sum(axis=0, dtype=np.int32)
+    for kw, kh, run in ((int(w * cfg.line_span), 1, rows), (1, int(h * cfg.line_span), cols)):
+        if max(kw, kh) >= 8 and int(run.max()) >= max(kw, kh):  # only where a row/column holds that much ink
             lines |= cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (kw, kh)))
     if not lines.any():
         return mask
@@ -256,7 +261,8 @@ def working_image(gray: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
     side = max(h, w)
     if side > cfg.work_side:
         f = cfg.work_side / side
-        return cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        interp = cv2.INTER_AREA if f <= 0.5 else cv2.INTER_LINEAR  # the blur that follows smooths the rest
+        return cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))), interpolation=interp)
     if side < cfg.upscale_to:
         f = cfg.upscale_to / side
         return cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_LINEAR)
