@@ -225,7 +225,7 @@ def fit_field(mask: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
         return np.zeros((FIELD, FIELD), np.uint8)
-    crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    crop = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     side = max(crop.shape)
     scale = BOX / side
     width = stroke_width(crop)
@@ -235,7 +235,7 @@ def fit_field(mask: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
             pad = grow + 1
             crop = cv2.dilate(np.pad(crop, pad), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
             ys, xs = np.nonzero(crop)
-            crop = crop[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+            crop = crop[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
             side = max(crop.shape)
             scale = BOX / side
     ch, cw = crop.shape
@@ -252,7 +252,7 @@ def fit_field(mask: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
     ty0, tx0 = max(0, oy), max(0, ox)
     ty1, tx1 = min(FIELD, oy + nh), min(FIELD, ox + nw)
     if ty1 > ty0 and tx1 > tx0:
-        out[ty0:ty1, tx0:tx1] = small[ty0 - oy:ty1 - oy, tx0 - ox:tx1 - ox]
+        out[ty0:ty1, tx0:tx1] = small[ty0 - oy : ty1 - oy, tx0 - ox : tx1 - ox]
     return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 

@@ -66,19 +66,29 @@ class Preprocessing:
             raise bad("resize", f"must be one of {', '.join(INTERPOLATIONS)}, got {self.resize!r}")
         if self.mode not in MODES:
             raise bad("mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale) \
-                or self.scale == 0:
+        if (
+            isinstance(self.scale, bool)
+            or not isinstance(self.scale, (int, float))
+            or not math.isfinite(self.scale)
+            or self.scale == 0
+        ):
             raise bad("scale", f"must be a finite non-zero number, got {self.scale!r}")
         for key in ("mean", "std"):
             v = getattr(self, key)
-            if not isinstance(v, (list, tuple)) or len(v) not in (1, self.channels) or \
-                    any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in v):
+            if (
+                not isinstance(v, (list, tuple))
+                or len(v) not in (1, self.channels)
+                or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in v)
+            ):
                 raise bad(key, f"must be a list of 1 or {self.channels} finite numbers, got {v!r}")
         if any(s == 0 for s in self.std):
             raise bad("std", f"must not contain 0, got {self.std!r}")
         if self.mode == "digit" and (self.color_mode != "L" or (self.height, self.width) != (DIGIT_SIZE, DIGIT_SIZE)):
-            raise bad("mode", f"'digit' produces one-channel {DIGIT_SIZE}x{DIGIT_SIZE} images; this model takes "
-                              f"{self.color_mode} {self.height}x{self.width}")
+            raise bad(
+                "mode",
+                f"'digit' produces one-channel {DIGIT_SIZE}x{DIGIT_SIZE} images; this model takes "
+                f"{self.color_mode} {self.height}x{self.width}",
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,12 +114,20 @@ class Preprocessing:
         return cls(**kwargs).validate(where)
 
 
-def for_dataset(color_mode: str, height: int, width: int, mean: list[float], std: list[float], *,
-                mode: str = "resize") -> Preprocessing:
+def for_dataset(
+    color_mode: str, height: int, width: int, mean: list[float], std: list[float], *, mode: str = "resize"
+) -> Preprocessing:
     """The description training writes: uint8 -> [0, 1], then (x - mean) / std; bilinear resize."""
-    return Preprocessing(color_mode=color_mode, height=int(height), width=int(width), resize="bilinear",
-                         scale=1.0 / 255.0, mean=[float(m) for m in mean], std=[float(s) for s in std],
-                         mode=mode).validate()
+    return Preprocessing(
+        color_mode=color_mode,
+        height=int(height),
+        width=int(width),
+        resize="bilinear",
+        scale=1.0 / 255.0,
+        mean=[float(m) for m in mean],
+        std=[float(s) for s in std],
+        mode=mode,
+    ).validate()
 
 
 def is_digit_dataset(spec: str, input_shape: list[int] | tuple[int, ...]) -> bool:
@@ -120,8 +138,12 @@ def is_digit_dataset(spec: str, input_shape: list[int] | tuple[int, ...]) -> boo
     return digit_source and list(input_shape) == [1, DIGIT_SIZE, DIGIT_SIZE]
 
 
-def serving_preprocessing(pre: Mapping[str, Any] | Preprocessing, dataset: str,
-                          input_shape: list[int] | tuple[int, ...], where: str = "preprocessing") -> Preprocessing:
+def serving_preprocessing(
+    pre: Mapping[str, Any] | Preprocessing,
+    dataset: str,
+    input_shape: list[int] | tuple[int, ...],
+    where: str = "preprocessing",
+) -> Preprocessing:
     """The preprocessing a model is served with: the recorded one; a description without `mode` (every
     checkpoint training writes, and old ones) gets "digit" for digit data (is_digit_dataset), else "resize"."""
     recorded = pre.to_dict() if isinstance(pre, Preprocessing) else dict(pre)

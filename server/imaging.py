@@ -49,8 +49,10 @@ def decode(data: bytes, field: str, limits: ImageLimits) -> Image.Image:
     if w == 0 or h == 0:
         raise InvalidInput(f"{field}: image is {w}x{h}; it has no pixels")
     if w > limits.max_side or h > limits.max_side or w * h > limits.max_pixels:
-        raise ResourceExhausted(f"{field}: image is {w}x{h} pixels; the limit is {limits.max_pixels} pixels "
-                                f"and {limits.max_side} per side (refused before decoding)")
+        raise ResourceExhausted(
+            f"{field}: image is {w}x{h} pixels; the limit is {limits.max_pixels} pixels "
+            f"and {limits.max_side} per side (refused before decoding)"
+        )
     try:
         img.load()
     except Exception as e:  # truncated or corrupt pixel data
@@ -67,7 +69,9 @@ def from_raw(pixels: bytes, height: int, width: int, channels: int, field: str, 
         raise ResourceExhausted(f"{field}: raw image is {width}x{height}; the limit is {limits.max_pixels} pixels")
     expected = height * width * channels
     if len(pixels) != expected:
-        raise InvalidInput(f"{field}.pixels: {len(pixels)} bytes, but {height}x{width}x{channels} uint8 needs {expected}")
+        raise InvalidInput(
+            f"{field}.pixels: {len(pixels)} bytes, but {height}x{width}x{channels} uint8 needs {expected}"
+        )
     arr = np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, channels)
     return Image.fromarray(arr[:, :, 0] if channels == 1 else arr, _RAW_MODES[channels])
 
