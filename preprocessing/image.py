@@ -31,11 +31,27 @@ class ImageModeError(ValueError):
     """An image whose pixel mode cannot be converted to the model's colour mode."""
 
 
+_ROWS_PER_BAND = 256  # _eight_bit converts this many rows at a time (4096 wide: 8 MiB of float64)
+
+
 def _eight_bit(img: Image.Image) -> Image.Image:
-    """High bit depth (16-bit, int32, float) -> 8-bit grayscale, scaled when it goes beyond 255."""
-    arr = np.asarray(img, dtype=np.float64)
+    """High bit depth (16-bit, int32, float) -> 8-bit grayscale, scaled when it goes beyond 255.
+
+    A band of rows at a time: the same arithmetic as converting the whole image at once, but the only full-size arrays are the decoded image and the 8-bit result (a
+    4096x4096 16-bit image once took ~360 MiB of float64 copies; issue 18)."""
+    arr = np.asarray(img)
+    if arr.ndim != 2:
+        arr = arr.reshape(arr.shape[0], -1)
     hi = float(arr.max()) if arr.size else 0.0
-    return Image.fromarray(np.clip(arr * (255.0 / hi) if hi > 255 else arr, 0, 255).astype(np.uint8), "L")
+    scale = 255.0 / hi if hi > 255 else 1.0
+    out = np.empty(arr.shape, dtype=np.uint8)
+    for r in range(0, arr.shape[0], _ROWS_PER_BAND):
+        band = arr[r:r + _ROWS_PER_BAND].astype(np.float64)
+        if scale != 1.0:
+            band *= scale
+        np.clip(band, 0, 255, out=band)
+        out[r:r + _ROWS_PER_BAND] = band  # truncates toward zero, as astype(np.uint8) did
+    return Image.fromarray(out, "L")
 
 
 def convert(img: Image.Image, mode: str) -> Image.Image:

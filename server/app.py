@@ -28,6 +28,7 @@ from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from server.config import ServerConfig
 from server.core.registry import ModelRegistry
 from server.core.service import InferenceService
+from server.drain import Drain, stop_server
 from server.errors import RepositoryError
 from server.eventloop import run_loop
 from server.grpc.classification import ClassificationServicer
@@ -35,6 +36,7 @@ from server.grpc.inference import InferenceServicer
 from server.imaging import ImageLimits
 from server.metrics import Metrics
 from server.security import BearerTokenInterceptor, load_tokens, server_credentials
+from server.transport import certificate_warnings, grpc_options
 
 log = logging.getLogger("server")
 
@@ -56,8 +58,10 @@ class Server:
             default_model=config.default_model,
             image_limits=limits,
             max_images_per_request=config.max_images_per_request,
+            max_request_pixels=config.max_request_pixels,
             allow_model_control=config.allow_model_control,
         )
+        self.drain = Drain()  # SIGTERM: hold new calls, stop the transport, then answer them (server/drain.py)
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
@@ -78,6 +82,7 @@ class Server:
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
+            *grpc_options(cfg),  # streams per connection, idle / age / keepalive (server/transport.py)
         ]  # workers share the port; else one server owns it
         interceptors = []
         if cfg.auth_tokens_file:
@@ -88,16 +93,18 @@ class Server:
             interceptors.append(BearerTokenInterceptor(load_tokens(cfg.auth_tokens_file), on_denied=denied))
         self._grpc = grpc.aio.server(options=opts, interceptors=interceptors)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.service, self.metrics), self._grpc
+            self._servicer(InferenceServicer(self.service, self.metrics)), self._grpc
         )
         classification_pb2_grpc.add_ClassificationServicer_to_server(
-            ClassificationServicer(self.service, self.metrics), self._grpc
+            self._servicer(ClassificationServicer(self.service, self.metrics)), self._grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (INFERENCE_SERVICE, CLASSIFICATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
         if cfg.tls_cert_file:
+            for warning in certificate_warnings(cfg.tls_cert_file):
+                log.warning("%s", warning)
             creds = server_credentials(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
             self.grpc_port = self._grpc.add_secure_port(cfg.grpc_address, creds)
         else:
@@ -128,6 +135,12 @@ class Server:
             await asyncio.sleep(0.5)
             await self._update_health()
 
+    def _servicer(self, servicer):
+        """A gRPC servicer wired to this server's drain and stream window (server/grpc/status.py reads them)."""
+        servicer.drain = self.drain
+        servicer.stream_window = self.config.stream_window
+        return servicer
+
     async def stop(self) -> None:
         """Drain and stop: NOT_SERVING, refuse new work, finish what was accepted, close."""
         if self._stopped.is_set():
@@ -135,11 +148,14 @@ class Server:
         grace = self.config.drain_grace_s
         log.info("draining: health NOT_SERVING, finishing in-flight requests (grace %.1f s)", grace)
         self.service.drain()
+        self.drain.begin()
         if self._health_task:
             self._health_task.cancel()
         await self.health.enter_graceful_shutdown()
         if self._grpc is not None:
-            await self._grpc.stop(grace)  # stops accepting; waits for running RPCs up to `grace`
+            # hold what arrives, stop accepting, answer the held calls UNAVAILABLE, end open streams; running
+            # RPCs get up to `grace` (server/drain.py: no call around the signal ends CANCELLED)
+            await stop_server(self._grpc, self.drain, grace)
         await self.service.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

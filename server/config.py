@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from server import yaml_safe
 from server.eventloop import EVENT_LOOPS
 
 ENV_PREFIX = "CNN_SERVER_"
@@ -36,6 +35,16 @@ class ServerConfig:
     drain_grace_s: float = 20.0  # on SIGTERM: how long in-flight and queued requests may take to finish
     max_image_pixels: int = 4096 * 4096  # Classify: larger images are refused before decoding
     max_images_per_request: int = 256  # Classify
+    max_request_pixels: int = 4 * 4096 * 4096  # Classify: all images of one call together (4 limit-size images);
+    #                                            above -> RESOURCE_EXHAUSTED from the headers, before decoding
+    max_concurrent_streams: int = 256  # calls open at once on one HTTP/2 connection; a client that opens more
+    #                                    waits for one to end (an idle stream costs ~36 KB: 256 of them ~9 MiB)
+    max_connection_idle_s: float = 300.0  # a connection with no call for this long is closed (GOAWAY); 0: never
+    max_connection_age_s: float = 0.0  # every connection is retired after this long (clients re-balance); 0: never
+    keepalive_time_s: float = 60.0  # ping a connection after this long without traffic; 0: no pings
+    keepalive_timeout_s: float = 20.0  # ... and close it if the ping is not answered within this (dead peers)
+    stream_window: int = 128  # ModelStreamInfer: requests of one stream in flight or answered but not yet read by
+    #                           the client; beyond it the stream stops reading (HTTP/2 flow control holds the client)
     log_level: str = "INFO"
     workers: int = 1  # server processes sharing grpc_address via SO_REUSEPORT; each loads every model (memory x N)
     tls_cert_file: str = ""  # PEM server certificate (chain); with tls_key_file switches gRPC to TLS
@@ -74,6 +83,18 @@ class ServerConfig:
             raise bad("max_image_pixels", f"must be positive, got {self.max_image_pixels}")
         if self.max_images_per_request < 1:
             raise bad("max_images_per_request", f"must be positive, got {self.max_images_per_request}")
+        if self.max_request_pixels < self.max_image_pixels:
+            raise bad(
+                "max_request_pixels",
+                f"must be >= max_image_pixels ({self.max_image_pixels}), got {self.max_request_pixels}",
+            )
+        if not 1 <= self.max_concurrent_streams <= 2**31 - 1:
+            raise bad("max_concurrent_streams", f"must be a positive integer, got {self.max_concurrent_streams}")
+        for key in ("max_connection_idle_s", "max_connection_age_s", "keepalive_time_s", "keepalive_timeout_s"):
+            if not 0 <= getattr(self, key) <= 2**31 / 1000:
+                raise bad(key, f"must be in 0..{2**31 // 1000} seconds, got {getattr(self, key)}")
+        if not 1 <= self.stream_window <= 65536:
+            raise bad("stream_window", f"must be in 1..65536, got {self.stream_window}")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise bad(
                 "tls_key_file" if self.tls_cert_file else "tls_cert_file",
@@ -110,11 +131,11 @@ def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
     """A YAML file that must hold a mapping; errors start with `what` and the path."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml_safe.load_file(p) or {}  # size-limited, no anchors/aliases, bounded messages
     except OSError as e:
         raise ConfigError(f"{what} {p}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {p}: not valid YAML: {e}") from None
+    except yaml_safe.YamlRefused as e:
+        raise ConfigError(f"{what} {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {p}: must be a mapping of keys to values")
     return data
@@ -135,7 +156,7 @@ def _coerce(key: str, value: Any, typ: type, source: str) -> Any:
             raise ValueError
         return typ(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"config '{key}' ({source}): expected {typ.__name__}, got {value!r}") from None
+        raise ConfigError(f"config '{key}' ({source}): expected {typ.__name__}, got {yaml_safe.brief(value)}") from None
 
 
 def load_config(

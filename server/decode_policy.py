@@ -92,8 +92,10 @@ def raw_header(height: int, width: int, channels: int) -> Header:
 def check_image(h: Header, policy: DecodePolicy, field: str) -> None:
     """One image against the per-image limits (RESOURCE_EXHAUSTED names the field and the limit)."""
     if h.width > policy.max_side or h.height > policy.max_side or h.pixels > policy.max_pixels:
-        raise ResourceExhausted(f"{field}: image is {h.width}x{h.height} pixels; the limit is {policy.max_pixels} pixels "
-                                f"and {policy.max_side} per side (refused before decoding)")
+        raise ResourceExhausted(
+            f"{field}: image is {h.width}x{h.height} pixels; the limit is {policy.max_pixels} pixels "
+            f"and {policy.max_side} per side (refused before decoding)"
+        )
 
 
 def plan_images(images: list, policy: DecodePolicy) -> str:
@@ -121,8 +123,10 @@ def plan(headers: list[Header], policy: DecodePolicy) -> str:
     above the per-call pixel budget (checked before any image is decoded)."""
     total = sum(h.pixels for h in headers)
     if total > policy.max_request_pixels:
-        raise ResourceExhausted(f"images: {len(headers)} images of {total:,} pixels together; the limit is "
-                                f"{policy.max_request_pixels:,} pixels per call (max_request_pixels; refused before decoding)")
+        raise ResourceExhausted(
+            f"images: {len(headers)} images of {total:,} pixels together; the limit is "
+            f"{policy.max_request_pixels:,} pixels per call (max_request_pixels; refused before decoding)"
+        )
     return "inline" if sum(h.decoded_bytes for h in headers) <= policy.inline_max_bytes else "worker"
 
 

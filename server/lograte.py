@@ -15,7 +15,9 @@ from collections.abc import Hashable
 
 
 class RateLimitedLog:
-    def __init__(self, logger: logging.Logger, per_interval: int = 5, interval_s: float = 10.0, max_keys: int = 1024) -> None:
+    def __init__(
+        self, logger: logging.Logger, per_interval: int = 5, interval_s: float = 10.0, max_keys: int = 1024
+    ) -> None:
         self.logger = logger
         self.per_interval = per_interval
         self.interval_s = interval_s

@@ -15,8 +15,10 @@ from server.errors import InvalidInput
 
 MAX_MODEL_NAME_CHARS = 128
 _NAME_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_MODEL_NAME_CHARS - 1}}}")
-INVALID_NAME_MESSAGE = (f"model_name: not a valid model name (1-{MAX_MODEL_NAME_CHARS} characters: letters, digits, '_', "
-                        "'.', '-', starting with a letter or digit; no '..')")
+INVALID_NAME_MESSAGE = (
+    f"model_name: not a valid model name (1-{MAX_MODEL_NAME_CHARS} characters: letters, digits, '_', "
+    "'.', '-', starting with a letter or digit; no '..')"
+)
 
 
 def is_model_name(name: object) -> bool:

@@ -63,7 +63,7 @@ def _fields(buf: memoryview):
             size, i = _varint(buf, i)
             if i + size > n:
                 raise ValueError("truncated length-delimited field")
-            yield field, wt, buf[i:i + size]
+            yield field, wt, buf[i : i + size]
             i += size
         elif wt == 5:
             i += 4
@@ -179,12 +179,16 @@ def check_paths(repository: str | os.PathLike, model_file: str | os.PathLike) ->
     model_file = Path(model_file)
     folder = model_file.parent.resolve()
     if not _inside(folder, root):
-        raise RepositoryError(f"{model_file}: the version folder resolves to {folder}, outside the model repository "
-                              f"{root} (a symlink out of the repository is not served)")
+        raise RepositoryError(
+            f"{model_file}: the version folder resolves to {folder}, outside the model repository "
+            f"{root} (a symlink out of the repository is not served)"
+        )
     real = model_file.resolve()
     if not _inside(real, folder):
-        raise RepositoryError(f"{model_file}: resolves to {real}, outside its version folder (a symlinked model file "
-                              "is served only when it stays inside the version folder)")
+        raise RepositoryError(
+            f"{model_file}: resolves to {real}, outside its version folder (a symlinked model file "
+            "is served only when it stays inside the version folder)"
+        )
     return folder
 
 
@@ -197,7 +201,9 @@ def check_locations(model_file: str | os.PathLike, folder: Path, locations: list
         if "\x00" in loc:
             raise RepositoryError(f"{model_file}: external data path {_quote(loc)} contains a NUL byte")
         if os.path.isabs(loc) or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":"):
-            raise RepositoryError(f"{model_file}: external data path {_quote(loc)} is absolute; it must stay inside {folder}")
+            raise RepositoryError(
+                f"{model_file}: external data path {_quote(loc)} is absolute; it must stay inside {folder}"
+            )
         target = (folder / loc).resolve()
         if not _inside(target, folder) or target == folder:
             raise RepositoryError(f"{model_file}: external data path {_quote(loc)} escapes the model folder {folder}")

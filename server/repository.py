@@ -13,6 +13,7 @@ Every error names the file and the key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -25,9 +26,12 @@ from typing import Any
 import yaml
 
 from preprocessing.spec import Preprocessing  # the one definition, re-exported here (no torch there)
+from server import yaml_safe
 from server.errors import RepositoryError
+from server.yaml_safe import brief
 
 CONFIG_FILE = "config.yaml"
+MAX_CONFIG_BYTES = yaml_safe.MAX_CONFIG_BYTES  # a config.yaml written by `cnn export` is < 1 KiB
 MODEL_FILE = "model.onnx"
 METADATA_KEY = "cnn.metadata"  # ONNX metadata_props key holding ModelMetadata as JSON
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -80,55 +84,61 @@ class ModelConfig:
             return RepositoryError(f"{where}: '{key}' {why}")
 
         if not isinstance(self.name, str) or not _MODEL_NAME_RE.match(self.name):
-            raise bad("name", f"must match {_MODEL_NAME_RE.pattern}, got {self.name!r}")
+            raise bad("name", f"must match {_MODEL_NAME_RE.pattern}, got {brief(self.name)}")
         if self.platform != "onnxruntime_onnx":
-            raise bad("platform", f"must be 'onnxruntime_onnx', got {self.platform!r}")
+            raise bad("platform", f"must be 'onnxruntime_onnx', got {brief(self.platform)}")
         if not isinstance(self.max_batch_size, int) or not 1 <= self.max_batch_size <= 65536:
-            raise bad("max_batch_size", f"must be an integer in 1..65536, got {self.max_batch_size!r}")
+            raise bad("max_batch_size", f"must be an integer in 1..65536, got {brief(self.max_batch_size)}")
         if not isinstance(self.instances, int) or not 1 <= self.instances <= 64:
-            raise bad("instances", f"must be an integer in 1..64, got {self.instances!r}")
+            raise bad("instances", f"must be an integer in 1..64, got {brief(self.instances)}")
         for key in ("intra_op_threads", "inter_op_threads"):
             v = getattr(self, key)
             if not isinstance(v, int) or not 0 <= v <= 256:
-                raise bad(key, f"must be an integer in 0..256 (0 = onnxruntime's default), got {v!r}")
+                raise bad(key, f"must be an integer in 0..256 (0 = onnxruntime's default), got {brief(v)}")
         if self.instance_isolation not in INSTANCE_ISOLATIONS:
             raise bad(
                 "instance_isolation",
-                f"must be one of {', '.join(INSTANCE_ISOLATIONS)}, got {self.instance_isolation!r}",
+                f"must be one of {', '.join(INSTANCE_ISOLATIONS)}, got {brief(self.instance_isolation)}",
             )
         if not self.providers or any(p not in ("cpu", "cuda") for p in self.providers):
-            raise bad("providers", f"must be a non-empty list of 'cuda' / 'cpu', got {self.providers!r}")
+            raise bad("providers", f"must be a non-empty list of 'cuda' / 'cpu', got {brief(self.providers)}")
         if not isinstance(self.cuda_fallback, bool):
-            raise bad("cuda_fallback", f"must be true or false, got {self.cuda_fallback!r}")
+            raise bad("cuda_fallback", f"must be true or false, got {brief(self.cuda_fallback)}")
         db = self.dynamic_batching
         if db is not None:
             if not isinstance(db.max_queue_delay_us, int) or not 0 <= db.max_queue_delay_us <= 10_000_000:
                 raise bad(
-                    "dynamic_batching.max_queue_delay_us", f"must be in 0..10000000, got {db.max_queue_delay_us!r}"
+                    "dynamic_batching.max_queue_delay_us", f"must be in 0..10000000, got {brief(db.max_queue_delay_us)}"
                 )
             if not isinstance(db.max_queue_size, int) or db.max_queue_size < 1:
-                raise bad("dynamic_batching.max_queue_size", f"must be a positive integer, got {db.max_queue_size!r}")
+                raise bad(
+                    "dynamic_batching.max_queue_size", f"must be a positive integer, got {brief(db.max_queue_size)}"
+                )
             if not isinstance(db.default_timeout_ms, int) or db.default_timeout_ms < 0:
-                raise bad("dynamic_batching.default_timeout_ms", f"must be >= 0, got {db.default_timeout_ms!r}")
+                raise bad("dynamic_batching.default_timeout_ms", f"must be >= 0, got {brief(db.default_timeout_ms)}")
             for b in db.preferred_batch_sizes:
                 if not isinstance(b, int) or not 1 <= b <= self.max_batch_size:
                     raise bad(
-                        "dynamic_batching.preferred_batch_sizes", f"entries must be in 1..max_batch_size, got {b!r}"
+                        "dynamic_batching.preferred_batch_sizes",
+                        f"entries must be in 1..max_batch_size, got {brief(b)}",
                     )
         vp = self.version_policy
         if vp.kind not in ("latest", "all", "specific"):
-            raise bad("version_policy.kind", f"must be latest, all or specific, got {vp.kind!r}")
+            raise bad("version_policy.kind", f"must be latest, all or specific, got {brief(vp.kind)}")
         if vp.kind == "latest" and (not isinstance(vp.num_versions, int) or vp.num_versions < 1):
-            raise bad("version_policy.num_versions", f"must be a positive integer, got {vp.num_versions!r}")
+            raise bad("version_policy.num_versions", f"must be a positive integer, got {brief(vp.num_versions)}")
         if vp.kind == "specific" and (not vp.versions or any(not isinstance(v, int) or v < 1 for v in vp.versions)):
-            raise bad("version_policy.versions", f"must list positive integers, got {vp.versions!r}")
+            raise bad("version_policy.versions", f"must list positive integers, got {brief(vp.versions)}")
         for b in self.warmup_batch_sizes:
             if not isinstance(b, int) or not 1 <= b <= self.max_batch_size:
-                raise bad("warmup_batch_sizes", f"entries must be in 1..max_batch_size, got {b!r}")
+                raise bad("warmup_batch_sizes", f"entries must be in 1..max_batch_size, got {brief(b)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_config_cache: dict[Path, tuple[tuple[int, int, int], ModelConfig | str]] = {}  # path -> (stat key, config or error)
 
 
 def _from_dict(cls, data: Any, where: str, prefix: str = ""):
@@ -138,7 +148,7 @@ def _from_dict(cls, data: Any, where: str, prefix: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise RepositoryError(f"{where}: unknown key '{prefix}{unknown[0]}' (valid: {', '.join(fields)})")
+        raise RepositoryError(f"{where}: unknown key {brief(prefix + str(unknown[0]))} (valid: {', '.join(fields)})")
     kwargs = {}
     for name, value in data.items():
         if name == "dynamic_batching" and cls is ModelConfig:
@@ -158,18 +168,43 @@ def _from_dict(cls, data: Any, where: str, prefix: str = ""):
 
 
 def load_model_config(model_dir: str | os.PathLike) -> ModelConfig:
+    """config.yaml of one model, validated. Read with server/yaml_safe.py (at most MAX_CONFIG_BYTES, no
+    anchors or aliases); parsed again only when the file changed (mtime, size, inode), so polling an
+    unchanged repository costs a stat per model. Call it off the event loop: parsing takes the GIL."""
     model_dir = Path(model_dir)
     path = model_dir / CONFIG_FILE
-    if not path.is_file():
-        raise RepositoryError(f"{path}: missing model config (every model folder needs {CONFIG_FILE})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise RepositoryError(f"{path}: not valid YAML: {e}") from None
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is None or not path.is_file():
+        raise RepositoryError(f"{path}: missing model config (every model folder needs {CONFIG_FILE})")
+    key = (st.st_mtime_ns, st.st_size, st.st_ino)
+    cached = _config_cache.get(path)
+    if cached is not None and cached[0] == key:  # unchanged since the last poll: not parsed again
+        if isinstance(cached[1], str):
+            raise RepositoryError(cached[1])
+        return copy.deepcopy(cached[1])
+    try:
+        cfg = _parse_model_config(model_dir, path)
+    except RepositoryError as e:
+        _config_cache[path] = (key, str(e))
+        raise
+    _config_cache[path] = (key, copy.deepcopy(cfg))
+    return cfg
+
+
+def _parse_model_config(model_dir: Path, path: Path) -> ModelConfig:
+    try:
+        data = yaml_safe.load_file(path, max_bytes=MAX_CONFIG_BYTES) or {}
+    except yaml_safe.YamlRefused as e:
+        raise RepositoryError(str(e)) from None
+    except OSError as e:
+        raise RepositoryError(f"{path}: cannot read: {e.strerror}") from None
     data.setdefault("name", model_dir.name) if isinstance(data, dict) else None
     cfg = _from_dict(ModelConfig, data, str(path)).validate(str(path))
     if cfg.name != model_dir.name:
-        raise RepositoryError(f"{path}: 'name' is {cfg.name!r} but the folder is {model_dir.name!r}")
+        raise RepositoryError(f"{path}: 'name' is {brief(cfg.name)} but the folder is {brief(model_dir.name)}")
     return cfg
 
 

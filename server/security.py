@@ -13,7 +13,7 @@ The tokens file (YAML) maps a group to the tokens it accepts; a group that is no
     statistics: [admin-token]
     repository: [admin-token]
 
-No token (or not `authorization: Bearer <token>`) -> UNAUTHENTICATED; a token this server does not know
+No token (or not `authorization: Bearer <token>`; the scheme in any case) -> UNAUTHENTICATED; a token this server does not know
 -> UNAUTHENTICATED; a known token that the group does not accept -> PERMISSION_DENIED.
 """
 
@@ -114,13 +114,14 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         header = next((v for k, v in (details.invocation_metadata or ()) if k == "authorization"), None)
         if isinstance(header, bytes):
             header = header.decode("latin-1")
-        if not header or not header.startswith("Bearer ") or not header[7:].strip():
+        scheme, _, credentials = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():  # RFC 7235: the scheme is case-insensitive
             code, message = (
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"{group} calls need 'authorization: Bearer <token>' metadata",
             )
         else:
-            token = header[7:].strip().encode()
+            token = credentials.strip().encode()
             if self._match(token, accepted):
                 return handler
             if self._match(token, self.known):

@@ -52,6 +52,8 @@ def certificate_warnings(cert_file: str, now: float | None = None) -> list[str]:
     if now > not_after:
         out.append(f"TLS certificate {cert_file} expired on {info['notAfter']}: clients will refuse the handshake")
     if now < not_before:
-        out.append(f"TLS certificate {cert_file} is not yet valid (valid from {info['notBefore']}): "
-                   "clients will refuse the handshake")
+        out.append(
+            f"TLS certificate {cert_file} is not yet valid (valid from {info['notBefore']}): "
+            "clients will refuse the handshake"
+        )
     return out

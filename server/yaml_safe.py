@@ -39,10 +39,15 @@ def brief(value: Any, limit: int = BRIEF_CHARS) -> str:
 
     Containers are described by type and length rather than walked, so a huge (or shared, alias-built)
     structure costs nothing to describe."""
-    if isinstance(value, (list, tuple, set)) and len(value) <= 8 and all(
-            isinstance(x, (int, float, bool, type(None))) or (isinstance(x, str) and len(x) <= limit) for x in value):
+    if (
+        isinstance(value, (list, tuple, set))
+        and len(value) <= 8
+        and all(
+            isinstance(x, (int, float, bool, type(None))) or (isinstance(x, str) and len(x) <= limit) for x in value
+        )
+    ):
         text = repr(value)  # a short flat list: shown as it is
-        return text if len(text) <= 2 * limit else text[:2 * limit] + "..."
+        return text if len(text) <= 2 * limit else text[: 2 * limit] + "..."
     if isinstance(value, (list, tuple, dict, set)):
         return f"a {type(value).__name__} of {len(value)} entries"
     if isinstance(value, (str, bytes)) and len(value) > limit:
@@ -52,7 +57,7 @@ def brief(value: Any, limit: int = BRIEF_CHARS) -> str:
 
 
 def _cap(message: str) -> str:
-    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS - 3] + "..."
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
 def _where(where: str, mark) -> str:
@@ -68,16 +73,24 @@ class _Guard:
 
     def see(self, event) -> None:
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise YamlRefused(_cap(f"{_where(self.where, event.start_mark)}: YAML anchors and aliases (&name, *name, "
-                                   "<<) are not allowed in this file; write the values out"))
+            raise YamlRefused(
+                _cap(
+                    f"{_where(self.where, event.start_mark)}: YAML anchors and aliases (&name, *name, "
+                    "<<) are not allowed in this file; write the values out"
+                )
+            )
         if isinstance(event, (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             self.nodes += 1
             if self.nodes > self.max_nodes:
-                raise YamlRefused(_cap(f"{_where(self.where, event.start_mark)}: more than {self.max_nodes} YAML nodes"))
+                raise YamlRefused(
+                    _cap(f"{_where(self.where, event.start_mark)}: more than {self.max_nodes} YAML nodes")
+                )
         if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             self.depth += 1
             if self.depth > self.max_depth:
-                raise YamlRefused(_cap(f"{_where(self.where, event.start_mark)}: nested deeper than {self.max_depth} levels"))
+                raise YamlRefused(
+                    _cap(f"{_where(self.where, event.start_mark)}: nested deeper than {self.max_depth} levels")
+                )
         elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
             self.depth -= 1
 
@@ -88,16 +101,16 @@ class NoAliasSafeLoader(yaml.SafeLoader):
 
     guard: _Guard
 
-    def compose_node(self, parent, index):  # type: ignore[override]
+    def compose_node(self, parent, index):
         self.guard.see(self.peek_event())
         return super().compose_node(parent, index)
 
-    def compose_sequence_node(self, anchor):  # type: ignore[override]
+    def compose_sequence_node(self, anchor):
         node = super().compose_sequence_node(anchor)
         self.guard.depth -= 1
         return node
 
-    def compose_mapping_node(self, anchor):  # type: ignore[override]
+    def compose_mapping_node(self, anchor):
         node = super().compose_mapping_node(anchor)
         self.guard.depth -= 1
         return node
@@ -112,8 +125,14 @@ def _yaml_error(where: str, e: yaml.YAMLError) -> YamlRefused:
     return YamlRefused(_cap(f"{where}{at}: not valid YAML: {str(problem)[:120]}"))
 
 
-def load_bytes(data: bytes, where: str, *, max_bytes: int = MAX_CONFIG_BYTES, max_nodes: int = MAX_NODES,
-               max_depth: int = MAX_DEPTH) -> Any:
+def load_bytes(
+    data: bytes,
+    where: str,
+    *,
+    max_bytes: int = MAX_CONFIG_BYTES,
+    max_nodes: int = MAX_NODES,
+    max_depth: int = MAX_DEPTH,
+) -> Any:
     """Parse one YAML document from `data` under the rules above; None for an empty document."""
     if len(data) > max_bytes:
         raise YamlRefused(_cap(f"{where}: {len(data):,} bytes; the limit for this file is {max_bytes:,} bytes"))

@@ -31,11 +31,13 @@ import numpy as np
 
 from server import repository as repo
 from server.core.batcher import DynamicBatcher
-from server.core.explain import CamRunner, open_with_cam
+from server.core.explain import CamHead, CamRunner, open_with_cam
 from server.core.stats import BatchStatsObserver, VersionStats
 from server.core.types import LOADING, READY, UNAVAILABLE, UNLOADING, IndexEntry, RequestedOutput
 from server.errors import ModelNotFound, ModelNotReady, RepositoryError
 from server.metrics import Metrics
+from server.names import check_model_name
+from server.onnx_guard import check_paths
 from server.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,15 @@ def _needs_reload(served: repo.ModelConfig, new: repo.ModelConfig) -> bool:
     """A served version must be reloaded when anything but the version policy changed (the policy only
     chooses which versions serve, which sync() handles without touching the others)."""
     return dataclasses.replace(served, version_policy=new.version_policy) != new
+
+
+def _open_contained(
+    repository: Path, path: Path, cfg: repo.ModelConfig, version: int
+) -> tuple[Runtime, tuple[Runtime, CamHead] | None]:
+    """open_with_cam, once the version folder and model file are known to resolve inside the repository
+    (a symlink out of it is refused; the runtime checks every external-data location itself)."""
+    check_paths(repository, path)
+    return open_with_cam(path, cfg, version)
 
 
 class ModelRegistry:
@@ -260,7 +271,7 @@ class ModelRegistry:
         m = self._models.setdefault(name, ModelRecord(name))
         m.unloaded = False
         try:
-            cfg = repo.load_model_config(model_dir)
+            cfg = await asyncio.to_thread(repo.load_model_config, model_dir)  # off the loop: parsing takes time
             m.config_error = ""
         except RepositoryError as e:
             if m.config_error != str(e):
@@ -353,7 +364,9 @@ class ModelRegistry:
         rec.state, rec.reason = LOADING, ""
         t0 = time.perf_counter()
         try:
-            runtime, cam = await asyncio.get_running_loop().run_in_executor(None, open_with_cam, rec.path, cfg, version)
+            runtime, cam = await asyncio.get_running_loop().run_in_executor(
+                None, _open_contained, self.repository, rec.path, cfg, version
+            )
         except RepositoryError as e:
             reason = str(e)
         except Exception as e:  # anything else from a bad file is still a load failure, not a crash
@@ -413,6 +426,7 @@ class ModelRegistry:
     # model control (RepositoryModelLoad / Unload)
 
     async def load(self, name: str) -> None:
+        check_model_name(name)  # before any file access: a name, never a path
         if not (self.repository / name).is_dir():
             raise ModelNotFound(f"no model '{name}' in the repository {self.repository}")
         await self.sync(only=name)
@@ -424,6 +438,7 @@ class ModelRegistry:
             raise RepositoryError(f"model '{name}' failed to load: {'; '.join(reasons) or 'no version available'}")
 
     async def unload(self, name: str) -> None:
+        check_model_name(name)
         if not self.is_known(name):
             raise ModelNotFound(f"model '{name}' is not loaded")
         self._models[name].unloaded = True

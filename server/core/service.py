@@ -43,6 +43,7 @@ from server.core.types import (
     ImageExplanation,
     ImageInput,
     IndexEntry,
+    InferInput,
     InferOutput,
     InferRequest,
     InferResponse,
@@ -55,6 +56,7 @@ from server.core.types import (
     ServerInfo,
     VersionStatistics,
 )
+from server.decode_policy import DecodePolicy, DecodePool, plan_images
 from server.errors import InvalidInput, ServingError, Unavailable, Unimplemented
 from server.imaging import ImageLimits, decode, from_raw, to_model_input
 from server.metrics import Metrics
@@ -71,8 +73,9 @@ EXTENSIONS = (
     "model_repository(unload_dependents)",
 )
 _EXTENSIONS_NO_CONTROL = ("classification", "model_configuration", "statistics", "model_repository")
-# Classify requests whose images total more than this many bytes are decoded in a worker thread.
-INLINE_DECODE_MAX_BYTES = 64 * 1024
+# Classify calls whose images decode to more than this many bytes (from their headers) are decoded in the
+# decode pool (server/decode_policy.py); smaller ones on the event loop.
+INLINE_DECODE_MAX_BYTES = DecodePolicy.inline_max_bytes
 
 
 def _queue_deadline(deadline: float | None, timeout_s: float | None, sv: ServedVersion) -> float | None:
@@ -106,6 +109,7 @@ class InferenceService:
         default_model: str = "",
         image_limits: ImageLimits = ImageLimits(),
         max_images_per_request: int = 256,
+        max_request_pixels: int = DecodePolicy.max_request_pixels,
         allow_model_control: bool = False,
     ) -> None:
         self._registry = registry
@@ -113,6 +117,10 @@ class InferenceService:
         self.default_model = default_model
         self.image_limits = image_limits
         self.max_images_per_request = max_images_per_request
+        self.decode_policy = DecodePolicy(
+            image_limits.max_pixels, image_limits.max_side, max(max_request_pixels, image_limits.max_pixels)
+        )
+        self._decode_pool = DecodePool()  # threads start on first use
         self.allow_model_control = allow_model_control
         self._draining = False
 
@@ -134,6 +142,7 @@ class InferenceService:
     async def close(self) -> None:
         """Finish every queued request and release every model (after drain() and the transports stopped)."""
         await self._registry.close()
+        self._decode_pool.close()
 
     def live(self) -> bool:
         return True
@@ -268,6 +277,16 @@ class InferenceService:
                     sv, raw.id, data, raw.shape[0], _queue_deadline(raw.deadline, None, sv), sv.plan.default_outputs
                 )
         return self.infer(decode())
+
+    def check_inputs(self, model_name: str, model_version: str, inputs: list[InferInput]) -> None:
+        """What `infer` checks about the inputs, from their names, datatypes and shapes alone (`data` may be
+        None): adapters call it before they turn large typed contents into arrays. Raises as `infer` would."""
+        if self._draining:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        sv = self._registry.get(model_name, model_version)
+        x = inputs[0] if len(inputs) == 1 else None
+        if x is None or not _fits(sv, x.name, x.datatype, x.shape):
+            self._validate(InferRequest(model_name, model_version, inputs=inputs), sv)
 
     async def infer(self, req: InferRequest) -> InferResponse:
         if self._draining:
@@ -442,15 +461,7 @@ class InferenceService:
         spec = sv.runtime.input
         if spec.dtype.kind != "f":
             raise InvalidInput(f"model '{sv.name}' takes {spec.datatype} input, not images; use ModelInfer for it")
-        # Small images decode on the loop (cheaper than a thread hop); anything bigger goes to a thread so
-        # one large photo does not stall every other request on this event loop.
-        size = sum(
-            len(im.encoded) if im.encoded is not None else len(im.raw[0]) if im.raw is not None else 0 for im in images
-        )
-        if size > INLINE_DECODE_MAX_BYTES:
-            x = await asyncio.to_thread(self._model_input, images, sv)
-        else:
-            x = self._model_input(images, sv)  # (N, C, H, W)
+        x = await self._decoded(images, sv)  # (N, C, H, W)
         if x.shape[1:] != tuple(d if d > 0 else x.shape[1 + i] for i, d in enumerate(spec.shape)):
             raise InvalidInput(
                 f"model '{sv.name}' input {list(spec.shape)} does not match its preprocessing metadata {list(x.shape[1:])}"
@@ -486,6 +497,15 @@ class InferenceService:
             method,
             [ImageExplanation(t, h) for t, h in zip(top_k(probs, labels, req.top_k), heatmaps)],
         )
+
+    async def _decoded(self, images: list[ImageInput], sv: ServedVersion) -> np.ndarray:
+        """The images as the model's input, decoded where server/decode_policy.py says: refused from their
+        headers above the per-image or per-call pixel limits; on the event loop when the call decodes to
+        little (a few digits: cheaper than a thread hop); otherwise in the bounded decode pool, so the loop
+        never waits on pixels."""
+        if plan_images(images, self.decode_policy) == "inline":
+            return self._model_input(images, sv)
+        return await self._decode_pool.run(self._model_input, images, sv)
 
     def _model_input(self, images: list[ImageInput], sv: ServedVersion) -> np.ndarray:
         """Decode, resize and normalise every image as the model's metadata says: (N, C, H, W)."""

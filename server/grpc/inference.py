@@ -13,7 +13,9 @@ import logging
 import math
 import struct
 import time
+from collections.abc import Callable
 
+import grpc
 import numpy as np
 
 from protos.inference import grpc_service_pb2 as pb
@@ -29,6 +31,7 @@ from server.core.types import (
     RequestedOutput,
     VersionStatistics,
 )
+from server.drain import DRAIN_MESSAGE
 from server.errors import InvalidInput, ServingError
 from server.grpc.status import deadline_of, model_label, record, rpc, status_of
 from server.metrics import Metrics
@@ -63,6 +66,7 @@ CONFIG_DATATYPE = {
     "BYTES": mc.TYPE_STRING,
 }
 MAX_DIMS = 8
+TYPED_CHECK_FIRST = 65536  # typed values in a request above which the model's checks run before conversion
 _LE_DTYPES = {k: np.dtype(v).newbyteorder("<") for k, v in KSERVE_TO_NUMPY.items()}  # wire byte order, built once
 # Largest element count a shape may describe (product of its non-zero dims). Far above anything that
 # fits max_message_bytes, and small enough that numpy never overflows computing sizes from it.
@@ -70,6 +74,7 @@ MAX_ELEMENTS = 2**32
 # typed-contents fields wider than some of the datatypes they carry: values are range-checked
 _WIDE = {"int_contents": np.int64, "int64_contents": np.int64, "uint_contents": np.uint64, "uint64_contents": np.uint64}
 log = logging.getLogger("server.grpc")
+_DRAINED = object()  # a stream's queue marker: the server is stopping
 
 
 def _param(p: pb.InferParameter):
@@ -77,7 +82,28 @@ def _param(p: pb.InferParameter):
     return None if kind is None else getattr(p, kind)
 
 
-def decode_request(req: pb.ModelInferRequest, deadline: float | None) -> InferRequest:
+def _typed_array(where: str, t, fname: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    values = getattr(t.contents, fname)
+    if fname in _WIDE:  # e.g. int_contents (int32) carrying INT8: refuse what does not fit
+        wide = np.asarray(values, dtype=_WIDE[fname])
+        info = np.iinfo(dtype)
+        if wide.size and (wide.min() < info.min or wide.max() > info.max):
+            bad = wide.min() if wide.min() < info.min else wide.max()
+            raise InvalidInput(
+                f"{where}.contents.{fname}: value {int(bad)} is out of range for {t.datatype} ({info.min}..{info.max})"
+            )
+        return wide.astype(dtype).reshape(shape)
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+def decode_request(
+    req: pb.ModelInferRequest, deadline: float | None, check: Callable[[str, str, list[InferInput]], None] | None = None
+) -> InferRequest:
+    """The request as core types. Typed contents of more than TYPED_CHECK_FIRST values are converted to
+    arrays only after `check(model_name, model_version, inputs without data)` accepted their names,
+    datatypes and shapes (the core's `check_inputs`): a million-row `fp32_contents` for a model that takes
+    64 rows is refused from its shape before a single value is copied. Smaller ones are converted first
+    (at most a few ms), so their value-range errors come before the model's checks, as they always did."""
     tensors = req.inputs  # each access to a repeated field builds a new wrapper: read them once
     raws = req.raw_input_contents
     if raws:
@@ -87,6 +113,7 @@ def decode_request(req: pb.ModelInferRequest, deadline: float | None) -> InferRe
         if len(raws) != len(tensors):
             raise InvalidInput(f"'raw_input_contents' has {len(raws)} entries for {len(tensors)} inputs")
     inputs = []
+    typed = []  # (input index, tensor, contents field, dtype) still to convert
     for i, t in enumerate(tensors):
         shape = tuple(t.shape)
         count = math.prod(shape)  # Python ints: no silent int64 wrap-around
@@ -110,7 +137,7 @@ def decode_request(req: pb.ModelInferRequest, deadline: float | None) -> InferRe
                     f"raw_input_contents[{i}]: {len(raw)} bytes, but input '{t.name}' of shape {list(shape)} "
                     f"and datatype {datatype} needs {count * dtype.itemsize}"
                 )
-            data = np.frombuffer(raw, dtype=dtype).reshape(shape)
+            data = np.frombuffer(raw, dtype=dtype).reshape(shape)  # a view of the message's bytes, no copy
         else:
             where = f"inputs[{i}]"
             fname = TYPED_FIELD.get(t.datatype)
@@ -118,24 +145,16 @@ def decode_request(req: pb.ModelInferRequest, deadline: float | None) -> InferRe
                 raise InvalidInput(
                     f"{where}.contents: datatype {t.datatype} has no typed contents field; send it in 'raw_input_contents'"
                 )
-            values = getattr(t.contents, fname)
-            if len(values) != count:
-                raise InvalidInput(
-                    f"{where}.contents.{fname}: {len(values)} values, but shape {list(shape)} needs {count}"
-                )
-            if fname in _WIDE:  # e.g. int_contents (int32) carrying INT8: refuse what does not fit
-                wide = np.asarray(values, dtype=_WIDE[fname])
-                info = np.iinfo(dtype)
-                if wide.size and (wide.min() < info.min or wide.max() > info.max):
-                    bad = wide.min() if wide.min() < info.min else wide.max()
-                    raise InvalidInput(
-                        f"{where}.contents.{fname}: value {int(bad)} is out of range for {t.datatype} "
-                        f"({info.min}..{info.max})"
-                    )
-                data = wide.astype(dtype).reshape(shape)
-            else:
-                data = np.asarray(values, dtype=dtype).reshape(shape)
-        inputs.append(InferInput(t.name, datatype, shape, data))
+            n = len(getattr(t.contents, fname))
+            if n != count:
+                raise InvalidInput(f"{where}.contents.{fname}: {n} values, but shape {list(shape)} needs {count}")
+            typed.append((i, t, fname, dtype))
+            data = None
+        inputs.append(InferInput(t.name, datatype, shape, data))  # type: ignore[arg-type]
+    if check is not None and sum(math.prod(inputs[i].shape) for i, *_ in typed) > TYPED_CHECK_FIRST:
+        check(req.model_name, req.model_version, inputs)
+    for i, t, fname, dtype in typed:
+        inputs[i].data = _typed_array(f"inputs[{i}]", t, fname, dtype, inputs[i].shape)
     outputs = []
     for i, o in enumerate(req.outputs):
         k = 0
@@ -190,9 +209,9 @@ async def infer(service: InferenceService, req: pb.ModelInferRequest, deadline: 
     """ModelInfer and each ModelStreamInfer message: the common request takes the core's fast path."""
     raw = common_request(req, deadline)
     if raw is None:
-        answer = await service.infer(decode_request(req, deadline))
+        answer = await service.infer(decode_request(req, deadline, service.check_inputs))
     else:
-        answer = await service.infer_raw(raw, lambda: decode_request(req, deadline))
+        answer = await service.infer_raw(raw, lambda: decode_request(req, deadline, service.check_inputs))
     return encode_response(answer)
 
 
@@ -291,9 +310,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Requests of one stream run concurrently (so they batch); each answer carries its request id.
 
         Errors travel in-band (`error_message`) so one bad request does not end the stream. Each message is
-        recorded as a ModelInfer call is (requests by code, duration; statistics in the core)."""
+        recorded as a ModelInfer call is (requests by code, duration; statistics in the core).
+
+        At most `stream_window` requests of a stream are in flight or answered but not yet taken by the
+        client; beyond that the stream stops reading, and HTTP/2 flow control holds the client back. On
+        SIGTERM (server/drain.py) a stream stops reading, answers what it has and ends UNAVAILABLE."""
+        drain = getattr(self, "drain", None)
+        if drain is not None and drain.draining:
+            await drain.hold()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAIN_MESSAGE)
         answers: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
+        window = asyncio.Semaphore(getattr(self, "stream_window", 128))
         self.metrics.in_flight_counts["ModelStreamInfer"] += 1
 
         async def one(req: pb.ModelInferRequest) -> None:
@@ -322,23 +350,37 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             # version "": stream answers are recorded without it (server/metrics.py init_version)
             record(self.metrics, "ModelStreamInfer", model, "", code, t0)
 
+        async def finish(end) -> None:
+            while pending:
+                await asyncio.gather(*list(pending), return_exceptions=True)
+            await answers.put(end)
+
         async def reader() -> None:
             async for req in request_iterator:
+                await window.acquire()  # released when its answer has been handed to gRPC
                 task = asyncio.get_running_loop().create_task(one(req))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
-            while pending:
-                await asyncio.gather(*list(pending), return_exceptions=True)
-            await answers.put(None)
+            await finish(None)
+
+        def drained() -> None:  # the server is stopping: read no more, answer what is in flight, end
+            read_task.cancel()
+            asyncio.get_running_loop().create_task(finish(_DRAINED))
 
         read_task = asyncio.get_running_loop().create_task(reader())
+        unwatch = drain.watch(drained) if drain is not None else None
         try:
             while True:
                 item = await answers.get()
                 if item is None:
                     break
+                if item is _DRAINED:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, DRAIN_MESSAGE)
                 yield item
+                window.release()
         finally:
+            if unwatch is not None:
+                unwatch()
             read_task.cancel()
             for t in list(pending):
                 t.cancel()

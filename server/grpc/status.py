@@ -15,9 +15,12 @@ import time
 import grpc
 
 from server import errors
+from server.drain import DRAIN_MESSAGE
+from server.lograte import RateLimitedLog
 from server.metrics import Metrics
 
 log = logging.getLogger("server.grpc")
+client_errors = RateLimitedLog(log)  # refusals clients cause: at most a few lines per (rpc, code) every 10 s
 
 STATUS = {
     errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
@@ -52,6 +55,18 @@ def record(metrics: Metrics, rpc_name: str, model: str, version: str, code: str,
     metrics.child(metrics.request_duration, rpc_name, model).observe(time.perf_counter() - t0)
 
 
+async def _abort(context, code: grpc.StatusCode, details: str) -> None:
+    """context.abort, for a call that may have ended already (its deadline passed or its client left while
+    it was being answered): then there is nobody to tell, and the call ends as cancelled, quietly (grpc.aio
+    logs an ERROR with a traceback for an abort that fails to send)."""
+    try:
+        await context.abort(code, details)
+    except grpc.aio.AbortError:
+        raise
+    except Exception:  # ExecuteBatchError: the status could not be sent
+        raise asyncio.CancelledError() from None
+
+
 def rpc(name: str, model_of=lambda request: ""):
     """Wrap a unary servicer method: map errors to status codes and record the adapter metrics.
 
@@ -69,14 +84,21 @@ def rpc(name: str, model_of=lambda request: ""):
             version = ""
             code = grpc.StatusCode.OK
             try:
+                drain = getattr(self, "drain", None)  # server/drain.py, set by server/app.py
+                if drain is not None and drain.draining:  # taken out of grpc's queue, answered once it stops
+                    await drain.hold()
+                    raise errors.Unavailable(DRAIN_MESSAGE)
                 response = await fn(self, request, context)
                 version = getattr(response, "model_version", "") or ""
                 model = getattr(response, "model_name", "") or model  # Classify may resolve a default model
                 return response
             except errors.ServingError as e:
                 code = status_of(e)
-                (log.warning if e.client_error else log.error)("%s %s: %s: %s", name, model or "-", code.name, e)
-                await context.abort(code, str(e))
+                if e.client_error:  # any client can cause these at any rate: a few lines per kind and interval
+                    client_errors.warning((name, code), "%s %s: %s: %s", name, model or "-", code.name, e)
+                else:
+                    log.error("%s %s: %s: %s", name, model or "-", code.name, e)
+                await _abort(context, code, str(e))
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -85,7 +107,7 @@ def rpc(name: str, model_of=lambda request: ""):
                     raise
                 code = grpc.StatusCode.INTERNAL
                 log.exception("%s %s: unexpected error", name, model or "-")
-                await context.abort(code, f"internal error: {type(e).__name__}")
+                await _abort(context, code, f"internal error: {type(e).__name__}")
             finally:
                 in_flight[name] -= 1
                 record(metrics, name, model, version, code.name, t0)

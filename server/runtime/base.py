@@ -26,7 +26,7 @@ import numpy as np
 
 from server.core.types import KSERVE_TO_NUMPY, TensorSpec
 from server.errors import RepositoryError
-from server.onnx_wire import external_data_locations
+from server.onnx_guard import external_data_locations  # every place ONNX can name external data
 from server.repository import METADATA_KEY, ModelConfig, ModelMetadata, check_external_data
 
 log = logging.getLogger("server.runtime")
