@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # name -> (arena, extend strategy or None for the session's own arena, memory pattern, shrink after each run)
 SETTINGS = {
     "default (arena, next-pow2, pattern)": (True, None, True, False),
+    "arena (session's, next-pow2), no pattern": (True, None, False, False),
     "arena same-as-requested, pattern": (True, "same", True, False),
     "arena next-pow2, no pattern": (True, "pow2", False, False),
     "arena same-as-requested, no pattern": (True, "same", False, False),
