@@ -7,8 +7,8 @@ fresh process (`python -m bench.memory raw ...`) that opens one session (the ser
 batch sizes drawn uniformly from 1..max_batch_size, sampling its resident memory. Settings compared:
 the CPU arena on/off, its extend strategy (kNextPowerOfTwo, onnxruntime's default, vs kSameAsRequested,
 through an environment allocator), memory patterns on/off, and arena shrinkage after every run
-(`memory.enable_memory_arena_shrinkage`). The setting recommended is the one whose memory stays flattest
-(end / after-first-N RSS), among those within 5 % of the best images/s, then the lowest end RSS.
+(`memory.enable_memory_arena_shrinkage`). The setting recommended (`recommend`) has the lowest end RSS among
+those whose memory stays flat (end / after-first-N <= 1.05) and that keep 80 % of the default's images/s.
 
 Part 2, the server as it is: one `cnn serve` per model, closed-loop clients sending batches drawn from
 1..max_batch_size, the server's RSS sampled over time. Target: RSS after all requests <= 1.3 x RSS after
@@ -133,11 +133,22 @@ def raw_compare(model_path: Path, runs: int, max_batch: int, first: int, log=pri
     return out
 
 
-def recommend(results: dict) -> str:
-    """Flattest memory among settings within 5 % of the best images/s; then the lowest end RSS."""
-    best_speed = max(r["images_per_s"] for r in results.values())
-    fast = {k: r for k, r in results.items() if r["images_per_s"] >= 0.95 * best_speed}
-    return min(fast, key=lambda k: (round(fast[k]["ratio"], 2), fast[k]["rss_end"]))
+DEFAULT_SETTING = next(iter(SETTINGS))
+
+
+def recommend(results: dict, min_speed: float = 0.8, max_ratio: float = 1.05) -> str:
+    """The lowest end RSS among settings whose memory stays flat (end / first <= max_ratio) and that keep
+    at least `min_speed` of the default setting's images/s; the default if none does.
+
+    Memory first: on a loaded machine images/s varies by tens of percent between identical runs, so a
+    tight speed filter would pick by noise (a first version, "flattest within 5 % of the fastest", chose
+    per-run arena shrinkage for ResNet-20 on its 1.46x growth because that run happened to be fastest)."""
+    ref = results[DEFAULT_SETTING]["images_per_s"] if DEFAULT_SETTING in results else max(
+        r["images_per_s"] for r in results.values())
+    ok = {k: r for k, r in results.items() if r["ratio"] <= max_ratio and r["images_per_s"] >= min_speed * ref}
+    if not ok:
+        return DEFAULT_SETTING
+    return min(ok, key=lambda k: ok[k]["rss_end"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,8 +309,9 @@ def s8_memory_batches(ctx) -> dict:
     md = (f"# Scenario 8: memory across batch sizes (onnxruntime memory settings; mixed-batch server soak)\n\n"
           f"Batch sizes drawn uniformly from 1..max_batch_size for every call. Raw onnxruntime: one session per "
           f"setting, each in a fresh process, 1 intra-op thread (the server's settings otherwise); RSS after loading, "
-          f"after the first N runs (N = {mm.raw_first:,} or a third of the runs if fewer) and at the end. Chosen = flattest memory (end / first) among settings "
-          f"within 5 % of the best images/s, then lowest end RSS. Mode `{ctx.mode.name}`; load average at the end "
+          f"after the first N runs (N = {mm.raw_first:,} or a third of the runs if fewer) and at the end. Chosen = "
+          f"lowest end RSS among settings whose memory stays flat (end / first <= 1.05) and that keep 80 % of the "
+          f"default's images/s (memory first: images/s on a loaded machine is noise). Mode `{ctx.mode.name}`; load average at the end "
           f"{load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (shared machine: images/s are indicative).\n\n"
           f"{env_markdown(ctx.env)}\n\n## Raw onnxruntime, settings side by side\n\n"
           + report.table(rows, [("model", "model"), ("setting", "setting"), ("loaded", "RSS loaded MiB"),
