@@ -164,7 +164,7 @@ def compare(duration_s: float, repeats: int, concurrency: int) -> dict:
     runs: dict[str, list[dict]] = {lib: [] for lib in LIBRARIES}
     procs = {lib: start_bare(lib) for lib in LIBRARIES}
     try:
-        for lib, (_, port) in procs.items():  # warm-up
+        for _lib, (_, port) in procs.items():  # warm-up
             run_wrk(f"http://127.0.0.1:{port}/v2/models/lenet5/infer", body, headers, concurrency=concurrency, duration_s=1)
         for _ in range(repeats):  # interleaved, so drifting machine load hits both alike
             for lib, (_, port) in procs.items():

@@ -133,7 +133,7 @@ def start_server(repository: str | os.PathLike, *args: str, python: str = sys.ex
     with open(log_path, "w") as log:
         t_spawn = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=preexec_fn,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                                env={"CNN_SERVER_HTTP_ADDRESS": "127.0.0.1:0", **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     m = wait_for_line(proc, READY_LINE, log_path, f"server ({' '.join(cmd)})", timeout_s)
     metrics_url = f"http://{m.group(3)}:{m.group(4)}/metrics" if m.group(3) else None
     return ServerProcess(proc, f"{m.group(1)}:{m.group(2)}", metrics_url, log_path, t_spawn, time.monotonic(),

@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,6 +38,9 @@ from server.imaging import ImageLimits
 from server.metrics import Metrics
 from server.security import BearerTokenInterceptor, load_tokens, server_credentials
 from server.transport import certificate_warnings, grpc_options
+
+if TYPE_CHECKING:  # imported when HTTP is on (server/http/ brings aiohttp)
+    from server.http.server import HttpServer
 
 log = logging.getLogger("server")
 
@@ -65,6 +69,8 @@ class Server:
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
+        self.http_port = 0
+        self._http: HttpServer | None = None  # when http_address is set
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http = None
         self._stopped = asyncio.Event()
@@ -89,6 +95,7 @@ class Server:
 
             def denied(method: str, code: grpc.StatusCode) -> None:
                 self.metrics.requests.labels(method.rpartition("/")[2], "", "", code.name).inc()
+                self.metrics.protocol_requests.labels("grpc", method.rpartition("/")[2], code.name).inc()
 
             interceptors.append(BearerTokenInterceptor(load_tokens(cfg.auth_tokens_file), on_denied=denied))
         self._grpc = grpc.aio.server(options=opts, interceptors=interceptors)
@@ -117,6 +124,20 @@ class Server:
             self._metrics_http = http_server
             self.metrics_port = http_server.server_port
         await self._grpc.start()
+        if cfg.http_address:  # HTTP on the same loop, over the same core (server/http/)
+            from server.http.server import HttpServer, ssl_context
+
+            self._http = HttpServer(
+                self.service,
+                self.metrics,
+                max_body_bytes=cfg.max_message_bytes,
+                tokens=load_tokens(cfg.auth_tokens_file) if cfg.auth_tokens_file else None,
+                drain_grace_s=cfg.drain_grace_s,
+            )
+            tls = (
+                ssl_context(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file) if cfg.tls_cert_file else None
+            )
+            self.http_port = await self._http.start(cfg.http_address, tls, reuse_port=cfg.workers > 1)
         await self._update_health()
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
 
@@ -152,10 +173,13 @@ class Server:
         if self._health_task:
             self._health_task.cancel()
         await self.health.enter_graceful_shutdown()
-        if self._grpc is not None:
-            # hold what arrives, stop accepting, answer the held calls UNAVAILABLE, end open streams; running
-            # RPCs get up to `grace` (server/drain.py: no call around the signal ends CANCELLED)
-            await stop_server(self._grpc, self.drain, grace)
+        # both transports stop accepting and let running requests finish, up to `grace`, at the same time
+        await asyncio.gather(
+            # gRPC: hold what arrives, stop accepting, answer the held calls UNAVAILABLE, end open streams;
+            # running RPCs get up to `grace` (server/drain.py: no call around the signal ends CANCELLED)
+            *([stop_server(self._grpc, self.drain, grace)] if self._grpc is not None else []),
+            *([self._http.stop()] if self._http is not None else []),
+        )
         await self.service.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -191,7 +215,8 @@ async def main(config: ServerConfig, ready_pipe=None) -> int:
         ready_pipe.close()
     else:
         # Tests and scripts parse this line to find the ports (port 0 picks free ones).
-        print(f"serving gRPC on {host}:{server.grpc_port} metrics {metrics} models: {ready}", flush=True)
+        http = f"http://{config.http_address.rpartition(':')[0]}:{server.http_port}" if config.http_address else "off"
+        print(f"serving gRPC on {host}:{server.grpc_port} metrics {metrics} http {http} models: {ready}", flush=True)
     await stop_requested.wait()
     await server.stop()
     return 0

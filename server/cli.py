@@ -18,6 +18,10 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--metrics-address", help="host:port for Prometheus /metrics (default 127.0.0.1:8002; '' = off)")
     p.add_argument("--poll-interval-s", type=float, help="repository polling interval in seconds (0 = off; default 2)")
     p.add_argument(
+        "--http-address",
+        help="host:port for HTTP: the KServe v2 REST binding, /v1 images and the page at / (default 127.0.0.1:8000; '' = off)",
+    )
+    p.add_argument(
         "--allow-model-control",
         action="store_true",
         default=None,
@@ -47,6 +51,7 @@ def run_serve(args) -> int:
             "repository",
             "grpc_address",
             "metrics_address",
+            "http_address",
             "poll_interval_s",
             "allow_model_control",
             "default_model",

@@ -28,6 +28,7 @@ class ServerConfig:
     repository: str = "model_repository"  # folder of models (see server/repository.py)
     grpc_address: str = "127.0.0.1:8001"  # host:port; port 0 picks a free one (printed at start)
     metrics_address: str = "127.0.0.1:8002"  # Prometheus /metrics; empty string switches it off
+    http_address: str = "127.0.0.1:8000"  # HTTP: the KServe v2 REST binding, /v1 images, the page at /; "" = off
     poll_interval_s: float = 2.0  # repository polling; 0 switches polling off
     allow_model_control: bool = False  # RepositoryModelLoad / Unload
     default_model: str = ""  # for Classify without a model name; empty: the only model, if one
@@ -66,9 +67,9 @@ class ServerConfig:
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(f"config '{key}' ({where.get(key, 'default')}): {why}")
 
-        for key in ("grpc_address", "metrics_address"):
+        for key in ("grpc_address", "metrics_address", "http_address"):
             v = getattr(self, key)
-            if key == "metrics_address" and v == "":
+            if key in ("metrics_address", "http_address") and v == "":
                 continue
             host, sep, port = str(v).rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:

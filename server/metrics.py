@@ -83,6 +83,8 @@ PREINIT_ERROR_CODES = (
     "CANCELLED",
     "INTERNAL",
 )
+# The transports every request arrives on (cnn_protocol_requests_total).
+PROTOCOLS = ("grpc", "http")
 # The batcher's rejection reasons (server/core/batcher.py BatchObserver.on_reject).
 REJECT_REASONS = ("queue_full", "deadline", "cancelled", "shutdown")
 
@@ -129,6 +131,16 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(f"{p}_requests_in_flight", "RPCs being handled now.", ["rpc"], registry=r)
+        self.protocol_requests = Counter(
+            f"{p}_protocol_requests",
+            "Requests answered, by protocol (grpc, http), RPC and gRPC status code name.",
+            ["protocol", "rpc", "code"],
+            registry=r,
+        )
+        for proto in PROTOCOLS:  # the inference RPCs' series exist, at 0, from the start
+            for rpc in INFERENCE_RPCS:
+                for code in ("OK", *PREINIT_ERROR_CODES):
+                    self.protocol_requests.labels(proto, rpc, code)
         self.inference_rows = Counter(
             f"{p}_inference_rows", "Rows (images) inferred successfully.", ["model", "version"], registry=r
         )

@@ -20,6 +20,9 @@ from client import testing as client_testing
 from client.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
+# HTTP is on by default at 127.0.0.1:8000: servers started by tests (in parallel, beside a developer's own)
+# take any free port instead, unless a test passes --http-address or sets this variable itself.
+os.environ.setdefault("CNN_SERVER_HTTP_ADDRESS", "127.0.0.1:0")
 PY = sys.executable
 MODEL_NAME = "lenet5-digits"
 

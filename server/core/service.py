@@ -445,6 +445,7 @@ class InferenceService:
                 [Prediction(labels[j] if j < len(labels) else str(j), int(j), float(p[j])) for j in ids]
                 for p, ids in zip(probs, order)
             ],
+            x if req.return_inputs else None,
         )
 
     async def _image_batch(

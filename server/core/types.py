@@ -121,6 +121,7 @@ class ClassifyRequest:
     images: list[ImageInput] = field(default_factory=list)
     top_k: int = 0  # 0: 1
     deadline: float | None = None
+    return_inputs: bool = False  # True: the response carries the preprocessed model inputs (the page shows them)
 
 
 @dataclass
@@ -135,6 +136,7 @@ class ClassifyResponse:
     model_name: str
     model_version: str
     results: list[list[Prediction]]  # one list per image, best first
+    inputs: np.ndarray | None = None  # (N, C, H, W) as the model received them, when return_inputs was set
 
 
 @dataclass

@@ -52,6 +52,7 @@ def model_label(service, name: str) -> str:
 def record(metrics: Metrics, rpc_name: str, model: str, version: str, code: str, t0: float) -> None:
     """One answered call (or stream message): requests by code, and its duration since `t0` (perf_counter)."""
     metrics.child(metrics.requests, rpc_name, model, version, code).inc()
+    metrics.child(metrics.protocol_requests, "grpc", rpc_name, code).inc()
     metrics.child(metrics.request_duration, rpc_name, model).observe(time.perf_counter() - t0)
 
 

@@ -28,10 +28,23 @@ from server.errors import InvalidInput
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 # Open Inference Protocol datatype -> numpy dtype on the wire (little-endian); BYTES is handled apart.
-WIRE_DTYPES: dict[str, np.dtype] = {k: np.dtype(v).newbyteorder("<") for k, v in {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}.items()}
+WIRE_DTYPES: dict[str, np.dtype] = {
+    k: np.dtype(v).newbyteorder("<")
+    for k, v in {
+        "BOOL": np.bool_,
+        "UINT8": np.uint8,
+        "UINT16": np.uint16,
+        "UINT32": np.uint32,
+        "UINT64": np.uint64,
+        "INT8": np.int8,
+        "INT16": np.int16,
+        "INT32": np.int32,
+        "INT64": np.int64,
+        "FP16": np.float16,
+        "FP32": np.float32,
+        "FP64": np.float64,
+    }.items()
+}
 DATATYPES = (*WIRE_DTYPES, "BYTES")
 MAX_DIMS = 8  # as the gRPC decoder
 MAX_ELEMENTS = 2**32  # as the gRPC decoder: far above anything that fits the body limit
@@ -86,10 +99,15 @@ def _shape(v: Any, where: str) -> tuple[int, ...]:
         raise InvalidInput(f"{where}: must be a list of integers, got {json.dumps(v)[:80]}")
     shape = tuple(v)
     count = math.prod(shape)
-    if (len(shape) > MAX_DIMS or (shape and min(shape) < 0)
-            or (count if count else math.prod(d for d in shape if d > 0)) > MAX_ELEMENTS):
-        raise InvalidInput(f"{where}: {list(shape)} is not a valid shape (non-negative, at most {MAX_DIMS} dims, "
-                           f"at most {MAX_ELEMENTS} elements)")
+    if (
+        len(shape) > MAX_DIMS
+        or (shape and min(shape) < 0)
+        or (count if count else math.prod(d for d in shape if d > 0)) > MAX_ELEMENTS
+    ):
+        raise InvalidInput(
+            f"{where}: {list(shape)} is not a valid shape (non-negative, at most {MAX_DIMS} dims, "
+            f"at most {MAX_ELEMENTS} elements)"
+        )
     return shape
 
 
@@ -99,7 +117,9 @@ def header_length(value: str | None, body_size: int) -> int | None:
         return None
     v = value.strip()
     if not v.isdigit() or int(v) > body_size:
-        raise InvalidInput(f"{BINARY_HEADER} header: must be an integer in 0..{body_size} (the body's size), got {value!r}")
+        raise InvalidInput(
+            f"{BINARY_HEADER} header: must be an integer in 0..{body_size} (the body's size), got {value!r}"
+        )
     return int(v)
 
 
@@ -111,7 +131,9 @@ def _from_json(values: Any, datatype: str, shape: tuple[int, ...], where: str) -
     """`data` (flat or nested, row-major) -> an array of `shape`."""
     count = math.prod(shape)
     if not isinstance(values, list):
-        raise InvalidInput(f"{where}: must be a list of values (flat or nested, row-major), got {type(values).__name__}")
+        raise InvalidInput(
+            f"{where}: must be a list of values (flat or nested, row-major), got {type(values).__name__}"
+        )
     if datatype == "BYTES":
         flat = _flatten(values, where)
         if not all(isinstance(s, str) for s in flat):
@@ -145,8 +167,10 @@ def _from_json(values: Any, datatype: str, shape: tuple[int, ...], where: str) -
                 lo, hi = min(flat, default=0), max(flat, default=0)
                 info = np.iinfo(dtype)
                 if lo < info.min or hi > info.max:
-                    raise InvalidInput(f"{where}: value {lo if lo < info.min else hi} is out of range for {datatype} "
-                                       f"({info.min}..{info.max})")
+                    raise InvalidInput(
+                        f"{where}: value {lo if lo < info.min else hi} is out of range for {datatype} "
+                        f"({info.min}..{info.max})"
+                    )
                 return np.array(flat, dtype=dtype.newbyteorder("=")).reshape(shape)
         if kind not in "iu":
             bad = "booleans" if kind == "b" else "non-integer values" if kind == "f" else "values that are not numbers"
@@ -156,7 +180,9 @@ def _from_json(values: Any, datatype: str, shape: tuple[int, ...], where: str) -
             bad = arr.min() if arr.min() < info.min else arr.max()
             raise InvalidInput(f"{where}: value {int(bad)} is out of range for {datatype} ({info.min}..{info.max})")
     elif kind not in "iuf":
-        raise InvalidInput(f"{where}: {datatype} needs numbers, got {'booleans' if kind == 'b' else 'values that are not numbers'}")
+        raise InvalidInput(
+            f"{where}: {datatype} needs numbers, got {'booleans' if kind == 'b' else 'values that are not numbers'}"
+        )
     return arr.astype(dtype.newbyteorder("="), copy=False).reshape(shape)
 
 
@@ -189,7 +215,7 @@ def _bytes_elements(raw: bytes | memoryview, count: int, where: str) -> np.ndarr
         pos += 4
         if pos + size > n:
             raise InvalidInput(f"{where}: BYTES element {i} says {size} bytes; only {n - pos} are left")
-        out[i] = bytes(raw[pos:pos + size])
+        out[i] = bytes(raw[pos : pos + size])
         pos += size
     if pos != n:
         raise InvalidInput(f"{where}: {n - pos} bytes left over after {count} BYTES elements")
@@ -202,8 +228,9 @@ def _from_binary(raw: bytes | memoryview, datatype: str, shape: tuple[int, ...],
         return _bytes_elements(raw, count, where).reshape(shape)
     dtype = WIRE_DTYPES[datatype]
     if len(raw) != count * dtype.itemsize:
-        raise InvalidInput(f"{where}: {len(raw)} bytes, but shape {list(shape)} and datatype {datatype} "
-                           f"need {count * dtype.itemsize}")
+        raise InvalidInput(
+            f"{where}: {len(raw)} bytes, but shape {list(shape)} and datatype {datatype} need {count * dtype.itemsize}"
+        )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
@@ -224,8 +251,10 @@ def parse_json(text: bytes | memoryview, where: str = "request body") -> dict:
 def decode_infer_request(body: bytes, header_len: int | None = None) -> Request:
     """An infer request body -> Request. `header_len`: the Inference-Header-Content-Length value (None: all JSON)."""
     view = memoryview(body)
-    doc = parse_json(view if header_len is None else view[:header_len],
-                     "request body" if header_len is None else f"request JSON header ({BINARY_HEADER} bytes)")
+    doc = parse_json(
+        view if header_len is None else view[:header_len],
+        "request body" if header_len is None else f"request JSON header ({BINARY_HEADER} bytes)",
+    )
     binary = view[header_len:] if header_len is not None else view[:0]
     rid = doc.get("id", "")
     if not isinstance(rid, str):
@@ -252,24 +281,36 @@ def decode_infer_request(body: bytes, header_len: int | None = None) -> Request:
             if not _is_int(size) or size < 0:
                 raise InvalidInput(f"{where}.parameters.binary_data_size: must be a non-negative integer, got {size!r}")
             if header_len is None:
-                raise InvalidInput(f"{where}.parameters.binary_data_size: is set, but the request has no {BINARY_HEADER} "
-                                   "header to say where the JSON ends")
+                raise InvalidInput(
+                    f"{where}.parameters.binary_data_size: is set, but the request has no {BINARY_HEADER} "
+                    "header to say where the JSON ends"
+                )
             if "data" in t:
-                raise InvalidInput(f"{where}: both 'data' and parameters.binary_data_size are set; use one or the other")
+                raise InvalidInput(
+                    f"{where}: both 'data' and parameters.binary_data_size are set; use one or the other"
+                )
             if offset + size > len(binary):
-                raise InvalidInput(f"{where}.parameters.binary_data_size: {size} bytes from offset {offset}, but the binary "
-                                   f"part of the body has {len(binary)} bytes")
-            raw = binary[offset:offset + size]
+                raise InvalidInput(
+                    f"{where}.parameters.binary_data_size: {size} bytes from offset {offset}, but the binary "
+                    f"part of the body has {len(binary)} bytes"
+                )
+            raw = binary[offset : offset + size]
             offset += size
             data = _from_binary(raw, datatype, shape, f"{where}.parameters.binary_data_size")
         else:
             if "data" not in t:
-                raise InvalidInput(f"{where}.data: missing (or set parameters.binary_data_size and send the tensor as binary)")
+                raise InvalidInput(
+                    f"{where}.data: missing (or set parameters.binary_data_size and send the tensor as binary)"
+                )
             data = _from_json(t["data"], datatype, shape, f"{where}.data")
-        inputs.append(Tensor(name, datatype, shape, data, bytes(raw) if raw is not None and datatype != "BYTES" else None))
+        inputs.append(
+            Tensor(name, datatype, shape, data, bytes(raw) if raw is not None and datatype != "BYTES" else None)
+        )
     if offset != len(binary):
-        raise InvalidInput(f"request body: {len(binary) - offset} bytes after the JSON header are not claimed by any "
-                           "input's parameters.binary_data_size")
+        raise InvalidInput(
+            f"request body: {len(binary) - offset} bytes after the JSON header are not claimed by any "
+            "input's parameters.binary_data_size"
+        )
     params = _mapping(doc.get("parameters"), "parameters")
     timeout_s = None
     if "timeout" in params:
@@ -318,8 +359,9 @@ def _json_values(datatype: str, data: Any, name: str) -> list:
         try:
             return [b.decode() if isinstance(b, bytes) else str(b) for b in np.asarray(data, dtype=object).reshape(-1)]
         except UnicodeDecodeError:
-            raise InvalidInput(f"outputs '{name}': BYTES output is not UTF-8 text; ask for it with "
-                               "parameters.binary_data: true") from None
+            raise InvalidInput(
+                f"outputs '{name}': BYTES output is not UTF-8 text; ask for it with parameters.binary_data: true"
+            ) from None
     return np.asarray(data).reshape(-1).tolist()
 
 
@@ -352,4 +394,4 @@ def binary_outputs(req: Request, names: list[str]) -> dict[str, bool] | bool:
     if not req.outputs:
         return req.binary_data_output
     asked = {o.name: o.binary for o in req.outputs}
-    return {n: (asked.get(n) if asked.get(n) is not None else req.binary_data_output) for n in names}
+    return {n: bool(asked[n]) if asked.get(n) is not None else req.binary_data_output for n in names}

@@ -277,7 +277,7 @@ def test_probes_use_grpc_health_on_a_declared_port():
 
 def test_services_route_to_declared_container_ports():
     by_name = {p["name"]: p["containerPort"] for p in container()["ports"]}
-    assert by_name == {"grpc": 8001, "metrics": 8002}
+    assert by_name == {"grpc": 8001, "metrics": 8002, "http": 8000}
     for svc in docs(K8S / "service.yaml"):
         for p in svc["spec"]["ports"]:
             target = p["targetPort"]
@@ -285,7 +285,7 @@ def test_services_route_to_declared_container_ports():
                 f"Service {svc['metadata']['name']} port {p['name']} targets {target!r}: no such container port"
             assert by_name.get(target, target) == p["port"], "service ports mirror the container's"
     main_svc = one("Service", "cnn-server")
-    assert {p["name"]: p["port"] for p in main_svc["spec"]["ports"]} == {"grpc": 8001, "metrics": 8002}
+    assert {p["name"]: p["port"] for p in main_svc["spec"]["ports"]} == {"grpc": 8001, "metrics": 8002, "http": 8000}
     assert one("Service", "cnn-server-headless")["spec"]["clusterIP"] == "None"
 
 

@@ -73,6 +73,7 @@ let stroke = null;
 pad.addEventListener("pointerdown", (e) => {
   e.preventDefault();
   pad.setPointerCapture(e.pointerId);
+  clearTimeout(state.timer);  // another stroke of the same digit: send once, after the last one
   if (!state.drawn) clearPad();
   stroke = { id: e.pointerId, at: padPoint(e) };
   ctx.fillStyle = "#fff";
@@ -108,7 +109,7 @@ pad.addEventListener("pointercancel", endStroke);
 
 function width(e) {  // pen pressure when there is one; mouse and finger report 0.5 while pressed
   const p = e.pointerType === "pen" && e.pressure > 0 ? e.pressure : 0.5;
-  return pad.width * (0.045 + 0.05 * p);
+  return pad.width * (0.075 + 0.05 * p);
 }
 
 function sendPad() {
@@ -173,6 +174,12 @@ function drawBars(topk) {
     li.innerHTML = `<span class="label"></span><span class="track" role="meter" aria-valuemin="0" aria-valuemax="100">` +
                    `<span class="fill"></span></span><span class="num"></span>`;
     li.querySelector(".label").textContent = p.label;
+    if (i === 0) {  // said in words too, not by colour alone
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = "top";
+      li.querySelector(".label").append(" ", tag);
+    }
     li.querySelector(".track").setAttribute("aria-valuenow", pct.toFixed(1));
     li.querySelector(".track").setAttribute("aria-label", `${p.label}: ${pct.toFixed(1)} percent`);
     li.querySelector(".fill").style.width = `${Math.max(0.5, pct)}%`;
