@@ -4,6 +4,7 @@ called in-process with a stand-in context (no socket)."""
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 
@@ -14,11 +15,17 @@ from tests.server.onnx_models import publish, scale_model
 
 
 class Context:
+    """What the servicers use of grpc.aio's context; abort raises AbortError as grpc.aio's does."""
+
+    def __init__(self) -> None:
+        self.aborted: list[tuple[str, str]] = []
+
     def time_remaining(self):
         return None
 
     async def abort(self, code, details):
-        raise RuntimeError(f"abort {code.name}: {details}")
+        self.aborted.append((code.name, details))
+        raise grpc.aio.AbortError()
 
 
 def _request(rows: int, width: int = 4, rid: str = "") -> pb.ModelInferRequest:
@@ -48,8 +55,9 @@ def test_stream_messages_are_recorded_like_unary_calls(repo):
             servicer = InferenceServicer(s, s.metrics)
             ctx = Context()
             await servicer.ModelInfer(_request(2), ctx)
-            with pytest.raises(RuntimeError, match="abort INVALID_ARGUMENT"):
+            with pytest.raises(grpc.aio.AbortError):
                 await servicer.ModelInfer(_request(9), ctx)  # over max_batch_size
+            assert ctx.aborted == [("INVALID_ARGUMENT", "inputs[0].shape: batch of 9 rows exceeds max_batch_size 8 of model 'm'")]
 
             async def messages():
                 for r in (_request(1, rid="a"), _request(3, rid="b"), _request(9, rid="c")):
