@@ -58,6 +58,7 @@ class VersionPolicy:
 
 
 INSTANCE_ISOLATIONS = ("thread", "process")
+ARENA_EXTEND_STRATEGIES = ("next_power_of_two", "same_as_requested")  # onnxruntime's kNextPowerOfTwo, kSameAsRequested
 
 
 @dataclass
@@ -78,6 +79,11 @@ class ModelConfig:
     instance_isolation: str = "thread"
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     warmup_batch_sizes: list[int] = field(default_factory=lambda: [1])  # run at load, before READY
+    # onnxruntime memory (chosen from the batch-size measurement in docs/benchmarks.md, "Real traffic"):
+    cpu_arena: bool = True  # onnxruntime's CPU memory arena (enable_cpu_mem_arena)
+    arena_extend_strategy: str = "next_power_of_two"  # or same_as_requested: measured worse with batch sizes 1..64
+    # (more memory, still growing); same_as_requested uses one arena shared by every session of the process
+    memory_pattern: bool = False  # enable_mem_pattern: plans kept per input shape; off saved 12-14 MiB
 
     def validate(self, where: str = CONFIG_FILE) -> ModelConfig:
         def bad(key: str, why: str) -> RepositoryError:
@@ -99,6 +105,14 @@ class ModelConfig:
             raise bad(
                 "instance_isolation",
                 f"must be one of {', '.join(INSTANCE_ISOLATIONS)}, got {brief(self.instance_isolation)}",
+            )
+        for key in ("cpu_arena", "memory_pattern"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, f"must be true or false, got {brief(getattr(self, key))}")
+        if self.arena_extend_strategy not in ARENA_EXTEND_STRATEGIES:
+            raise bad(
+                "arena_extend_strategy",
+                f"must be one of {', '.join(ARENA_EXTEND_STRATEGIES)}, got {brief(self.arena_extend_strategy)}",
             )
         if not self.providers or any(p not in ("cpu", "cuda") for p in self.providers):
             raise bad("providers", f"must be a non-empty list of 'cuda' / 'cpu', got {brief(self.providers)}")

@@ -133,6 +133,11 @@ class _Instance:
             "intra_op_threads": self.config.intra_op_threads,
             "inter_op_threads": self.config.inter_op_threads,
             "warmup_batch_sizes": list(self.config.warmup_batch_sizes),
+            "memory": {  # server/runtime/threads.py MemorySettings
+                "cpu_arena": self.config.cpu_arena,
+                "arena_extend_strategy": self.config.arena_extend_strategy,
+                "memory_pattern": self.config.memory_pattern,
+            },
         }
         try:
             proc = subprocess.Popen(
@@ -368,10 +373,15 @@ def _child(argv: list[str] | None = None) -> int:
     sock = socket.socket(fileno=a.socket_fd)
     inp, out = _Region(a.input_fd), _Region(a.output_fd)
     try:
-        from server.runtime.threads import open_sessions
+        from server.runtime.threads import MemorySettings, open_sessions
 
         sess = open_sessions(
-            Path(spec["model"]), spec["intra_op_threads"], spec["inter_op_threads"], spec["providers"], 1
+            Path(spec["model"]),
+            spec["intra_op_threads"],
+            spec["inter_op_threads"],
+            spec["providers"],
+            1,
+            MemorySettings(**spec["memory"]),
         )[0]
         d = SessionDescription.of(sess)
         names = [o[0] for o in d.outputs]

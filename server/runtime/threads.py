@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,37 @@ class InstanceThreads:
             t.join()
 
 
-def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+@dataclass(frozen=True)
+class MemorySettings:
+    """The model config's onnxruntime memory keys (server/repository.py ModelConfig)."""
+
+    cpu_arena: bool = True
+    arena_extend_strategy: str = "next_power_of_two"
+    memory_pattern: bool = False
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> MemorySettings:
+        return cls(config.cpu_arena, config.arena_extend_strategy, config.memory_pattern)
+
+
+_env_arena_lock = threading.Lock()
+_env_arena_registered = False
+
+
+def _register_env_arena() -> None:
+    """kSameAsRequested: the Python API has no per-session CPU arena config, so it takes an environment arena
+    (OrtArenaCfg, strategy 1), registered once per process and shared by every session that asks for it."""
+    global _env_arena_registered
+    with _env_arena_lock:
+        if not _env_arena_registered:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+            _env_arena_registered = True
+
+
+def session_options(
+    intra_op_threads: int, inter_op_threads: int, memory: MemorySettings = MemorySettings()
+) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = inter_op_threads
@@ -126,13 +157,23 @@ def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.Session
     # Spinning worker threads burn the cores that the protocol front needs (measured: bench/).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.enable_cpu_mem_arena = memory.cpu_arena
+    opts.enable_mem_pattern = memory.memory_pattern
+    if memory.cpu_arena and memory.arena_extend_strategy == "same_as_requested":
+        _register_env_arena()
+        opts.add_session_config_entry("session.use_env_allocators", "1")
     return opts
 
 
 def open_sessions(
-    path: Path, intra_op_threads: int, inter_op_threads: int, providers: list[str], count: int
+    path: Path,
+    intra_op_threads: int,
+    inter_op_threads: int,
+    providers: list[str],
+    count: int,
+    memory: MemorySettings = MemorySettings(),
 ) -> list[ort.InferenceSession]:
-    opts = session_options(intra_op_threads, inter_op_threads)
+    opts = session_options(intra_op_threads, inter_op_threads, memory)
     try:
         return [ort.InferenceSession(str(path), sess_options=opts, providers=providers) for _ in range(count)]
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... classes
@@ -147,7 +188,12 @@ class ThreadRuntime(RuntimeBase):
     def __init__(self, path: str | Path, config: ModelConfig, version: int) -> None:
         super().__init__(path, config, version)
         self.sessions = open_sessions(
-            self.path, config.intra_op_threads, config.inter_op_threads, self.providers, config.instances
+            self.path,
+            config.intra_op_threads,
+            config.inter_op_threads,
+            self.providers,
+            config.instances,
+            MemorySettings.of(config),
         )
         self._describe(SessionDescription.of(self.sessions[0]))
         self._output_names = [o.name for o in self.outputs]
