@@ -7,7 +7,8 @@
 Starts `cnn serve` on free ports (unless --address), warms it up, then sends --requests requests in
 --samples chunks from asyncio clients (closed loop, --concurrency in flight). The traffic mixes the
 paths a leak could hide in: ModelInfer of 1 and 8 rows, Classify of 1 and 4 PNGs, NaN inputs, and
-refused requests (bad shape, unknown model, not an image), each checked against its expected status
+refused requests (bad shape, unknown model, not an image) and a hostile slice (typed contents for 1,000
+rows, a 16-bit megapixel PNG, a Classify call above the pixel budget), each checked against its expected status
 code. After the warm-up and after every chunk it samples the server's VmRSS, VmHWM, threads and open
 file descriptors from /proc. Reported: RSS growth from warm-up to end (%), the fitted slope (KiB per
 10,000 requests), throughput, latency percentiles, every unexpected status, the server's own request
@@ -90,6 +91,34 @@ def traffic(model: str) -> list[Kind]:
         Kind("unknown-model", MODEL_INFER, infer(1, name="no-such-model"), "NOT_FOUND", 4),
         Kind("not-an-image", CLASSIFY, classify([b"this is not an image"]), "INVALID_ARGUMENT", 4),
         Kind("truncated-png", CLASSIFY, classify([pngs[0][: len(pngs[0]) // 2]]), "INVALID_ARGUMENT", 2),
+        *hostile(model, infer, classify),
+    ]
+
+
+def hostile(model: str, infer, classify) -> list[Kind]:
+    """A slice of hostile requests (issue 18): typed contents for far more rows than the model takes, a
+    16-bit PNG whose few KB declare a megapixel, and a call above the per-call pixel budget."""
+    import io
+
+    from PIL import Image
+
+    from protos.inference import grpc_service_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name=model)
+    t = req.inputs.add(name="input", datatype="FP32", shape=[1000, 1, 28, 28])
+    t.contents.fp32_contents.extend(np.zeros(1000 * 28 * 28, np.float32).tolist())
+
+    def png(side: int, dtype) -> bytes:
+        a = np.zeros((side, side), dtype)
+        a[0, 0] = 40000 if dtype == np.uint16 else 200
+        buf = io.BytesIO()
+        (Image.fromarray(a) if dtype == np.uint16 else Image.fromarray(a, "L")).save(buf, "PNG")
+        return buf.getvalue()
+
+    return [
+        Kind("typed-1000-rows", MODEL_INFER, req.SerializeToString(), "INVALID_ARGUMENT", 1),
+        Kind("classify-16bit-1M", CLASSIFY, classify([png(1024, np.uint16)]), "OK", 1),
+        Kind("classify-over-budget", CLASSIFY, classify([png(4096, np.uint8)] * 8), "RESOURCE_EXHAUSTED", 1),
     ]
 
 

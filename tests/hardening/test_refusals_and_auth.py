@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 
 import grpc
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,27 +21,35 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.hardening.conftest import scale_request, serve
-from tests.reliability.helpers import Stubs
+from tests.reliability.helpers import Stubs, pb
+from tests.server.onnx_models import publish, slow_model
 
 
 def test_expired_deadline_flood_logs_no_tracebacks_and_few_lines(repo):
-    """4,000 requests whose deadlines (1-20 ms) expire in transit, in the queue or while computing: the log
-    gets no traceback, no ERROR, and a rate-limited handful of warnings rather than one per request."""
+    """2,000 requests to a model that takes ~20 ms per batch, with deadlines of 5-200 ms: most expire in the
+    queue or while computing. The log gets no traceback, no ERROR, and a rate-limited handful of warnings
+    (0e6d6fb: one warning per refused request, 77 in one run; the refactored tree also an ERROR traceback
+    whenever the deadline passed between the refusal and its abort)."""
+    publish(repo, "slow", slow_model(width=256, layers=40), max_batch_size=8)
     s = serve(repo)
+    req = pb.ModelInferRequest(model_name="slow")
+    req.inputs.add(name="input", datatype="FP32", shape=[1, 256])
+    req.raw_input_contents.append(np.ones((1, 256), "<f4").tobytes())
     try:
         with Stubs(s.address) as st:
-            st.infer.ModelInfer(scale_request(), timeout=10)
-            futures = [st.infer.ModelInfer.future(scale_request(), timeout=0.001 * (1 + i % 20)) for i in range(4000)]
+            st.infer.ModelInfer(req, timeout=30)
+            futures = [st.infer.ModelInfer.future(req, timeout=0.005 * (1 + i % 40)) for i in range(2000)]
             codes = {f.exception().code() if f.exception() else grpc.StatusCode.OK for f in futures}
-            assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE}, codes  # queue full
+            allowed = {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE}  # queue full
+            assert codes <= allowed, codes
             assert grpc.StatusCode.DEADLINE_EXCEEDED in codes
             assert st.infer.ModelInfer(scale_request(), timeout=10).outputs
     finally:
         assert s.stop() == 0
     lines = s.log().splitlines()
     assert not any("Traceback" in line or " ERROR " in line for line in lines), s.log()[-3000:]
-    warnings = [line for line in lines if " WARNING " in line and "DEADLINE" in line.upper()]
-    assert len(warnings) <= 30, f"{len(warnings)} deadline warnings:\n" + "\n".join(warnings[:5])
+    warnings = [line for line in lines if " WARNING " in line]
+    assert len(warnings) <= 30, f"{len(warnings)} warnings:\n" + "\n".join(warnings[:5])
 
 
 def test_bearer_scheme_is_case_insensitive(repo, tmp_path):
