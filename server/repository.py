@@ -25,7 +25,10 @@ from typing import Any
 
 import yaml
 
-from preprocessing.spec import Preprocessing  # the one definition, re-exported here (no torch there)
+from preprocessing.spec import (  # the one definition, re-exported here (no torch there)
+    Preprocessing,
+    PreprocessingError,
+)
 from server import yaml_safe
 from server.errors import RepositoryError
 from server.yaml_safe import brief
@@ -314,6 +317,11 @@ class ModelMetadata:
     created: str = ""
     project_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # anything else the exporter records
+    # What the model answered on the test split (export/reference.py; empty for models exported before it):
+    # {"split", "images", "class_share": {label: share of top-1 answers}, "confidence_quantiles": {"0.01": ...},
+    #  "confidence_histogram": [share per 0.01-wide bin of the top-1 probability over 0..1]}; the server
+    # exposes it beside the live answers (server/predictions.py) for the drift alerts.
+    reference: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -333,8 +341,10 @@ class ModelMetadata:
             raise RepositoryError(f"{where}: metadata '{METADATA_KEY}' lacks 'labels'")
         pre = data.get("preprocessing") or {}
         try:
-            data["preprocessing"] = Preprocessing(**pre)
+            data["preprocessing"] = Preprocessing.from_dict(pre, where=f"{where}: metadata preprocessing")
             md = cls(**data)
+        except PreprocessingError as e:
+            raise RepositoryError(str(e)) from None
         except TypeError as e:
             raise RepositoryError(f"{where}: metadata '{METADATA_KEY}': {e}") from None
         md.extra.update(extra)
