@@ -53,7 +53,11 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.metrics = Metrics(max_batch_size=256)
+        self.metrics = Metrics(
+            max_batch_size=256,
+            low_confidence_threshold=config.low_confidence_threshold,
+            prediction_max_classes=config.prediction_max_classes,
+        )
         registry = ModelRegistry(config.repository, self.metrics, config.poll_interval_s)
         limits = ImageLimits(max_pixels=config.max_image_pixels)
         self.service = InferenceService(

@@ -60,6 +60,10 @@ class ServerConfig:
     #                             latency under load but lets memory grow (docs/benchmarks.md): an option, not the default
     event_loop: str = "uvloop"  # uvloop | asyncio: uvloop (libuv) costs the server less CPU per request
     #                             (bench/results/ab/event-loop.md)
+    low_confidence_threshold: float = 0.5  # answers whose top-1 probability is under this count as low-confidence
+    #                                        (cnn_low_confidence_predictions_total; server/predictions.py)
+    prediction_max_classes: int = 32  # class label values per model in the prediction series; a model with more
+    #                                   classes reports the rest (by its test-split share) as class "other"
 
     def validate(self, where: Mapping[str, str] | None = None) -> ServerConfig:
         where = where or {}
@@ -112,6 +116,10 @@ class ServerConfig:
             raise bad(
                 "gc_gen0_threshold", f"must be 0 (Python's default) or in 100..10000000, got {self.gc_gen0_threshold}"
             )
+        if not 0.0 < self.low_confidence_threshold < 1.0:
+            raise bad("low_confidence_threshold", f"must be between 0 and 1, got {self.low_confidence_threshold}")
+        if not 1 <= self.prediction_max_classes <= 1000:
+            raise bad("prediction_max_classes", f"must be in 1..1000, got {self.prediction_max_classes}")
         if self.event_loop not in EVENT_LOOPS:
             raise bad("event_loop", f"must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
         if self.event_loop == "uvloop":

@@ -3,7 +3,8 @@
 Base units (`_seconds`), `_total` on counters, histograms (not summaries) so replicas aggregate, and
 low-cardinality labels (model, version, code, provider; never request ids). Measured at three points
 of the data path: the protocol adapter (requests, duration, in flight), the batcher (queue wait, queue
-depth, batch size) and the runtime (compute, model loads).
+depth, batch size) and the runtime (compute, model loads); and what the models answer (server/predictions.py:
+top-1 class and confidence per model beside the test-split reference).
 
 The catalog is documented in docs/operations.md (tests/deploy/test_catalog.py keeps the two in step);
 the dashboard (deploy/grafana) and alerts (deploy/prometheus) read these names. Label values are
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import platform
+from collections.abc import Iterable, Sequence
 from importlib import metadata as _metadata
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,6 +31,8 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+
+from server.predictions import PredictionTelemetry
 
 PREFIX = "cnn"
 
@@ -109,7 +114,13 @@ def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
 class Metrics:
     """All server metrics on a private registry (tests create several servers in one process)."""
 
-    def __init__(self, max_batch_size: int = 256, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        max_batch_size: int = 256,
+        registry: CollectorRegistry | None = None,
+        low_confidence_threshold: float = 0.5,
+        prediction_max_classes: int = 32,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)
@@ -221,6 +232,8 @@ class Metrics:
             self.in_flight_counts[rpc] = 0
             self.in_flight.labels(rpc).set_function(functools.partial(self.in_flight_counts.__getitem__, rpc))
         self._children: dict = {}
+        # --- answers: top-1 class and confidence per model, and the test-split reference (server/predictions.py)
+        self.predictions = PredictionTelemetry(r, low_confidence_threshold, prediction_max_classes)
 
     def child(self, metric, *labels: str):
         """`metric.labels(*labels)`, cached: the hot path asks for the same few series on every request, and
@@ -268,6 +281,17 @@ class Metrics:
         self.init_version(model, version)
         if queue_capacity_rows is not None:
             self.queue_capacity.labels(model).set(queue_capacity_rows)
+
+    def init_predictions(
+        self,
+        model: str,
+        labels: Sequence[str],
+        output_names: Iterable[str],
+        reference: dict[str, Any] | None,
+        version: str = "",
+    ) -> None:
+        """A version is swapped in: its prediction series (every class, at 0) and its test-split reference."""
+        self.predictions.configure(model, labels, output_names, reference, version)
 
     def start_http(self, host: str, port: int):
         """Serve /metrics; returns (server, thread). Port 0 picks a free port (server.server_port)."""

@@ -320,6 +320,7 @@ class ModelRegistry:
         m._refresh()
         self.metrics.model_loaded.labels(m.name, str(version), served.runtime.provider).set(1)
         self.metrics.preinitialise(m.name, str(version), queue_capacity_rows=served.batcher.max_queue_rows)
+        self._init_predictions(m, served)
         log.info(
             "model %s version %d READY on %s (warm-up %.3f s)",
             m.name,
@@ -349,6 +350,7 @@ class ModelRegistry:
             self.metrics.model_loaded.remove(m.name, str(version), old.runtime.provider)
         self.metrics.model_loaded.labels(m.name, str(version), served.runtime.provider).set(1)
         self.metrics.preinitialise(m.name, str(version), queue_capacity_rows=served.batcher.max_queue_rows)
+        self._init_predictions(m, served)
         log.info(
             "model %s version %d READY with the new config on %s; draining the old one (%d queued rows)",
             m.name,
@@ -357,6 +359,15 @@ class ModelRegistry:
             old.batcher.queued_rows,
         )
         await old.retire()
+
+    def _init_predictions(self, m: ModelRecord, served: ServedVersion) -> None:
+        """The model's prediction series follow its newest served version (labels and test-split reference)."""
+        newest = max((r.version for r in m.versions.values() if r.served), default=0)
+        if served.version >= newest:
+            md = served.runtime.metadata
+            self.metrics.init_predictions(
+                served.name, md.labels, [o.name for o in served.runtime.outputs], md.reference, str(served.version)
+            )
 
     async def _load_version(self, rec: VersionRecord, cfg: repo.ModelConfig) -> ServedVersion | None:
         """LOADING -> a warm ServedVersion (not yet swapped in), or None with the record UNAVAILABLE and why."""

@@ -60,6 +60,7 @@ from server.decode_policy import DecodePolicy, DecodePool, plan_images
 from server.errors import InvalidInput, ServingError, Unavailable, Unimplemented
 from server.imaging import ImageLimits, decode, from_raw, to_model_input
 from server.metrics import Metrics
+from server.predictions import ModelPredictions
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class InferenceService:
         self._decode_pool = DecodePool()  # threads start on first use
         self.allow_model_control = allow_model_control
         self._draining = False
+        self._predictions = metrics.predictions.models  # model -> its prediction counts (server/predictions.py)
 
     # ---------------------------------------------------------------------------------------------
     # lifecycle and health
@@ -320,6 +322,9 @@ class InferenceService:
             self._request_done(sv, t0, False, rows)
             raise
         self._request_done(sv, t0, True, rows)
+        tap = self._predictions.get(sv.name)
+        if tap is not None and tap.output is not None:
+            self._record_predictions(tap, result, None)
         outputs = []
         for o in wanted:
             arr = result[o.name]
@@ -328,6 +333,21 @@ class InferenceService:
             else:
                 outputs.append(InferOutput(o.name, p.output_datatypes[o.name], arr.shape, arr))
         return InferResponse(sv.name, p.version, request_id, outputs)
+
+    @staticmethod
+    def _record_predictions(
+        tap: ModelPredictions, outputs: dict[str, np.ndarray] | None, probs: np.ndarray | None
+    ) -> None:
+        """The one place answers are counted for the prediction telemetry (every RPC, every protocol): from a
+        classifier's output of an inference answer, or from Classify's and Explain's probabilities. A failure
+        here never fails the request it describes."""
+        try:
+            if probs is not None:
+                tap.record(probs)
+            elif outputs is not None:
+                tap.record_outputs(outputs)
+        except Exception:  # pragma: no cover - telemetry must not turn an answer into an error
+            log.exception("prediction telemetry failed")
 
     def _validate(self, req: InferRequest, sv: ServedVersion) -> tuple[np.ndarray, int]:
         """Check the inputs against the model, wording every refusal; returns (array, rows)."""
@@ -435,6 +455,9 @@ class InferenceService:
             raise
         self._request_done(sv, t0, True, len(x))
         probs = np.concatenate([self._probabilities(r) for r in results], axis=0)
+        tap = self._predictions.get(sv.name)
+        if tap is not None:
+            self._record_predictions(tap, None, probs)
         labels = sv.runtime.metadata.labels
         k = max(1, min(req.top_k or 1, probs.shape[1]))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -491,6 +514,9 @@ class InferenceService:
             self._request_done(sv, t0, False, len(x))
             raise
         self._request_done(sv, t0, True, rows)
+        tap = self._predictions.get(sv.name)
+        if tap is not None:
+            self._record_predictions(tap, None, probs)
         heatmaps = await render(x, classes, maps, labels, md, req)
         return ExplainResponse(
             sv.name,

@@ -27,6 +27,8 @@ def catalog() -> dict[str, tuple[str, set[str]]]:
     m = Metrics(max_batch_size=64)
     m.preinitialise("m", "1", queue_capacity_rows=1024)
     m.model_loaded.labels("m", "1", "CPUExecutionProvider").set(1)
+    m.init_predictions("m", ["a", "b"], ["logits", "probabilities"], {  # a model with its test-split reference
+        "class_share": {"a": 0.5, "b": 0.5}, "confidence_quantiles": {"0.5": 0.9}, "confidence_histogram": [1.0]})
     types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", exposition(m), re.M))
     out: dict[str, tuple[str, set[str]]] = {}
     for fam in text_string_to_metric_families(exposition(m)):
@@ -101,7 +103,7 @@ def _used_metrics(expr: str) -> set[str]:
 
 def _alert_exprs() -> list[tuple[str, str]]:
     groups = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
-    return [(r["alert"], r["expr"]) for g in groups for r in g["rules"]]
+    return [(r["alert"], r["expr"]) for g in groups for r in g["rules"] if "alert" in r]  # not recording rules
 
 
 def test_dashboard_and_alerts_use_only_catalogued_metrics():
