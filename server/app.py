@@ -37,6 +37,7 @@ from server.grpc.inference import InferenceServicer
 from server.imaging import ImageLimits
 from server.metrics import Metrics
 from server.security import BearerTokenInterceptor, load_tokens, server_credentials
+from server.startup import models_summary, summary_line
 from server.transport import certificate_warnings, grpc_options
 
 if TYPE_CHECKING:  # imported when HTTP is on (server/http/ brings aiohttp)
@@ -213,14 +214,17 @@ async def main(config: ServerConfig, ready_pipe=None) -> int:
         if config.metrics_address
         else "off"
     )
-    ready = ", ".join(f"{m.name} v{','.join(m.versions)}" for m in server.service.list_models()) or "none"
+    ready = models_summary(  # name, versions, provider (server/startup.py)
+        (m.name, m.versions, server.service.model_config(m.name).provider) for m in server.service.list_models()
+    )
+    tokens = load_tokens(config.auth_tokens_file) if config.auth_tokens_file else None
     if ready_pipe is not None:  # a worker: the supervisor prints one line for all of them
         ready_pipe.send((server.grpc_port, metrics, ready))
         ready_pipe.close()
     else:
         # Tests and scripts parse this line to find the ports (port 0 picks free ones).
         http = f"http://{config.http_address.rpartition(':')[0]}:{server.http_port}" if config.http_address else "off"
-        print(f"serving gRPC on {host}:{server.grpc_port} metrics {metrics} http {http} models: {ready}", flush=True)
+        print(summary_line(host, server.grpc_port, metrics, ready, config, tokens, http), flush=True)
     await stop_requested.wait()
     await server.stop()
     return 0
@@ -289,8 +293,10 @@ def _supervise(config: ServerConfig) -> int:
         reserve.close()
     grpc_port, metrics, ready = answers[0]
     others = ", ".join(a[1].rpartition(":")[2].split("/")[0] for a in answers[1:]) if metrics != "off" else ""
+    tokens = load_tokens(config.auth_tokens_file) if config.auth_tokens_file else None
     print(
-        f"serving gRPC on {host}:{grpc_port} metrics {metrics} models: {ready} (workers: {config.workers}"
+        summary_line(host, grpc_port, metrics, ready, config, tokens)
+        + f" (workers: {config.workers}"
         + (f"; the others' metrics ports: {others}" if others else "")
         + ")",
         flush=True,

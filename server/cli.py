@@ -44,6 +44,7 @@ def run_serve(args) -> int:
     from server.app import run
     from server.config import ConfigError, load_config
     from server.errors import RepositoryError
+    from server.startup import check_addresses
 
     overrides = {
         k: getattr(args, k)
@@ -66,6 +67,7 @@ def run_serve(args) -> int:
     }
     try:
         config = load_config(args.config, overrides=overrides)
+        check_addresses(config)  # every listen address, before any model loads: one line naming it
         return run(config)
     except (ConfigError, RepositoryError, OSError) as e:
         print(f"cnn serve: {e}", file=sys.stderr)

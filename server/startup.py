@@ -1,6 +1,6 @@
 """Before and after `cnn serve` starts: the port pre-check and the one start-up summary line.
 
-`check_addresses(config)` test-binds every configured listen address (gRPC, metrics) before any model is
+`check_addresses(config)` test-binds every configured listen address (gRPC, metrics, HTTP) before any model is
 loaded, so a taken port costs a second, not a repository's worth of loading, and fails with one line that
 names the address, the setting and the flag:
 
@@ -8,9 +8,9 @@ names the address, the setting and the flag:
     another server is running there? stop it or choose another port with --grpc-address HOST:PORT
 
 `summary_line(...)` builds the ready line that tests and scripts parse (client/testing.py READY_LINE keeps
-its prefix `serving gRPC on HOST:PORT metrics URL|off models: ...`) and then says what is on:
+its prefix `serving gRPC on HOST:PORT metrics URL|off [http URL|off] models: ...`) and then says what is on:
 
-    serving gRPC on 127.0.0.1:8001 metrics http://127.0.0.1:8002/metrics models: lenet5-digits v1
+    serving gRPC on 127.0.0.1:8001 metrics http://127.0.0.1:8002/metrics http http://127.0.0.1:8000 models: lenet5-digits v1
     [CPUExecutionProvider]; TLS: mutual (client certificates required); tokens: inference, repository
     (open: health, metadata, statistics)
 
@@ -32,11 +32,15 @@ GROUPS = ("health", "metadata", "inference", "statistics", "repository")  # as i
 _FLAGS = {
     "grpc_address": ("--grpc-address", "the gRPC port"),
     "metrics_address": ("--metrics-address", "the Prometheus /metrics port"),
+    "http_address": ("--http-address", "the HTTP port"),
 }
 
 
 class AddressInUse(OSError):
     """A configured listen address cannot be bound; the message is the one line to print."""
+
+    def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno 98]" prefix
+        return str(self.strerror)
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,10 @@ class Listen:
 
 
 def listen_addresses(config: ServerConfig) -> list[Listen]:
-    """The addresses `config` listens on (metrics_address '' is off and left out)."""
+    """The addresses `config` listens on (metrics_address / http_address '' are off and left out)."""
     out = []
-    for key in ("grpc_address", "metrics_address"):
-        value = getattr(config, key)
+    for key in _FLAGS:
+        value = getattr(config, key, "")
         if not value:
             continue
         host, _, port = str(value).rpartition(":")
@@ -160,10 +164,12 @@ def summary_line(
     models: str,
     config: ServerConfig,
     tokens: Mapping[str, Iterable[str]] | None,
+    http: str | None = None,
 ) -> str:
-    """The ready line: the prefix client/testing.py parses, then TLS and tokens. `metrics` is the URL or 'off';
-    `models` is models_summary()'s text."""
+    """The ready line: the prefix client/testing.py parses (`http URL|off` when the server has an HTTP
+    setting), then TLS and tokens. `metrics` is the URL or 'off'; `models` is models_summary()'s text."""
+    http_part = f" http {http}" if http is not None else ""
     return (
-        f"serving gRPC on {host}:{grpc_port} metrics {metrics} models: {models}; "
+        f"serving gRPC on {host}:{grpc_port} metrics {metrics}{http_part} models: {models}; "
         f"{tls_summary(config)}; {tokens_summary(tokens)}"
     )
