@@ -70,3 +70,25 @@ def test_the_python_client_gets_the_same_numbers_and_a_chosen_class(server, tmp_
     assert [h.index for h in r.heatmaps] == [3, 5] and [h.label for h in r.heatmaps] == ["3", "5"]
     assert all(h.overlay_png == b"" and h.values.shape == (28, 28) for h in r.heatmaps)
     assert not np.array_equal(r.heatmaps[0].values, r.heatmaps[1].values)
+
+
+def test_a_refused_request_names_the_field_over_the_wire(server, tmp_path):
+    from server.security import group_of
+
+    assert group_of("/cnn.v1.Classification/Explain") == "inference"  # the same tokens as Classify
+    r = cnn(
+        "explain",
+        str(digit_examples()[0]),
+        "--server",
+        server.address,
+        "--out",
+        str(tmp_path),
+        "--class",
+        "99",
+        check=False,
+    )
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        f"cnn explain: {server.address}: INVALID_ARGUMENT: class_indices[0]: 99 is not a class of this model (0..9)"
+    )
+    assert list(tmp_path.iterdir()) == []
