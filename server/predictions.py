@@ -16,8 +16,8 @@ of the reference (or, without one, its first `max_classes` labels) under their n
 class "other", live and reference alike; a model's series are the ones of its newest served version.
 
 Cheap: the core (server/core/service.py) hands every answer's probabilities (or logits) over once per
-response; the counts live in numpy arrays updated on the event loop (one argmax, one bincount per response;
-plain indexing for one row), and the collector reads them only when scraped.
+response; the counts live in plain lists updated on the event loop (one argmax and a few list increments for a
+one-row answer; one argmax and two bincounts for a batch), and the collector reads them only when scraped.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 OTHER = "other"
 # Top-1 probabilities: dense near 1 where a healthy classifier answers, coarse below.
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+_BOUNDS = np.array(CONFIDENCE_BUCKETS)  # searchsorted(side="left"): index of the first bucket with c <= bound
 REFERENCE_QUANTILES = ("0.01", "0.05", "0.1", "0.25", "0.5")  # keys of reference["confidence_quantiles"]
 PROBABILITIES, LOGITS = "probabilities", "logits"  # the output names `cnn export` writes (export/onnx.py)
 
@@ -54,6 +55,7 @@ class ModelPredictions:
     """One model's counts. `record(probs)` runs on the event loop; the collector copies the arrays."""
 
     __slots__ = (
+        "_slot_list",
         "buckets",
         "conf_sum",
         "counts",
@@ -91,8 +93,9 @@ class ModelPredictions:
             self.slots = list(labels)
             slot_of = np.arange(self.num_classes, dtype=np.intp)
         self.slot_of = slot_of
-        self.counts = np.zeros(len(self.slots), dtype=np.int64)
-        self.buckets = np.zeros(len(CONFIDENCE_BUCKETS) + 1, dtype=np.int64)  # per bucket, not cumulative
+        self._slot_list = slot_of.tolist()  # one-row answers index Python lists: ~10x cheaper than numpy scalars
+        self.counts = [0] * len(self.slots)
+        self.buckets = [0] * (len(CONFIDENCE_BUCKETS) + 1)  # per bucket, not cumulative
         self.conf_sum = 0.0
         self.low = 0
         self.reference = self._reference(labels, reference) if reference else None
@@ -119,21 +122,10 @@ class ModelPredictions:
         if probs.shape[0] == 1:  # the common request: plain indexing beats vectorising one row
             row = probs[0]
             j = int(row.argmax())
-            c = float(row[j])
-            if c != c:  # NaN inputs give NaN answers: not a prediction
-                return
-            self.counts[self.slot_of[j]] += 1
-            self.buckets[bisect.bisect_left(CONFIDENCE_BUCKETS, c)] += 1
-            self.conf_sum += c
-            if c < self.threshold:
-                self.low += 1
+            self._add_one(j, float(row[j]))
             return
         top = probs.argmax(axis=1)
-        conf = probs[np.arange(len(top)), top].astype(np.float64)
-        if not np.isfinite(conf).all():
-            keep = np.isfinite(conf)
-            top, conf = top[keep], conf[keep]
-        self._add(top, conf)
+        self._add(top, probs[np.arange(len(top)), top].astype(np.float64))
 
     def record_logits(self, logits: np.ndarray) -> None:
         """As `record`, from logits: the top-1 probability of a softmax is 1 / sum(exp(logits - max))."""
@@ -142,16 +134,35 @@ class ModelPredictions:
         top = logits.argmax(axis=1)
         z = logits.astype(np.float64) - logits[np.arange(len(top)), top][:, None]
         conf = 1.0 / np.exp(z).sum(axis=1)
-        keep = np.isfinite(conf)
-        if not keep.all():
-            top, conf = top[keep], conf[keep]
-        self._add(top, conf)
+        if len(top) == 1:
+            self._add_one(int(top[0]), float(conf[0]))
+        else:
+            self._add(top, conf)
+
+    def _add_one(self, j: int, c: float) -> None:
+        if c != c:  # NaN inputs give NaN answers: not a prediction
+            return
+        self.counts[self._slot_list[j]] += 1
+        self.buckets[bisect.bisect_left(CONFIDENCE_BUCKETS, c)] += 1
+        self.conf_sum += c
+        if c < self.threshold:
+            self.low += 1
 
     def _add(self, top: np.ndarray, conf: np.ndarray) -> None:
-        self.counts += np.bincount(self.slot_of[top], minlength=len(self.slots))
-        self.buckets += np.bincount(np.searchsorted(CONFIDENCE_BUCKETS, conf, side="left"), minlength=len(self.buckets))
-        self.conf_sum += float(conf.sum())
-        self.low += int((conf < self.threshold).sum())
+        total = float(conf.sum())
+        if total != total:  # NaN rows (non-finite inputs) are not predictions
+            keep = ~np.isnan(conf)
+            top, conf = top[keep], conf[keep]
+            total = float(conf.sum())
+        counts, buckets = self.counts, self.buckets
+        for i, n in enumerate(np.bincount(self.slot_of[top], minlength=len(counts)).tolist()):
+            if n:
+                counts[i] += n
+        for i, n in enumerate(np.bincount(np.searchsorted(_BOUNDS, conf), minlength=len(buckets)).tolist()):
+            if n:
+                buckets[i] += n
+        self.conf_sum += total
+        self.low += int(np.count_nonzero(conf < self.threshold))
 
     def record_outputs(self, outputs: dict[str, np.ndarray]) -> None:
         """A ModelInfer answer (every output of the model): counted only from a classifier's output."""
@@ -160,7 +171,8 @@ class ModelPredictions:
         arr = outputs.get(self.output)
         if arr is None:
             return
-        arr = arr.reshape(len(arr), -1)
+        if arr.ndim != 2:
+            arr = arr.reshape(len(arr), -1)
         if self.output == PROBABILITIES:
             self.record(arr)
         else:
@@ -233,10 +245,10 @@ class PredictionTelemetry(Collector):
             labels=["model"],
         )
         for model, m in list(self.models.items()):
-            counts, buckets = m.counts.copy(), m.buckets.copy()
-            for name, n in zip(m.slots, counts.tolist()):
+            counts, buckets = list(m.counts), list(m.buckets)
+            for name, n in zip(m.slots, counts):
                 preds.add_metric([model, name], n)
-            cum = np.cumsum(buckets).tolist()
+            cum = np.cumsum(buckets).tolist()  # Prometheus buckets are cumulative
             bounds = [str(b) for b in CONFIDENCE_BUCKETS] + ["+Inf"]
             conf.add_metric([model], list(zip(bounds, cum)), m.conf_sum)
             low.add_metric([model], m.low)
