@@ -86,7 +86,7 @@ def test_export_models_list_and_serve_share_the_default_repository(trained_run, 
     # serve (same default) finds the model exported without --repository
     port = free_port()
     p = subprocess.Popen([PY, "-m", "client.cli", "serve", "--grpc-address", f"127.0.0.1:{port}", "--metrics-address", "",
-                          "--poll-interval-s", "0"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          "--http-address", "", "--poll-interval-s", "0"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         line = p.stdout.readline()

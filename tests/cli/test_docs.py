@@ -49,8 +49,9 @@ def test_example_server_yaml_loads_and_covers_every_key():
 
 
 def test_cnn_serve_accepts_the_example_config():
+    free = ["--grpc-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0"]
     r = subprocess.run([PY, "-m", "client.cli", "serve", "--config", "examples/server.yaml", "--repository",
-                        "/nonexistent-repository"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                        "/nonexistent-repository", *free], cwd=ROOT, capture_output=True, text=True, timeout=120)
     # the config is valid: the start gets as far as the repository, which does not exist
     assert r.returncode == 2 and "/nonexistent-repository" in r.stderr and "config" not in r.stderr.lower(), r.stderr
 
