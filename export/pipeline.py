@@ -25,6 +25,7 @@ from export.explain import EXPLAIN_FILE, add_explanation
 from export.onnx import DEFAULT_EXPORTER, DEFAULT_OPSET, export_onnx, metadata_from_checkpoint, rewrite_metadata
 from export.publish import prepare_model_dir, publish, remove_if_unused, sanitize_name, staging, validate_name
 from export.quantize import DEFAULT_INT8_FORMAT, DEFAULT_MAX_ACCURACY_DROP
+from export.reference import reference
 from export.verify import DEFAULT_ATOL
 from server.repository import MODEL_FILE
 
@@ -178,6 +179,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, repository: str | os.PathLi
             metadata.metrics["test_accuracy"] = acc[f"{precision}_test_accuracy"]
             metadata.extra.update({"precision": precision, "parity": report.to_dict(), "quantization": quant,
                                    "test_split": test.spec})
+            # what the model answers on the test split: the server's reference for drift (export/reference.py)
+            metadata.reference = reference(final, test.batches(), list(metadata.labels), test.spec)
             rewrite_metadata(final, metadata)
             verify.check_file(final)  # the bytes that get published, after the metadata rewrite
             shutil.rmtree(work)
