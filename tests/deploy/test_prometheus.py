@@ -41,7 +41,7 @@ def test_promtool_check_config_on_the_shipped_config(promtool):
 
 def test_promtool_check_rules(promtool):
     out = promtool_run(promtool, "check", "rules", "alerts.yml")
-    assert "SUCCESS: 7 rules found" in out
+    assert "SUCCESS: 13 rules found" in out  # 9 alerts, 4 recording rules (prediction drift)
 
 
 def test_promtool_test_rules(promtool):
@@ -230,7 +230,28 @@ def test_alert_rules_load_and_evaluate_quietly(stack, traffic):
                          for r in rules) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert len(rules) == 7
+    assert len(rules) == 13
     for r in rules:
         assert r["health"] == "ok", f"rule {r['name']}: {r.get('lastError')}"
-        assert r["state"] == "inactive", f"alert {r['name']} is {r['state']} on a healthy server: {r.get('alerts')}"
+        if r["type"] == "alerting":
+            assert r["state"] == "inactive", f"alert {r['name']} is {r['state']} on a healthy server: {r.get('alerts')}"
+
+
+def test_prediction_metrics_after_real_traffic(stack, traffic):
+    """Every answer of the known traffic is one top-1 prediction (Classify images and ModelInfer rows), the
+    test-split reference that export recorded is scraped beside it, and the drift rules compute from both."""
+    m = MODEL_NAME
+    answers = float(traffic.classify_rows + traffic.infer_rows)
+    stack.wait_for(f'sum(cnn_predictions_total{{model="{m}"}})', answers)
+    stack.wait_for(f'sum(cnn_prediction_confidence_count{{model="{m}"}})', answers)
+    classes = stack.query(f'cnn_predictions_total{{model="{m}"}}')
+    assert sorted(r["metric"]["class"] for r in classes) == [str(i) for i in range(10)]  # every class, 0s included
+    low = float(stack.query(f'sum(cnn_low_confidence_predictions_total{{model="{m}"}})')[0]["value"][1])
+    assert 0 <= low <= answers
+    share = float(stack.wait_for(f'sum(cnn_reference_class_share{{model="{m}"}})')[0]["value"][1])
+    assert abs(share - 1) < 1e-3
+    assert stack.query(f'cnn_reference_low_confidence_share{{model="{m}"}}')
+    assert len(stack.query(f'cnn_reference_confidence{{model="{m}"}}')) == 5
+    tvd = float(stack.wait_for(f'model:prediction_class_drift:tvd30m{{model="{m}"}}')[0]["value"][1])
+    assert 0 <= tvd <= 1
+    stack.wait_for(f'model:low_confidence_predictions:share_rate30m{{model="{m}"}}')
