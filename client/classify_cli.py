@@ -180,8 +180,8 @@ def run_classify(args) -> int:
             failed.append(name)
             print(f"{PROG}: {path}: cannot read: {e.strerror}", file=sys.stderr)
     if not items:
-        print(f"{PROG}: no image could be read ({len(failed)} named)", file=sys.stderr)
-        return 1
+        print(f"{PROG}: error: no image could be read ({len(failed)} named)", file=sys.stderr)
+        return 2  # nothing to send: a usage error, like a bad flag
     with ClassificationClient(args.server, timeout_s=args.timeout_s, token=args.token, tls_names=names, **tls) as c:
         try:
             c.wait_ready(args.connect_timeout_s)
