@@ -16,14 +16,15 @@ of the reference (or, without one, its first `max_classes` labels) under their n
 class "other", live and reference alike; a model's series are the ones of its newest served version.
 
 Cheap: the core (server/core/service.py) hands every answer's probabilities (or logits) over once per
-response; the counts live in plain lists updated on the event loop (one argmax and a few list increments for a
-one-row answer; one argmax and two bincounts for a batch), and the collector reads them only when scraped.
+response; each answer is queued by reference (a deque append) and counted in bulk, every 64 answers on the event loop
+and before every scrape (one concatenate, argmax and two bincounts for all of them).
 """
 
 from __future__ import annotations
 
-import bisect
+import collections
 import math
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ OTHER = "other"
 # Top-1 probabilities: dense near 1 where a healthy classifier answers, coarse below.
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 _BOUNDS = np.array(CONFIDENCE_BUCKETS)  # searchsorted(side="left"): index of the first bucket with c <= bound
+FLUSH_EVERY = 64  # answers queued before they are counted on the event loop (a scrape counts the rest first)
 REFERENCE_QUANTILES = ("0.01", "0.05", "0.1", "0.25", "0.5")  # keys of reference["confidence_quantiles"]
 PROBABILITIES, LOGITS = "probabilities", "logits"  # the output names `cnn export` writes (export/onnx.py)
 
@@ -55,7 +57,8 @@ class ModelPredictions:
     """One model's counts. `record(probs)` runs on the event loop; the collector copies the arrays."""
 
     __slots__ = (
-        "_slot_list",
+        "_lock",
+        "_pending",
         "buckets",
         "conf_sum",
         "counts",
@@ -93,7 +96,8 @@ class ModelPredictions:
             self.slots = list(labels)
             slot_of = np.arange(self.num_classes, dtype=np.intp)
         self.slot_of = slot_of
-        self._slot_list = slot_of.tolist()  # one-row answers index Python lists: ~10x cheaper than numpy scalars
+        self._pending: collections.deque = collections.deque()  # (answer array, is logits) not yet counted
+        self._lock = threading.Lock()  # one flush at a time (event loop or scrape thread)
         self.counts = [0] * len(self.slots)
         self.buckets = [0] * (len(CONFIDENCE_BUCKETS) + 1)  # per bucket, not cumulative
         self.conf_sum = 0.0
@@ -115,42 +119,49 @@ class ModelPredictions:
             "low": low_share(hist, self.threshold) if hist else None,
         }
 
-    def record(self, probs: np.ndarray) -> None:
-        """Top-1 class and probability of every row of `probs` (rows, classes), probabilities."""
-        if probs.ndim != 2 or probs.shape[1] != self.num_classes:
-            return
-        if probs.shape[0] == 1:  # the common request: plain indexing beats vectorising one row
-            row = probs[0]
-            j = int(row.argmax())
-            self._add_one(j, float(row[j]))
-            return
-        top = probs.argmax(axis=1)
-        self._add(top, probs[np.arange(len(top)), top].astype(np.float64))
+    def record(self, probs: np.ndarray, logits: bool = False) -> None:
+        """Answers (rows, classes) of probabilities (or logits): queued by reference, counted in bulk every
+        FLUSH_EVERY answers and before every scrape (one concatenate + argmax for many one-row answers costs
+        a fraction of an argmax per answer). Called on the event loop; deque.append is thread-safe."""
+        self._pending.append((probs, logits))
+        if len(self._pending) >= FLUSH_EVERY:
+            self.flush()
 
     def record_logits(self, logits: np.ndarray) -> None:
-        """As `record`, from logits: the top-1 probability of a softmax is 1 / sum(exp(logits - max))."""
-        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
-            return
-        top = logits.argmax(axis=1)
-        z = logits.astype(np.float64) - logits[np.arange(len(top)), top][:, None]
-        conf = 1.0 / np.exp(z).sum(axis=1)
-        if len(top) == 1:
-            self._add_one(int(top[0]), float(conf[0]))
+        self.record(logits, True)
+
+    def record_outputs(self, outputs: dict[str, np.ndarray]) -> None:
+        """A ModelInfer answer (every output of the model): counted only from a classifier's output."""
+        if self.output is not None:
+            arr = outputs.get(self.output)
+            if arr is not None:
+                self.record(arr, self.output == LOGITS)
+
+    def flush(self) -> None:
+        """Count the queued answers (the event loop every FLUSH_EVERY answers; the scrape thread before reading)."""
+        with self._lock:
+            items = []
+            pending = self._pending
+            while pending:
+                try:
+                    items.append(pending.popleft())
+                except IndexError:
+                    break
+            for is_logits in (False, True):
+                arrays = [a.reshape(len(a), -1) for a, lg in items if lg is is_logits and a.ndim >= 1 and len(a)]
+                arrays = [a for a in arrays if a.shape[1] == self.num_classes]
+                if arrays:
+                    self._add_rows(np.concatenate(arrays) if len(arrays) > 1 else arrays[0], is_logits)
+
+    def _add_rows(self, x: np.ndarray, is_logits: bool) -> None:
+        top = x.argmax(axis=1)
+        best = x[np.arange(len(top)), top]
+        if is_logits:  # the top-1 probability of a softmax: 1 / sum(exp(logits - max))
+            conf = 1.0 / np.exp(x.astype(np.float64) - best[:, None].astype(np.float64)).sum(axis=1)
         else:
-            self._add(top, conf)
-
-    def _add_one(self, j: int, c: float) -> None:
-        if c != c:  # NaN inputs give NaN answers: not a prediction
-            return
-        self.counts[self._slot_list[j]] += 1
-        self.buckets[bisect.bisect_left(CONFIDENCE_BUCKETS, c)] += 1
-        self.conf_sum += c
-        if c < self.threshold:
-            self.low += 1
-
-    def _add(self, top: np.ndarray, conf: np.ndarray) -> None:
+            conf = best.astype(np.float64)
         total = float(conf.sum())
-        if total != total:  # NaN rows (non-finite inputs) are not predictions
+        if total != total:  # NaN rows (non-finite inputs give NaN answers) are not predictions
             keep = ~np.isnan(conf)
             top, conf = top[keep], conf[keep]
             total = float(conf.sum())
@@ -163,20 +174,6 @@ class ModelPredictions:
                 buckets[i] += n
         self.conf_sum += total
         self.low += int(np.count_nonzero(conf < self.threshold))
-
-    def record_outputs(self, outputs: dict[str, np.ndarray]) -> None:
-        """A ModelInfer answer (every output of the model): counted only from a classifier's output."""
-        if self.output is None:
-            return
-        arr = outputs.get(self.output)
-        if arr is None:
-            return
-        if arr.ndim != 2:
-            arr = arr.reshape(len(arr), -1)
-        if self.output == PROBABILITIES:
-            self.record(arr)
-        else:
-            self.record_logits(arr)
 
 
 class PredictionTelemetry(Collector):
@@ -206,6 +203,7 @@ class PredictionTelemetry(Collector):
         new = ModelPredictions(labels, output, reference, self.threshold, self.max_classes, version)
         old = self.models.get(model)
         if old is not None and old.slots == new.slots and old.num_classes == new.num_classes:
+            old.flush()
             new.counts, new.buckets, new.conf_sum, new.low = old.counts, old.buckets, old.conf_sum, old.low
         self.models[model] = new
         return new
@@ -245,6 +243,7 @@ class PredictionTelemetry(Collector):
             labels=["model"],
         )
         for model, m in list(self.models.items()):
+            m.flush()
             counts, buckets = list(m.counts), list(m.buckets)
             for name, n in zip(m.slots, counts):
                 preds.add_metric([model, name], n)

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.core.types import ClassifyRequest, ImageInput, InferInput, InferRequest, RawInferRequest
 from server.metrics import Metrics
-from server.predictions import OTHER, ModelPredictions, low_share
+from server.predictions import FLUSH_EVERY, OTHER, ModelPredictions, low_share
 from server.repository import METADATA_KEY, ModelMetadata, Preprocessing
 from tests.server.core_fixtures import core_service, run
 from tests.server.onnx_models import publish, scale_model
@@ -35,13 +35,16 @@ def samples(m: Metrics) -> dict[tuple[str, tuple], float]:
 
 
 def test_single_rows_and_batches_count_the_same():
+    """Answers are queued and counted in bulk (every FLUSH_EVERY answers, and before a scrape): same counts."""
     one, many = ModelPredictions(LABELS, "probabilities", None, 0.5, 32), ModelPredictions(LABELS, "probabilities", None, 0.5, 32)
     probs = np.array([[0.75, 0.125, 0.0, 0.125], [0.125, 0.375, 0.25, 0.25], [0.0, 0.0, 0.0, 1.0],
                       [0.125, 0.625, 0.125, 0.125]], dtype=np.float32)  # exact in float32
     for row in probs:
         one.record(row[None, :])
     many.record(probs)
+    assert one.counts == [0, 0, 0, 0]  # queued, not counted yet
     for m in (one, many):
+        m.flush()
         assert m.counts == [1, 2, 0, 1]
         assert m.low == 1  # 0.375 < 0.5
         # buckets (not cumulative): 0.375 -> le 0.4, 0.625 -> le 0.7, 0.75 -> le 0.8, 1.0 -> le 1.0
@@ -53,12 +56,25 @@ def test_logits_give_the_softmax_confidence_and_nan_rows_are_skipped():
     m = ModelPredictions(LABELS, "logits", None, 0.5, 32)
     logits = np.array([[0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 0.0, 0.0], [np.nan] * 4], dtype=np.float32)
     m.record_outputs({"logits": logits, "other": np.zeros((3, 2))})
+    m.flush()
     e = np.exp([1.0, 3.0, 0.0, 0.0])
     assert m.counts == [1, 1, 0, 0]
     assert m.conf_sum == pytest.approx(0.25 + e[1] / e.sum())
     assert m.low == 1
     m.record(np.full((1, 4), np.nan, dtype=np.float32))
+    m.record(np.ones((2, 3), dtype=np.float32))  # another model's shape (an older version): not counted
+    m.flush()
     assert sum(m.counts) == 2
+
+
+def test_the_event_loop_counts_every_flush_every_answers():
+    m = ModelPredictions(LABELS, "probabilities", None, 0.5, 32)
+    row = np.array([[0.0, 1.0, 0.0, 0.0]], dtype=np.float32)
+    for _ in range(FLUSH_EVERY - 1):
+        m.record(row)
+    assert m.counts == [0, 0, 0, 0]
+    m.record(row)
+    assert m.counts == [0, FLUSH_EVERY, 0, 0] and not m._pending
 
 
 def test_many_classes_keep_the_reference_top_n_and_count_the_rest_as_other():
@@ -67,6 +83,7 @@ def test_many_classes_keep_the_reference_top_n_and_count_the_rest_as_other():
     m = ModelPredictions(labels, "probabilities", ref, 0.5, max_classes=3)
     assert m.slots == ["k1", "k3", "k4", OTHER]  # the three most frequent on the test split, in label order
     m.record(np.eye(6, dtype=np.float32))
+    m.flush()
     assert m.counts == [1, 1, 1, 3]
     assert m.reference["share"].tolist() == pytest.approx([0.4, 0.3, 0.1, 0.2])
 
