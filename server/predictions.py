@@ -16,7 +16,7 @@ of the reference (or, without one, its first `max_classes` labels) under their n
 class "other", live and reference alike; a model's series are the ones of its newest served version.
 
 Cheap: the core (server/core/service.py) hands every answer's probabilities (or logits) over once per
-response; each answer is queued by reference (a deque append) and counted in bulk, every 64 answers on the event loop
+response; each answer is queued by reference (a deque append) and counted in bulk, every 256 answers on the event loop
 and before every scrape (one concatenate, argmax and two bincounts for all of them).
 """
 
@@ -36,7 +36,7 @@ OTHER = "other"
 # Top-1 probabilities: dense near 1 where a healthy classifier answers, coarse below.
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 _BOUNDS = np.array(CONFIDENCE_BUCKETS)  # searchsorted(side="left"): index of the first bucket with c <= bound
-FLUSH_EVERY = 64  # answers queued before they are counted on the event loop (a scrape counts the rest first)
+FLUSH_EVERY = 256  # answers queued before they are counted on the event loop (a scrape counts the rest first)
 REFERENCE_QUANTILES = ("0.01", "0.05", "0.1", "0.25", "0.5")  # keys of reference["confidence_quantiles"]
 PROBABILITIES, LOGITS = "probabilities", "logits"  # the output names `cnn export` writes (export/onnx.py)
 
@@ -59,6 +59,7 @@ class ModelPredictions:
     __slots__ = (
         "_lock",
         "_pending",
+        "_pending_logits",
         "buckets",
         "conf_sum",
         "counts",
@@ -96,7 +97,8 @@ class ModelPredictions:
             self.slots = list(labels)
             slot_of = np.arange(self.num_classes, dtype=np.intp)
         self.slot_of = slot_of
-        self._pending: collections.deque = collections.deque()  # (answer array, is logits) not yet counted
+        self._pending: collections.deque = collections.deque()  # answers (probabilities) not yet counted
+        self._pending_logits: collections.deque = collections.deque()  # answers as logits not yet counted
         self._lock = threading.Lock()  # one flush at a time (event loop or scrape thread)
         self.counts = [0] * len(self.slots)
         self.buckets = [0] * (len(CONFIDENCE_BUCKETS) + 1)  # per bucket, not cumulative
@@ -119,39 +121,49 @@ class ModelPredictions:
             "low": low_share(hist, self.threshold) if hist else None,
         }
 
-    def record(self, probs: np.ndarray, logits: bool = False) -> None:
-        """Answers (rows, classes) of probabilities (or logits): queued by reference, counted in bulk every
-        FLUSH_EVERY answers and before every scrape (one concatenate + argmax for many one-row answers costs
-        a fraction of an argmax per answer). Called on the event loop; deque.append is thread-safe."""
-        self._pending.append((probs, logits))
+    def record(self, probs: np.ndarray) -> None:
+        """Answers (rows, classes) of probabilities: queued by reference, counted in bulk every FLUSH_EVERY
+        answers and before every scrape (one concatenate + argmax for many one-row answers costs a fraction of
+        an argmax per answer). Called on the event loop; deque.append is thread-safe."""
+        self._pending.append(probs)
         if len(self._pending) >= FLUSH_EVERY:
             self.flush()
 
     def record_logits(self, logits: np.ndarray) -> None:
-        self.record(logits, True)
+        """As `record`, for logits."""
+        self._pending_logits.append(logits)
+        if len(self._pending_logits) >= FLUSH_EVERY:
+            self.flush()
 
     def record_outputs(self, outputs: dict[str, np.ndarray]) -> None:
         """A ModelInfer answer (every output of the model): counted only from a classifier's output."""
         if self.output is not None:
             arr = outputs.get(self.output)
             if arr is not None:
-                self.record(arr, self.output == LOGITS)
+                (self._pending_logits if self.output == LOGITS else self._pending).append(arr)
+                if len(self._pending) >= FLUSH_EVERY or len(self._pending_logits) >= FLUSH_EVERY:
+                    self.flush()
 
     def flush(self) -> None:
         """Count the queued answers (the event loop every FLUSH_EVERY answers; the scrape thread before reading)."""
         with self._lock:
-            items = []
-            pending = self._pending
-            while pending:
+            for pending, is_logits in ((self._pending, False), (self._pending_logits, True)):
+                if not pending:
+                    continue
+                arrays = [pending.popleft() for _ in range(len(pending))]  # only a flush pops, under the lock
                 try:
-                    items.append(pending.popleft())
-                except IndexError:
-                    break
-            for is_logits in (False, True):
-                arrays = [a.reshape(len(a), -1) for a, lg in items if lg is is_logits and a.ndim >= 1 and len(a)]
-                arrays = [a for a in arrays if a.shape[1] == self.num_classes]
-                if arrays:
-                    self._add_rows(np.concatenate(arrays) if len(arrays) > 1 else arrays[0], is_logits)
+                    x = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+                    ok = x.ndim == 2 and x.shape[1] == self.num_classes
+                except ValueError:  # shapes differ (an older version with other classes answered too)
+                    ok = False
+                if not ok:
+                    arrays = [a.reshape(len(a), -1) for a in arrays if a.ndim >= 1]
+                    arrays = [a for a in arrays if a.shape[1] == self.num_classes]
+                    if not arrays:
+                        continue
+                    x = np.concatenate(arrays)
+                if len(x):
+                    self._add_rows(x, is_logits)
 
     def _add_rows(self, x: np.ndarray, is_logits: bool) -> None:
         top = x.argmax(axis=1)
