@@ -165,7 +165,7 @@ done_step
 step "wheels and build contexts"
 CTX="$WORK/ctx"
 mkdir -p "$CTX/deploy"
-cp -r pyproject.toml README.md protos server client training export "$CTX/"
+cp -r pyproject.toml README.md protos preprocessing server client training export "$CTX/"
 cp -r deploy/docker "$CTX/deploy/docker"
 find "$CTX" -name __pycache__ -prune -exec rm -rf {} +
 WHEELS="$CTX/deploy/docker/wheels"
