@@ -2,7 +2,9 @@
 
 Networks that end in global average pooling and one linear layer (ResNet, MobileNet v1/v2, GoogLeNet)
 get class activation maps (Zhou et al. 2016): export writes a second graph, EXPLAIN_FILE, into the
-version folder beside model.onnx:
+version folder beside model.onnx. It is model.onnx itself with one more output, the tensor its global
+average pool reads (found in the graph: logits = Gemm(ReduceMean over H, W (x))); a graph of another
+shape falls back to tracing the model's own submodules (CamGraph) with the exporter:
 
     input    "input"          float32 (batch, C, H, W), as model.onnx
     outputs  "logits"         (batch, K)
@@ -213,6 +215,78 @@ def export_cam_graph(
     return entry
 
 
+_PASS_THROUGH = ("Flatten", "Reshape", "Identity", "Dropout", "Squeeze")
+
+
+def _pooled_features(proto: onnx.ModelProto) -> str | None:
+    """The tensor that `logits = Gemm(global average pool(features))` pools, or None if the graph has
+    another shape (then the CAM graph is traced from PyTorch instead)."""
+    from onnx import numpy_helper
+
+    g = proto.graph
+    producer = {o: n for n in g.node for o in n.output}
+    fc = producer.get("logits")
+    if fc is None or fc.op_type != "Gemm":
+        return None
+    t = fc.input[0]
+    while t in producer and producer[t].op_type in _PASS_THROUGH:
+        t = producer[t].input[0]
+    pool = producer.get(t)
+    if pool is None:
+        return None
+    if pool.op_type == "GlobalAveragePool":
+        return pool.input[0]
+    if pool.op_type != "ReduceMean":
+        return None
+    axes = next((list(onnx.helper.get_attribute_value(a)) for a in pool.attribute if a.name == "axes"), None)
+    if axes is None and len(pool.input) > 1:
+        init = {i.name: i for i in g.initializer}
+        const = producer.get(pool.input[1])
+        if pool.input[1] in init:
+            axes = numpy_helper.to_array(init[pool.input[1]]).tolist()
+        elif const is not None and const.op_type == "Constant" and const.attribute:
+            axes = numpy_helper.to_array(const.attribute[0].t).tolist()
+    return pool.input[0] if axes is not None and sorted(int(a) % 4 for a in axes) == [2, 3] else None
+
+
+def cam_graph_from_onnx(
+    model: nn.Module, source: str | os.PathLike, path: str | os.PathLike, *, metadata: ModelMetadata
+) -> dict[str, Any] | None:
+    """The CAM graph as the exported model.onnx (`source`) plus one output: the feature maps its global
+    average pool reads. No second export; None when the graph does not end in pool -> Gemm."""
+    from export.onnx import set_metadata
+
+    proto = onnx.load(str(source), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        return None  # far beyond the zoo's sizes; the traced export handles it
+    features = _pooled_features(proto)
+    fpath = feature_path(model)
+    if features is None or fpath is None:
+        return None
+    example = torch.zeros(1, *[int(d) for d in metadata.input_shape], dtype=torch.float32)
+    with torch.no_grad():
+        c, h, w = CamGraph(model.eval(), fpath).features(example).shape[1:]
+    proto.graph.node.append(onnx.helper.make_node("Identity", [features], [FEATURES_OUTPUT], name="cam_features"))
+    proto.graph.output.append(
+        onnx.helper.make_tensor_value_info(FEATURES_OUTPUT, onnx.TensorProto.FLOAT, ["batch", int(c), int(h), int(w)])
+    )
+    entry = {
+        "method": METHOD_CAM,
+        "file": EXPLAIN_FILE,
+        "features_output": FEATURES_OUTPUT,
+        "feature_shape": [int(c), int(h), int(w)],
+    }
+    md = copy.deepcopy(metadata)
+    md.extra["explain"] = dict(
+        entry,
+        class_weights=encode_array(model.fc.weight.detach().cpu().numpy()),
+        class_bias=encode_array(model.fc.bias.detach().cpu().numpy()),
+    )
+    set_metadata(proto, md)
+    onnx.save_model(proto, str(path))
+    return entry
+
+
 def verify_cam_graph(
     model: nn.Module, path: str | os.PathLike, images: np.ndarray, *, atol: float = DEFAULT_ATOL
 ) -> tuple[float, float]:
@@ -252,22 +326,29 @@ def add_explanation(
     *,
     opset: int,
     exporter: str = "dynamo",
+    source: str | os.PathLike | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> ExplainExport:
     """The export step: for a CAM model write and verify `folder`/EXPLAIN_FILE; record the method in
-    metadata.extra["explain"] either way (call before the final metadata rewrite of model.onnx)."""
+    metadata.extra["explain"] either way (call before the final metadata rewrite of model.onnx).
+    `source`: the verified FP32 model.onnx; the CAM graph is derived from it (one output added) when its
+    head is pool -> Gemm, else traced from PyTorch."""
     t0 = time.perf_counter()
     entry = explain_entry(model)
     if entry["method"] != METHOD_CAM:
         metadata.extra["explain"] = entry
         return ExplainExport(METHOD_OCCLUSION, entry)
     path = Path(folder) / EXPLAIN_FILE
-    entry = export_cam_graph(model, input_shape, path, metadata=metadata, opset=opset, exporter=exporter)
+    entry = cam_graph_from_onnx(model, source, path, metadata=metadata) if source is not None else None
+    how = "derived from model.onnx"
+    if entry is None:
+        entry = export_cam_graph(model, input_shape, path, metadata=metadata, opset=opset, exporter=exporter)
+        how = f"traced ({exporter})"
     dl, dc = verify_cam_graph(model, path, images)
     metadata.extra["explain"] = entry
     out = ExplainExport(METHOD_CAM, entry, path, dl, dc, time.perf_counter() - t0)
     log(
-        f"CAM graph {EXPLAIN_FILE} written and verified on {len(images)} images in {out.seconds:.1f}s "
+        f"CAM graph {EXPLAIN_FILE} {how}, verified on {len(images)} images in {out.seconds:.1f}s "
         f"(max |logits diff| {dl:.1e}, max |CAM diff| {dc:.1e})"
     )
     return out

@@ -135,7 +135,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, repository: str | os.PathLi
             log(f"parity on {report.images} {test.spec} test images: max |logits diff| {report.max_abs_diff_logits:.2e}, "
                 f"argmax identical")
             # CAM models: explain.onnx (verified) beside model.onnx; every model: the method in its metadata
-            add_explanation(model, input_shape, tmp, metadata, parity_set[:16], opset=opset, exporter=exporter, log=log)
+            add_explanation(model, input_shape, tmp, metadata, parity_set[:16], opset=opset, exporter=exporter,
+                            source=fp32_path, log=log)
             fp32_pred, labels = verify.predictions(fp32_path, test.batches())
             fp32_acc = float((fp32_pred == labels).mean())
             ckpt_acc = (ckpt.get("metrics") or {}).get("test_accuracy")

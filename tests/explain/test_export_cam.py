@@ -150,3 +150,22 @@ def test_add_explanation_writes_and_records_the_cam_graph(tmp_path):
         "feature_shape": list(feature_shape),
     }
     assert "class_weights" not in md.to_json()  # the weights live in explain.onnx only
+
+
+@pytest.mark.parametrize("name,kwargs,shape,feature_shape,exporter", MODELS, ids=[m[0] for m in MODELS])
+def test_the_cam_graph_is_model_onnx_plus_the_pooled_features(tmp_path, name, kwargs, shape, feature_shape, exporter):
+    """What `cnn export` does: no second export; model.onnx gets one more output, and the gate holds."""
+    from export.onnx import export_onnx
+
+    model = _trained_like(create_model(name, **kwargs), seed=6, shape=shape)
+    md = _metadata(kwargs["num_classes"], shape)
+    export_onnx(model, shape, tmp_path / "model.onnx", metadata=md, exporter=exporter)
+    x = np.random.default_rng(7).normal(size=(4, *shape)).astype(np.float32)
+    res = add_explanation(model, shape, tmp_path, md, x, opset=DEFAULT_OPSET, source=tmp_path / "model.onnx")
+    assert res.method == METHOD_CAM and md.extra["explain"]["feature_shape"] == list(feature_shape)
+    base = onnx.load(str(tmp_path / "model.onnx"))
+    cam_graph = onnx.load(str(tmp_path / EXPLAIN_FILE))
+    assert len(cam_graph.graph.node) == len(base.graph.node) + 1  # one Identity: the same network
+    assert [o.name for o in cam_graph.graph.output] == ["logits", "probabilities", "features"]
+    onnx.checker.check_model(cam_graph, full_check=True)
+    assert res.max_abs_diff_cam <= 1e-4 and res.max_abs_diff_logits <= 1e-4
