@@ -389,6 +389,37 @@ def encode_infer_response(resp: Any, binary: dict[str, bool] | bool = False) -> 
     return b"".join([head, *blobs]), {"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(head))}
 
 
+class BinaryAnswers:
+    """`encode_infer_response(resp, True)` for the common answer (numeric outputs, all binary), with the JSON
+    header and the HTTP headers built once per (model, version, id, outputs' names, datatypes and shapes)
+    and reused: on the hot path only the output bytes change from one request to the next. Bounded: when
+    `max_entries` distinct headers were seen (say, clients sending a fresh `id` each time), it starts over."""
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self.max_entries = max_entries
+        self._heads: dict[tuple, tuple[bytes, dict[str, str]]] = {}
+
+    def encode(self, resp: Any) -> tuple[bytes, dict[str, str]]:
+        outs = resp.outputs
+        if not outs:
+            return encode_infer_response(resp, True)
+        key = (resp.model_name, resp.model_version, resp.id, *[(o.name, o.datatype, tuple(o.shape)) for o in outs])
+        blobs = []
+        for o in outs:
+            data = o.data
+            if o.datatype == "BYTES" or not isinstance(data, np.ndarray):
+                return encode_infer_response(resp, True)
+            blobs.append(_le_bytes(data))
+        cached = self._heads.get(key)
+        if cached is None:
+            head, headers = encode_infer_response(resp, True)
+            cached = (head[: int(headers[BINARY_HEADER])], headers)
+            if len(self._heads) >= self.max_entries:
+                self._heads.clear()
+            self._heads[key] = cached
+        return b"".join([cached[0], *blobs]), cached[1]
+
+
 def binary_outputs(req: Request, names: list[str]) -> dict[str, bool] | bool:
     """Which of the answer's outputs (by name, in answer order) go as binary."""
     if not req.outputs:

@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.config import ConfigError
-from server.http import images, v2
+from server.http import codec, images, v2
 from server.http.live import LiveStats
 from server.http.status import HTTP, Tokens, error_response
 
@@ -80,6 +80,9 @@ class HttpServer:
         self.tokens = Tokens(tokens) if tokens else None
         self.drain_grace_s = drain_grace_s
         self.live = LiveStats(metrics)
+        self.common_headers = v2.CommonHeaders()  # the binary infer fast path: request headers seen before
+        self.binary_answers = codec.BinaryAnswers()  # ... and answer headers built before
+        self._series: dict[tuple[str, str, str, str], tuple] = {}  # record(): the metric children per label set
         self.port = 0
         self._runner: web.AppRunner | None = None
         app = web.Application(client_max_size=max_body_bytes, middlewares=[errors_as_json])
@@ -101,10 +104,18 @@ class HttpServer:
     def record(self, rpc_name: str, model: str, version: str, code: str, seconds: float) -> None:
         """One answered request in the adapter metrics, as the gRPC adapter records its own (same RPC names and
         code names, so dashboards and alerts cover both), and by protocol."""
-        m = self.metrics
-        m.child(m.requests, rpc_name, model, version, code).inc()
-        m.child(m.request_duration, rpc_name, model).observe(seconds)
-        m.child(m.protocol_requests, "http", rpc_name, code).inc()
+        key = (rpc_name, model, version, code)
+        series = self._series.get(key)
+        if series is None:  # labels are bounded: RPC names, known models (else ""), their versions, code names
+            m = self.metrics
+            series = self._series[key] = (
+                m.child(m.requests, rpc_name, model, version, code),
+                m.child(m.request_duration, rpc_name, model),
+                m.child(m.protocol_requests, "http", rpc_name, code),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
+        series[2].inc()
 
     # ---------------------------------------------------------------------------------------------
     # the page, its assets, the API description, metrics

@@ -235,8 +235,9 @@ def to_core(req: codec.Request, model: str, version: str) -> InferRequest:
     )
 
 
-def _common(doc: dict, binary: memoryview, model: str, version: str) -> RawInferRequest | None:
-    """The common binary request (one input, all of it binary, every output, only binary_data_output set)."""
+def _common(doc: dict) -> tuple[str, str, tuple[int, ...], str, int, bool] | None:
+    """The common binary request, from its JSON header alone (one input, all of it binary, every output, only
+    binary_data_output set): (input name, datatype, shape, id, binary_data_size, binary_data_output), or None."""
     if len(doc) > 3 or "outputs" in doc:
         return None
     params = doc.get("parameters")
@@ -257,10 +258,11 @@ def _common(doc: dict, binary: memoryview, model: str, version: str) -> RawInfer
         t.get("datatype"),
         doc.get("id", ""),
     )
+    size = p.get("binary_data_size") if isinstance(p, dict) else None
     if (
         not isinstance(p, dict)
         or len(p) != 1
-        or p.get("binary_data_size") != len(binary)
+        or type(size) is not int
         or "data" in t
         or not isinstance(shape, list)
         or not all(type(d) is int and d >= 0 for d in shape)
@@ -271,33 +273,65 @@ def _common(doc: dict, binary: memoryview, model: str, version: str) -> RawInfer
         or not isinstance(rid, str)
     ):
         return None
-    return RawInferRequest(model, version, rid, name, datatype, tuple(shape), bytes(binary), None)
+    return name, datatype, tuple(shape), rid, size, (params or {}).get("binary_data_output", False) is True
+
+
+class CommonHeaders:
+    """JSON headers of binary requests seen before -> `_common`'s verdict on them. A client sends the same header
+    bytes for every request of one shape (tritonclient.http, perf_analyzer), so each is parsed and checked once.
+    Bounded: at most `max_entries` headers of at most `max_header_bytes`; when full, it starts over."""
+
+    def __init__(self, max_entries: int = 256, max_header_bytes: int = 2048) -> None:
+        self.max_entries, self.max_header_bytes = max_entries, max_header_bytes
+        self._seen: dict[bytes, tuple | None] = {}
+
+    def common(self, head: bytes) -> tuple[str, str, tuple[int, ...], str, int, bool] | None:
+        """`_common` of the parsed header; a header that is not valid JSON raises as `codec.parse_json` does."""
+        try:
+            return self._seen[head]
+        except KeyError:
+            pass
+        verdict = _common(codec.parse_json(head, f"request JSON header ({codec.BINARY_HEADER} bytes)"))
+        if len(head) <= self.max_header_bytes:
+            if len(self._seen) >= self.max_entries:
+                self._seen.clear()
+            self._seen[head] = verdict
+        return verdict
+
+
+def _content_type(request: web.Request) -> str:
+    raw = request.headers.get("Content-Type")
+    if raw is None:
+        return ""
+    if raw == "application/octet-stream" or raw == "application/json":  # the common ones, without parsing
+        return raw
+    return request.content_type
 
 
 @rpc("ModelInfer")
 async def infer(request: web.Request) -> web.Response:
     http = request.app[HTTP]
-    ctype = request.content_type if "Content-Type" in request.headers else ""
+    ctype = _content_type(request)
     if ctype not in INFER_CONTENT_TYPES:
         return error_response(
             415,
             f"Content-Type: infer takes application/json, or the binary tensor extension "
             f"(application/octet-stream with {codec.BINARY_HEADER}); got {ctype}",
         )
-    model, version = request.match_info["model"], _version(request)
+    match = request.match_info
+    model, version = match["model"], match.get("version", "")
     body = await request.read()
     header_len = codec.header_length(request.headers.get(codec.BINARY_HEADER), len(body))
     if header_len is not None:
-        view = memoryview(body)
-        doc = codec.parse_json(view[:header_len], f"request JSON header ({codec.BINARY_HEADER} bytes)")
-        raw = _common(doc, view[header_len:], model, version)
-        if raw is not None:
-            binary_out = (doc.get("parameters") or {}).get("binary_data_output", False) is True
+        common = http.common_headers.common(body[:header_len])
+        if common is not None and common[4] == len(body) - header_len:
+            name, datatype, shape, rid, _, binary_out = common
+            raw = RawInferRequest(model, version, rid, name, datatype, shape, body[header_len:], None)
             resp = await http.service.infer_raw(
                 raw, lambda: to_core(codec.decode_infer_request(body, header_len), model, version)
             )
             request["model_version"] = resp.model_version
-            out, headers = codec.encode_infer_response(resp, binary_out)
+            out, headers = http.binary_answers.encode(resp) if binary_out else codec.encode_infer_response(resp, False)
             return web.Response(body=out, headers=headers)
     req = codec.decode_infer_request(body, header_len)
     resp = await http.service.infer(to_core(req, model, version))
@@ -312,10 +346,12 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v2/health/ready", server_ready)
     r.add_get("/v2", server_metadata)
     r.add_get("/v2/models/stats", model_statistics)
+    # infer first: aiohttp tries the dynamic routes under one prefix in the order they were added
+    r.add_post("/v2/models/{model}/infer", infer)
+    r.add_post("/v2/models/{model}/versions/{version}/infer", infer)
     for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         r.add_get(base, model_metadata)
         r.add_get(base + "/ready", model_ready)
-        r.add_post(base + "/infer", infer)
         r.add_get(base + "/config", model_config)
         r.add_get(base + "/stats", model_statistics)
     r.add_post("/v2/repository/index", repository_index)
