@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 INPUT_SIZE = {"googlenet": 16}  # keeps full resolution through its first stages: 28x28 is slow on CPU
 
 
@@ -114,13 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input-size", type=int, default=None, help="default 28 (digits), googlenet 16")
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--offline-opt", action="store_true",
-                    help="instead: does saving an onnxruntime-optimised model (optimized_model_filepath) "
-                         "shorten session creation?")
+    ap.add_argument(
+        "--offline-opt",
+        action="store_true",
+        help="instead: does saving an onnxruntime-optimised model (optimized_model_filepath) shorten session creation?",
+    )
     args = ap.parse_args(argv)
     if args.offline_opt:
-        return offline_optimisation(args.models or ["resnet20", "mobilenet_v2", "googlenet", "vgg16_bn", "resnet18"],
-                                    args.input_size or 32, args.json)
+        return offline_optimisation(
+            args.models or ["resnet20", "mobilenet_v2", "googlenet", "vgg16_bn", "resnet18"],
+            args.input_size or 32,
+            args.json,
+        )
 
     import onnx
     import onnxruntime as ort
@@ -173,8 +177,13 @@ def main(argv: list[str] | None = None) -> int:
                         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "op_types"}), flush=True)
-    env = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-           "python": platform.python_version(), "machine": platform.processor() or platform.machine()}
+    env = {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+        "machine": platform.processor() or platform.machine(),
+    }
     if args.json:
         args.json.write_text(json.dumps({"env": env, "rows": rows}, indent=2))
     return 0 if all(r.get("ok") for r in rows) else 1
@@ -226,9 +235,14 @@ def offline_optimisation(models: list[str], input_size: int, json_path: Path | N
                     t0 = time.perf_counter()
                     for _ in range(3):
                         s.run(None, {"input": x})
-                    row = {"model": name, "file": label, "load_with": load_level, "load_ms": round(load_ms, 1),
-                           "batch64_ms": round((time.perf_counter() - t0) / 3 * 1000, 1),
-                           "nodes": len(onnx.load(path, load_external_data=False).graph.node)}
+                    row = {
+                        "model": name,
+                        "file": label,
+                        "load_with": load_level,
+                        "load_ms": round(load_ms, 1),
+                        "batch64_ms": round((time.perf_counter() - t0) / 3 * 1000, 1),
+                        "nodes": len(onnx.load(path, load_external_data=False).graph.node),
+                    }
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     if json_path:

@@ -46,8 +46,10 @@ class Images:
 
     def batches(self, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i in range(0, len(self), batch_size):
-            yield (self._x[i : i + batch_size] if self._x is not None else self.normalised(i, i + batch_size),
-                   self.y[i : i + batch_size])
+            yield (
+                self._x[i : i + batch_size] if self._x is not None else self.normalised(i, i + batch_size),
+                self.y[i : i + batch_size],
+            )
 
 
 def dataset_for(ckpt: dict[str, Any], spec: str | None):
@@ -60,16 +62,17 @@ def dataset_for(ckpt: dict[str, Any], spec: str | None):
     recipe = ckpt.get("recipe") or {}
     pre = ckpt.get("preprocessing") or {}
     # The same arguments training used (TrainConfig keys), so the test split is the same one.
-    kwargs: dict[str, Any] = {k: recipe[k] for k in ("seed", "val_fraction", "image_size", "color_mode")
-                              if k in recipe}
+    kwargs: dict[str, Any] = {k: recipe[k] for k in ("seed", "val_fraction", "image_size", "color_mode") if k in recipe}
     if spec.startswith("folder:"):
         kwargs.setdefault("image_size", int(pre.get("height", 32)))
         kwargs.setdefault("color_mode", pre.get("color_mode", "auto"))
     try:
         return load_dataset(spec, **kwargs)
     except TrainingError as e:
-        raise ExportError(f"cannot load the checkpoint's dataset {spec!r} for verification: {e} "
-                          f"(pass --data SPEC to use another copy)") from None
+        raise ExportError(
+            f"cannot load the checkpoint's dataset {spec!r} for verification: {e} "
+            f"(pass --data SPEC to use another copy)"
+        ) from None
 
 
 def preprocess(x_uint8, pre: Preprocessing | dict[str, Any]) -> np.ndarray:
@@ -79,17 +82,20 @@ def preprocess(x_uint8, pre: Preprocessing | dict[str, Any]) -> np.ndarray:
     return prepare_batch(x, pre)
 
 
-def load_images(ckpt: dict[str, Any], split: str, limit: int | None = None, *, spec: str | None = None,
-                seed: int = 0, dataset=None) -> Images:
+def load_images(
+    ckpt: dict[str, Any], split: str, limit: int | None = None, *, spec: str | None = None, seed: int = 0, dataset=None
+) -> Images:
     """`limit` images of `split` ("test" or "train"), a seeded stratified-ish random subset when limited."""
     ds = dataset if dataset is not None else dataset_for(ckpt, spec)
     x, y = (ds.test_x, ds.test_y) if split == "test" else (ds.train_x, ds.train_y)
     if len(ds.labels) != len(ckpt["labels"]):
-        raise ExportError(f"dataset {ds.name!r} has {len(ds.labels)} classes but the checkpoint has "
-                          f"{len(ckpt['labels'])}")
+        raise ExportError(
+            f"dataset {ds.name!r} has {len(ds.labels)} classes but the checkpoint has {len(ckpt['labels'])}"
+        )
     if list(x.shape[1:2]) != list(ckpt["input_shape"][:1]):
-        raise ExportError(f"dataset {ds.name!r} images have {x.shape[1]} channels but the model expects "
-                          f"{ckpt['input_shape'][0]}")
+        raise ExportError(
+            f"dataset {ds.name!r} images have {x.shape[1]} channels but the model expects {ckpt['input_shape'][0]}"
+        )
     if limit is not None and limit < len(x):
         idx = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
         x, y = x[idx], y[idx]

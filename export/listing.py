@@ -24,6 +24,7 @@ from server.repository import (
     load_model_config,
 )
 
+
 def read_model_metadata(path: str | os.PathLike) -> ModelMetadata:
     props = read_metadata_props(path)
     if METADATA_KEY not in props:
@@ -90,11 +91,12 @@ def describe_repository(repository: str | os.PathLike) -> list[ModelInfo]:
 
 
 def _human(n: int) -> str:
+    size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
 
 
 def format_table(models: list[ModelInfo]) -> str:
@@ -106,7 +108,18 @@ def format_table(models: list[ModelInfo]) -> str:
             status = v.error or m.config_error or "ok"
             acc = f"{v.test_accuracy:.4f}" if v.test_accuracy is not None else "-"
             shape = "x".join(map(str, v.input_shape)) if v.input_shape else "-"
-            rows.append((m.name, str(v.version), v.precision or "-", acc, shape, str(v.labels or "-"), _human(v.size_bytes), status))
+            rows.append(
+                (
+                    m.name,
+                    str(v.version),
+                    v.precision or "-",
+                    acc,
+                    shape,
+                    str(v.labels or "-"),
+                    _human(v.size_bytes),
+                    status,
+                )
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
     return "\n".join(line.rstrip() for line in lines)

@@ -86,9 +86,15 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def export_onnx(model: nn.Module, input_shape: list[int] | tuple[int, ...], path: str | os.PathLike, *,
-                opset: int = DEFAULT_OPSET, exporter: str = DEFAULT_EXPORTER,
-                metadata: ModelMetadata | None = None) -> ExportInfo:
+def export_onnx(
+    model: nn.Module,
+    input_shape: list[int] | tuple[int, ...],
+    path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = DEFAULT_EXPORTER,
+    metadata: ModelMetadata | None = None,
+) -> ExportInfo:
     """Export `model` (eval mode is forced) to `path`; weights embedded when under EMBED_LIMIT_BYTES."""
     import time
 
@@ -106,21 +112,36 @@ def export_onnx(model: nn.Module, input_shape: list[int] | tuple[int, ...], path
         with torch.no_grad(), _quiet():
             if exporter == "dynamo":
                 torch.onnx.export(
-                    wrapped, (example,), str(path), dynamo=True, opset_version=opset,
-                    input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                    wrapped,
+                    (example,),
+                    str(path),
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=list(OUTPUT_NAMES),
                     dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1 << 20)}},
-                    external_data=external, optimize=True, verbose=False,
+                    external_data=external,
+                    optimize=True,
+                    verbose=False,
                 )
             else:
                 torch.onnx.export(
-                    wrapped, (example,), str(path), dynamo=False, opset_version=opset,
-                    input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                    wrapped,
+                    (example,),
+                    str(path),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=list(OUTPUT_NAMES),
                     dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)},
-                    do_constant_folding=True, verbose=False,
+                    do_constant_folding=True,
+                    verbose=False,
                 )
     except Exception as e:  # the exporters raise a zoo of types; the message is what the user needs
-        raise ExportError(f"{exporter} export of {type(model).__name__} failed: {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+        raise ExportError(
+            f"{exporter} export of {type(model).__name__} failed: {type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        ) from e
     seconds = time.perf_counter() - t0
     # Loaded without its external data, tensors keep their external_data entries (locations relative
     # to the model file), so saving the proto next to them leaves a .data file valid as it is.
@@ -131,8 +152,9 @@ def export_onnx(model: nn.Module, input_shape: list[int] | tuple[int, ...], path
     stray = path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
     if not external and stray.exists():
         stray.unlink()
-    return ExportInfo(path=path, exporter=exporter, opset=opset, weights_bytes=nbytes, external_data=external,
-                      seconds=seconds)
+    return ExportInfo(
+        path=path, exporter=exporter, opset=opset, weights_bytes=nbytes, external_data=external, seconds=seconds
+    )
 
 
 def _normalise(proto: onnx.ModelProto, metadata: ModelMetadata | None) -> None:
@@ -174,8 +196,9 @@ def project_version() -> str:
         return "0+unknown"
 
 
-def metadata_from_checkpoint(ckpt: dict[str, Any] | Checkpoint, *, extra: dict[str, Any] | None = None,
-                             metrics: dict[str, Any] | None = None) -> ModelMetadata:
+def metadata_from_checkpoint(
+    ckpt: dict[str, Any] | Checkpoint, *, extra: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None
+) -> ModelMetadata:
     """ModelMetadata from a training checkpoint (format_version 1). The preprocessing recorded is the one
     the model is served with (Checkpoint.serving_preprocessing: mode "digit" for digit data)."""
     try:
@@ -186,8 +209,11 @@ def metadata_from_checkpoint(ckpt: dict[str, Any] | Checkpoint, *, extra: dict[s
     ckpt_metrics = {k: v for k, v in ck.metrics.items() if isinstance(v, (int, float, str))}
     if metrics:
         ckpt_metrics.update(metrics)
-    ex: dict[str, Any] = {"checkpoint_format_version": ck.format_version, "checkpoint_created": ck.created,
-                          "precision": "fp32"}
+    ex: dict[str, Any] = {
+        "checkpoint_format_version": ck.format_version,
+        "checkpoint_created": ck.created,
+        "precision": "fp32",
+    }
     ex.update(extra or {})
     return ModelMetadata(
         labels=list(ck.labels),

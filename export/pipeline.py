@@ -82,13 +82,25 @@ def build_model(ckpt: dict[str, Any], where: str):
         raise ExportError(f"{where}: cannot rebuild {ckpt.get('model_name')!r} from the checkpoint: {e}") from None
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, repository: str | os.PathLike, *, name: str | None = None,
-                      quantize: str | None = None, opset: int = DEFAULT_OPSET, exporter: str = DEFAULT_EXPORTER,
-                      max_batch_size: int = 64, parity_images: int = 256, eval_images: int | None = None,
-                      calibration_images: int = 512, max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
-                      int8_format: str = DEFAULT_INT8_FORMAT, atol: float = DEFAULT_ATOL,
-                      strict_parity: bool = False, data: str | None = None,
-                      log: Callable[[str], None] = lambda s: None) -> ExportResult:
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    repository: str | os.PathLike,
+    *,
+    name: str | None = None,
+    quantize: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = DEFAULT_EXPORTER,
+    max_batch_size: int = 64,
+    parity_images: int = 256,
+    eval_images: int | None = None,
+    calibration_images: int = 512,
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    int8_format: str = DEFAULT_INT8_FORMAT,
+    atol: float = DEFAULT_ATOL,
+    strict_parity: bool = False,
+    data: str | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> ExportResult:
     from export import data as datamod
     from export import quantize as q
     from export import verify
@@ -107,7 +119,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, repository: str | os.PathLi
         raise ExportError(f"{repository}: the repository path exists and is not a folder")
     model = build_model(ckpt, str(checkpoint))
     input_shape = [int(d) for d in ckpt["input_shape"]]
-    log(f"loaded {checkpoint}: {ckpt['model_name']} {input_shape}, {len(ckpt['labels'])} classes, data {ckpt.get('dataset')!r}")
+    log(
+        f"loaded {checkpoint}: {ckpt['model_name']} {input_shape}, {len(ckpt['labels'])} classes, data {ckpt.get('dataset')!r}"
+    )
 
     dataset = datamod.dataset_for(ckpt, data)
     test = datamod.load_images(ckpt, "test", eval_images, dataset=dataset)
@@ -124,19 +138,38 @@ def export_checkpoint(checkpoint: str | os.PathLike, repository: str | os.PathLi
             metadata = metadata_from_checkpoint(ckpt)
             metadata.extra.update({"exporter": exporter, "opset": opset})
             info = export_onnx(model, input_shape, fp32_path, opset=opset, exporter=exporter, metadata=metadata)
-            log(f"exported with the {exporter} exporter at opset {opset} in {info.seconds:.1f}s "
-                f"({'external data' if info.external_data else 'weights embedded'})")
+            log(
+                f"exported with the {exporter} exporter at opset {opset} in {info.seconds:.1f}s "
+                f"({'external data' if info.external_data else 'weights embedded'})"
+            )
 
             # Gate, FP32: containment + checker, then parity with PyTorch on real test images.
             verify.check_file(fp32_path)
-            report = verify.parity(model, fp32_path, parity_set, atol=atol, strict=strict_parity,
-                                   batch_sizes=tuple(sorted({1, 7, max_batch_size})))
+            report = verify.parity(
+                model,
+                fp32_path,
+                parity_set,
+                atol=atol,
+                strict=strict_parity,
+                batch_sizes=tuple(sorted({1, 7, max_batch_size})),
+            )
             verify.require_parity(report, fp32_path)
-            log(f"parity on {report.images} {test.spec} test images: max |logits diff| {report.max_abs_diff_logits:.2e}, "
-                f"argmax identical")
+            log(
+                f"parity on {report.images} {test.spec} test images: max |logits diff| {report.max_abs_diff_logits:.2e}, "
+                f"argmax identical"
+            )
             # CAM models: explain.onnx (verified) beside model.onnx; every model: the method in its metadata
-            add_explanation(model, input_shape, tmp, metadata, parity_set[:16], opset=opset, exporter=exporter,
-                            source=fp32_path, log=log)
+            add_explanation(
+                model,
+                input_shape,
+                tmp,
+                metadata,
+                parity_set[:16],
+                opset=opset,
+                exporter=exporter,
+                source=fp32_path,
+                log=log,
+            )
             fp32_pred, labels = verify.predictions(fp32_path, test.batches())
             fp32_acc = float((fp32_pred == labels).mean())
             ckpt_acc = (ckpt.get("metrics") or {}).get("test_accuracy")
@@ -144,8 +177,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, repository: str | os.PathLi
             if isinstance(ckpt_acc, (int, float)):
                 acc["checkpoint_test_accuracy"] = float(ckpt_acc)
                 if abs(fp32_acc - ckpt_acc) > 0.02 and eval_images is None:
-                    result_warnings.append(f"ONNX test accuracy {fp32_acc:.4f} differs from the checkpoint's "
-                                           f"{ckpt_acc:.4f}: is the preprocessing in the checkpoint the one training used?")
+                    result_warnings.append(
+                        f"ONNX test accuracy {fp32_acc:.4f} differs from the checkpoint's "
+                        f"{ckpt_acc:.4f}: is the preprocessing in the checkpoint the one training used?"
+                    )
             quant: dict[str, Any] = {}
             final = fp32_path
             precision = "fp32"
@@ -153,11 +188,21 @@ def export_checkpoint(checkpoint: str | os.PathLike, repository: str | os.PathLi
                 calib = datamod.load_images(ckpt, "train", calibration_images, dataset=dataset, seed=1)
                 qi = q.quantize_int8(fp32_path, tmp / MODEL_FILE, calib, fmt=int8_format)
                 final, precision = tmp / MODEL_FILE, "int8"
-                quant = {"format": qi.format, "per_channel": qi.per_channel, "calibration_images": qi.calibration_images,
-                         "calibration_split": "train", "activation_type": "uint8", "weight_type": "int8",
-                         "calibrate_method": "minmax", "max_accuracy_drop": max_accuracy_drop, "seconds": round(qi.seconds, 2)}
-                log(f"quantised to int8 ({qi.format}, per-channel) on {qi.calibration_images} training images "
-                    f"in {qi.seconds:.1f}s")
+                quant = {
+                    "format": qi.format,
+                    "per_channel": qi.per_channel,
+                    "calibration_images": qi.calibration_images,
+                    "calibration_split": "train",
+                    "activation_type": "uint8",
+                    "weight_type": "int8",
+                    "calibrate_method": "minmax",
+                    "max_accuracy_drop": max_accuracy_drop,
+                    "seconds": round(qi.seconds, 2),
+                }
+                log(
+                    f"quantised to int8 ({qi.format}, per-channel) on {qi.calibration_images} training images "
+                    f"in {qi.seconds:.1f}s"
+                )
             elif quantize == "fp16":
                 q.convert_fp16(fp32_path, tmp / MODEL_FILE)
                 final, precision = tmp / MODEL_FILE, "fp16"
@@ -169,8 +214,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, repository: str | os.PathLi
                 acc[f"{precision}_test_accuracy"] = var_acc
                 acc[f"{precision}_argmax_agreement"] = float((fp32_pred == var_pred).mean())
                 q.require_accuracy(fp32_acc, var_acc, max_accuracy_drop, final)
-                log(f"{precision} test accuracy {var_acc:.4f} vs fp32 {fp32_acc:.4f} on {len(test)} images "
-                    f"(gate: drop <= {max_accuracy_drop:g})")
+                log(
+                    f"{precision} test accuracy {var_acc:.4f} vs fp32 {fp32_acc:.4f} on {len(test)} images "
+                    f"(gate: drop <= {max_accuracy_drop:g})"
+                )
                 from export.speed import compare_speed, slower_warning  # warn when the variant is slower here
 
                 quant["speed"] = compare_speed(fp32_path, final, input_shape, max_batch_size)
@@ -178,8 +225,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, repository: str | os.PathLi
                     result_warnings.append(slower_warning(precision, quant["speed"]))
             metadata.metrics.update({k: v for k, v in acc.items()})
             metadata.metrics["test_accuracy"] = acc[f"{precision}_test_accuracy"]
-            metadata.extra.update({"precision": precision, "parity": report.to_dict(), "quantization": quant,
-                                   "test_split": test.spec})
+            metadata.extra.update(
+                {"precision": precision, "parity": report.to_dict(), "quantization": quant, "test_split": test.spec}
+            )
             # what the model answers on the test split: the server's reference for drift (export/reference.py)
             metadata.reference = reference(final, test.batches(), list(metadata.labels), test.spec)
             rewrite_metadata(final, metadata)
@@ -194,7 +242,19 @@ def export_checkpoint(checkpoint: str | os.PathLike, repository: str | os.PathLi
         raise
 
     return ExportResult(
-        name=name, version=version, path=str(target / MODEL_FILE), precision=precision, exporter=exporter,
-        opset=opset, size_bytes=size, external_data=external, config_path=str(config_path),
-        config_created=created, parity=report.to_dict(), accuracy=acc, quantization=quant,
-        warnings=result_warnings, seconds=round(time.perf_counter() - t0, 2))
+        name=name,
+        version=version,
+        path=str(target / MODEL_FILE),
+        precision=precision,
+        exporter=exporter,
+        opset=opset,
+        size_bytes=size,
+        external_data=external,
+        config_path=str(config_path),
+        config_created=created,
+        parity=report.to_dict(),
+        accuracy=acc,
+        quantization=quant,
+        warnings=result_warnings,
+        seconds=round(time.perf_counter() - t0, 2),
+    )

@@ -19,8 +19,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from export.errors import ExportError
 from server.errors import RepositoryError
@@ -118,13 +118,20 @@ def ensure_config(model_dir: str | os.PathLike, name: str, max_batch_size: int) 
         except RepositoryError as e:
             return path, False, f"kept the existing config, but the server will refuse it: {e}"
         if cfg.max_batch_size != max_batch_size:
-            return path, False, (f"kept the existing {path} (max_batch_size={cfg.max_batch_size}); "
-                                 f"edit it to use {max_batch_size}")
+            return (
+                path,
+                False,
+                f"kept the existing {path} (max_batch_size={cfg.max_batch_size}); edit it to use {max_batch_size}",
+            )
         return path, False, ""
     # No preferred batch sizes: with max_queue_delay_us 0 a batch takes what has arrived, and a preferred size
     # would cut it short (LeNet-5 at concurrency 64: batches of 8 instead of ~20, docs/benchmarks.md).
-    cfg = ModelConfig(name=name, max_batch_size=max_batch_size, dynamic_batching=DynamicBatching(),
-                      warmup_batch_sizes=sorted({1, max_batch_size}))
+    cfg = ModelConfig(
+        name=name,
+        max_batch_size=max_batch_size,
+        dynamic_batching=DynamicBatching(),
+        warmup_batch_sizes=sorted({1, max_batch_size}),
+    )
     try:
         return write_model_config(model_dir, cfg), True, ""
     except RepositoryError as e:

@@ -70,8 +70,15 @@ class Int8Info:
     seconds: float
 
 
-def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration, *,
-                  fmt: str = DEFAULT_INT8_FORMAT, per_channel: bool = True, batch_size: int = 32) -> Int8Info:
+def quantize_int8(
+    fp32_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    calibration,
+    *,
+    fmt: str = DEFAULT_INT8_FORMAT,
+    per_channel: bool = True,
+    batch_size: int = 32,
+) -> Int8Info:
     """Write a statically quantised copy of fp32_path (embedded weights) to out_path. `calibration`:
     normalised float32 images (N, C, H, W), or export.data.Images."""
     import time
@@ -95,7 +102,9 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
         softmax = [n.name for n in proto.graph.node if n.op_type == "Softmax"]
         reader = _Reader(calibration, batch_size)
         quantize_static(
-            str(pre), str(out_path), reader,
+            str(pre),
+            str(out_path),
+            reader,
             quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
@@ -105,15 +114,17 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         reader.close()
-    return Int8Info(format=fmt, per_channel=per_channel, calibration_images=len(calibration),
-                    seconds=time.perf_counter() - t0)
+    return Int8Info(
+        format=fmt, per_channel=per_channel, calibration_images=len(calibration), seconds=time.perf_counter() - t0
+    )
 
 
 def require_accuracy(fp32_acc: float, int8_acc: float, max_drop: float, path: str | os.PathLike) -> None:
     if int8_acc < fp32_acc - max_drop:
         raise VerificationError(
             f"{path}: int8 test accuracy {int8_acc:.4f} is more than {max_drop:g} below fp32 {fp32_acc:.4f}; "
-            f"not published (try more --calibration-images, --int8-format qdq, or --max-accuracy-drop)")
+            f"not published (try more --calibration-images, --int8-format qdq, or --max-accuracy-drop)"
+        )
 
 
 def convert_fp16(fp32_path: str | os.PathLike, out_path: str | os.PathLike) -> None:

@@ -58,7 +58,9 @@ def describe_served(repository: str | os.PathLike, name: str, version: int, prec
     text = f"{name} version {version} ({precision}) is now served by a server on {repository} ({rule})"
     if replaced:
         prev = max(replaced)
-        text += f"; it replaces version {prev} ({_precision(model_dir, prev)}), which stays on disk but is no longer served"
+        text += (
+            f"; it replaces version {prev} ({_precision(model_dir, prev)}), which stays on disk but is no longer served"
+        )
     if kept:
         text += f"; also served: version(s) {', '.join(map(str, kept))}"
     if precision != "fp32":

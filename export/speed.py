@@ -17,16 +17,26 @@ from typing import Any
 import numpy as np
 
 
-def compare_speed(fp32_path: str | os.PathLike, variant_path: str | os.PathLike, input_shape: list[int], batch: int,
-                  *, provider: str = "CPUExecutionProvider", repeats: int = 9, warmup: int = 2,
-                  budget_s: float = 10.0) -> dict[str, Any]:
+def compare_speed(
+    fp32_path: str | os.PathLike,
+    variant_path: str | os.PathLike,
+    input_shape: list[int],
+    batch: int,
+    *,
+    provider: str = "CPUExecutionProvider",
+    repeats: int = 9,
+    warmup: int = 2,
+    budget_s: float = 10.0,
+) -> dict[str, Any]:
     """{'provider', 'batch', 'repeats', 'fp32_ms', 'variant_ms', 'ratio'} (ratio = variant / fp32; > 1 is slower).
     Stops early (fewer repeats) once `budget_s` is spent, so a large model does not hold an export up."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
-    sessions = [ort.InferenceSession(str(p), sess_options=opts, providers=[provider]) for p in (fp32_path, variant_path)]
+    sessions = [
+        ort.InferenceSession(str(p), sess_options=opts, providers=[provider]) for p in (fp32_path, variant_path)
+    ]
     x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
     feeds = [{s.get_inputs()[0].name: x} for s in sessions]
     for _ in range(warmup):
@@ -42,8 +52,14 @@ def compare_speed(fp32_path: str | os.PathLike, variant_path: str | os.PathLike,
         if time.perf_counter() > t_end:
             break
     fp32_ms, variant_ms = statistics.median(times[0]), statistics.median(times[1])
-    return {"provider": provider, "batch": batch, "repeats": len(times[0]), "fp32_ms": round(fp32_ms, 3),
-            "variant_ms": round(variant_ms, 3), "ratio": round(variant_ms / fp32_ms, 3) if fp32_ms > 0 else None}
+    return {
+        "provider": provider,
+        "batch": batch,
+        "repeats": len(times[0]),
+        "fp32_ms": round(fp32_ms, 3),
+        "variant_ms": round(variant_ms, 3),
+        "ratio": round(variant_ms / fp32_ms, 3) if fp32_ms > 0 else None,
+    }
 
 
 def slower_warning(precision: str, speed: dict[str, Any]) -> str:
@@ -51,5 +67,7 @@ def slower_warning(precision: str, speed: dict[str, Any]) -> str:
     if not speed.get("ratio") or speed["ratio"] <= 1.0:
         return ""
     hint = " (fp16 is meant for GPU providers; on a CPU serve the fp32 model)" if precision == "fp16" else ""
-    return (f"{precision} measured slower than fp32 on {speed['provider']}: {speed['variant_ms']:.2f} vs "
-            f"{speed['fp32_ms']:.2f} ms per batch of {speed['batch']} (median of {speed['repeats']}, 1 thread){hint}")
+    return (
+        f"{precision} measured slower than fp32 on {speed['provider']}: {speed['variant_ms']:.2f} vs "
+        f"{speed['fp32_ms']:.2f} ms per batch of {speed['batch']} (median of {speed['repeats']}, 1 thread){hint}"
+    )

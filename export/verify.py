@@ -36,8 +36,7 @@ FP32_NOISE_FACTOR = 2.0
 
 def _all_tensors(graph):
     """Every TensorProto in a graph: initialisers, sparse initialisers, attributes, subgraphs."""
-    for t in graph.initializer:
-        yield t
+    yield from graph.initializer
     for st in graph.sparse_initializer:
         yield st.values
         yield st.indices
@@ -80,8 +79,10 @@ def load_proto(path: str | os.PathLike):
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # DecodeError, ValueError ... depending on the damage
-        raise VerificationError(f"{path}: not a valid ONNX model (corrupted or truncated?): {type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise VerificationError(
+            f"{path}: not a valid ONNX model (corrupted or truncated?): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     if not proto.graph.node or not proto.opset_import:
         raise VerificationError(f"{path}: not a valid ONNX model: no graph nodes or no opset (truncated?)")
     return proto
@@ -121,11 +122,14 @@ def ort_session(path: str | os.PathLike, threads: int = 1, optimization: str = "
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise VerificationError(f"{path}: onnxruntime cannot load the model: {str(e).strip().splitlines()[0]}") from None
+        raise VerificationError(
+            f"{path}: onnxruntime cannot load the model: {str(e).strip().splitlines()[0]}"
+        ) from None
 
 
-def run_batched(session, images: np.ndarray, batch_size: int,
-                progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+def run_batched(
+    session, images: np.ndarray, batch_size: int, progress: Progress | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(logits, probabilities) for all images, fed in chunks of batch_size; ``progress`` counts images."""
     logits, probs = [], []
     for i in range(0, len(images), batch_size):
@@ -173,8 +177,15 @@ def torch_outputs(model, images: np.ndarray, batch_size: int = 64, dtype=None) -
     return np.concatenate(out)
 
 
-def parity(model, path: str | os.PathLike, images: np.ndarray, *, atol: float = DEFAULT_ATOL, strict: bool = False,
-           batch_sizes: tuple[int, ...] = (1, 7, 64)) -> ParityReport:
+def parity(
+    model,
+    path: str | os.PathLike,
+    images: np.ndarray,
+    *,
+    atol: float = DEFAULT_ATOL,
+    strict: bool = False,
+    batch_sizes: tuple[int, ...] = (1, 7, 64),
+) -> ParityReport:
     """Step 3: onnxruntime vs PyTorch on the same normalised images, at every batch size given."""
     import torch
 
@@ -198,9 +209,16 @@ def parity(model, path: str | os.PathLike, images: np.ndarray, *, atol: float = 
         worst_p = max(worst_p, float(np.abs(probs - e / e.sum(axis=1, keepdims=True)).max()))
         mismatches = max(mismatches, int((logits.argmax(1) != r.argmax(1)).sum()))
     bar.close()
-    report = ParityReport(images=len(images), batch_sizes=list(batch_sizes), max_abs_diff_logits=worst_l,
-                          max_abs_diff_probabilities=worst_p, argmax_mismatches=mismatches, atol=atol,
-                          max_abs_logit=float(np.abs(ref).max()), bound=atol)
+    report = ParityReport(
+        images=len(images),
+        batch_sizes=list(batch_sizes),
+        max_abs_diff_logits=worst_l,
+        max_abs_diff_probabilities=worst_p,
+        argmax_mismatches=mismatches,
+        atol=atol,
+        max_abs_logit=float(np.abs(ref).max()),
+        bound=atol,
+    )
     if worst_l > atol and not strict:
         ref64 = torch_outputs(model, images, dtype=torch.float64)
         report.torch_fp32_error = float(np.abs(ref.astype(np.float64) - ref64).max())
@@ -210,16 +228,27 @@ def parity(model, path: str | os.PathLike, images: np.ndarray, *, atol: float = 
 
 def require_parity(report: ParityReport, path: str | os.PathLike) -> None:
     if not report.ok:
-        noise = (f"; PyTorch float32 itself is {report.torch_fp32_error:.3g} from float64"
-                 if report.torch_fp32_error is not None else "")
+        noise = (
+            f"; PyTorch float32 itself is {report.torch_fp32_error:.3g} from float64"
+            if report.torch_fp32_error is not None
+            else ""
+        )
         raise VerificationError(
             f"{path}: onnxruntime disagrees with PyTorch on {report.images} test images: max |logits diff| "
             f"{report.max_abs_diff_logits:.3g} (limit {report.bound:.3g}{noise}), "
-            f"{report.argmax_mismatches} argmax mismatches")
+            f"{report.argmax_mismatches} argmax mismatches"
+        )
 
 
-def predictions(path: str | os.PathLike, batches, batch_size: int = 64, threads: int = 1, *,
-                total: int | None = None, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predictions(
+    path: str | os.PathLike,
+    batches,
+    batch_size: int = 64,
+    threads: int = 1,
+    *,
+    total: int | None = None,
+    desc: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(argmax, labels) over an iterable of (images, labels) batches, e.g. export.data.Images.batches(), or
     over an export.data.Images itself (then the progress display knows the total). ``total``: the number of
     images, if known; ``desc`` labels the progress (default "verify: test accuracy of <file name>")."""
