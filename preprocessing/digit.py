@@ -171,7 +171,8 @@ def _remove_lines(mask: np.ndarray, cfg: DigitConfig) -> np.ndarray:
             lines |= cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (kw, kh)))
     if not lines.any():
         return mask
-    return mask & ~cv2.dilate(lines, np.ones((3, 3), np.uint8)) & 1
+    near_lines = cv2.dilate(lines, np.ones((3, 3), np.uint8)).astype(np.uint8, copy=False)  # uint8 in, uint8 out
+    return mask & ~near_lines & 1
 
 
 def select_digit(mask: np.ndarray, s: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:

@@ -82,7 +82,9 @@ def recipes(train_table: Path = TRAIN_TABLE) -> list[RecipeEntry]:
     for name in list_recipes():
         text = recipe_path(name).read_text()
         data = tomllib.loads(text)
-        settings = {k: data[k] for k in ("epochs", "batch_size", "optimizer", "lr", "schedule") if k in data}
+        settings: dict[str, Any] = {
+            k: data[k] for k in ("epochs", "batch_size", "optimizer", "lr", "schedule") if k in data
+        }
         out.append(RecipeEntry(name, _header(text), settings, measured.get(name, [])))
     return out
 

@@ -190,7 +190,9 @@ def build_model(ckpt: dict[str, Any] | Checkpoint) -> nn.Module:
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
     """Every RNG a run touches, in weights_only-loadable types."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    if not isinstance(np_state, tuple):  # the global RandomState is MT19937: legacy=True gives its tuple form
+        raise TypeError(f"numpy's global RNG state is a {type(np_state).__name__}, expected the legacy tuple")
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
