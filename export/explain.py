@@ -83,6 +83,14 @@ def feature_path(model: nn.Module) -> tuple[str, ...] | None:
     return None
 
 
+def _fc(model: nn.Module) -> nn.Linear:
+    """The classifier a model with a `feature_path` ends in (its `fc`, an nn.Linear in every such zoo model)."""
+    fc = model.get_submodule("fc")
+    if not isinstance(fc, nn.Linear):
+        raise ValueError(f"{type(model).__name__}.fc is a {type(fc).__name__}, not an nn.Linear")
+    return fc
+
+
 class CamGraph(nn.Module):
     """model -> (logits, probabilities, features): the model's own submodules, its head unrolled."""
 
@@ -98,7 +106,7 @@ class CamGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f = self.features(x)
-        logits = self.model.fc(self.model.dropout(f.mean(dim=(2, 3))))
+        logits = self.model.get_submodule("fc")(self.model.get_submodule("dropout")(f.mean(dim=(2, 3))))
         return logits, torch.softmax(logits, dim=1), f
 
 
@@ -115,7 +123,7 @@ def torch_cam(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
             logits = model(x)
     finally:
         handle.remove()
-    return logits, torch.einsum("kc,bchw->bkhw", model.fc.weight.detach(), seen[-1])
+    return logits, torch.einsum("kc,bchw->bkhw", _fc(model).weight.detach(), seen[-1])
 
 
 @dataclass
@@ -196,8 +204,8 @@ def export_cam_graph(
     md = copy.deepcopy(metadata)
     md.extra["explain"] = dict(
         entry,
-        class_weights=encode_array(model.fc.weight.detach().cpu().numpy()),
-        class_bias=encode_array(model.fc.bias.detach().cpu().numpy()),
+        class_weights=encode_array(_fc(model).weight.detach().cpu().numpy()),
+        class_bias=encode_array(_fc(model).bias.detach().cpu().numpy()),
     )
     proto = onnx.load(str(path))  # embedded weights: the zoo's CAM models are far below protobuf's 2 GiB
     for vi in list(proto.graph.input) + list(proto.graph.output):
@@ -279,8 +287,8 @@ def cam_graph_from_onnx(
     md = copy.deepcopy(metadata)
     md.extra["explain"] = dict(
         entry,
-        class_weights=encode_array(model.fc.weight.detach().cpu().numpy()),
-        class_bias=encode_array(model.fc.bias.detach().cpu().numpy()),
+        class_weights=encode_array(_fc(model).weight.detach().cpu().numpy()),
+        class_bias=encode_array(_fc(model).bias.detach().cpu().numpy()),
     )
     set_metadata(proto, md)
     onnx.save_model(proto, str(path))
@@ -339,9 +347,10 @@ def add_explanation(
         metadata.extra["explain"] = entry
         return ExplainExport(METHOD_OCCLUSION, entry)
     path = Path(folder) / EXPLAIN_FILE
-    entry = cam_graph_from_onnx(model, source, path, metadata=metadata) if source is not None else None
-    how = "derived from model.onnx"
-    if entry is None:
+    derived = cam_graph_from_onnx(model, source, path, metadata=metadata) if source is not None else None
+    if derived is not None:
+        entry, how = derived, "derived from model.onnx"
+    else:
         entry = export_cam_graph(model, input_shape, path, metadata=metadata, opset=opset, exporter=exporter)
         how = f"traced ({exporter})"
     dl, dc = verify_cam_graph(model, path, images)
