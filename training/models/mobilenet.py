@@ -57,6 +57,9 @@ class InvertedResidual(nn.Module):
 class _Head(nn.Module):
     """Shared tail: global average pool -> dropout -> FC."""
 
+    dropout: nn.Dropout  # set by the subclass
+    fc: nn.Linear
+
     def _head(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, f, f) -> (B, num_classes)
         return self.fc(self.dropout(x.mean(dim=(2, 3))))
 

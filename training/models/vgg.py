@@ -15,7 +15,7 @@ from training.models import register_model
 from training.models.common import ConvNormAct, check_common, init_weights, make_activation, make_pool
 
 # Numbers are conv widths, "M" is a 2x2/2 pool.
-CFGS = {
+CFGS: dict[str, list[int | str]] = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
 }
@@ -31,7 +31,7 @@ class VGG(nn.Module):
         stage: list[nn.Module] = []
         cin, size = in_channels, input_size
         for v in CFGS[cfg]:
-            if v == "M":
+            if isinstance(v, str):  # "M"
                 if size >= 2:  # never pool a 1x1 map
                     stage.append(make_pool(pool, 2, 2))
                     size //= 2
