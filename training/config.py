@@ -17,6 +17,7 @@ import hashlib
 import json
 import tomllib
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     kwargs = {}
     for k, v in data.items():
         tp = hints[k]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             if not isinstance(v, dict):
                 raise ConfigError(f"recipe key {prefix + k!r} must be a table, got {v!r}")
             kwargs[k] = _build(tp, v, prefix + k + ".")
@@ -241,7 +242,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def resolve_config(recipe: str, overrides: list[str] = ()) -> TrainConfig:
+def resolve_config(recipe: str, overrides: Sequence[str] = ()) -> TrainConfig:
     """Recipe file + --set overrides -> a validated TrainConfig."""
     return config_from_dict(apply_overrides(load_recipe_dict(recipe), list(overrides)))
 

@@ -221,8 +221,8 @@ def load_mnist(directory: str | os.PathLike | None = None) -> Dataset:
 
 # ----------------------------------------------------------------------------- IDX
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES: dict[int, np.dtype] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+                                    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -238,7 +238,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"cannot read IDX file {path}: {e}") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic {raw[:4].hex()})")
-    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
     if ndim == 0 or len(raw) < header:
         raise DataError(f"{path}: truncated IDX header")
@@ -316,8 +316,8 @@ def _read_folder(root: Path, classes: list[str], image_size: int, color_mode: st
         for p in files:  # load time only: the training hot path never touches PIL
             try:
                 with Image.open(p) as im:
-                    im = im.convert(color_mode).resize((image_size, image_size), Image.BILINEAR)
-                    a = np.asarray(im, dtype=np.uint8)
+                    small = im.convert(color_mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
+                    a = np.asarray(small, dtype=np.uint8)
             except (OSError, UnidentifiedImageError) as e:
                 raise DataError(f"cannot read image {p}: {e}") from e
             images.append(a[:, :, None] if a.ndim == 2 else a)  # (H, W, C)
