@@ -20,10 +20,30 @@ from PIL import Image
 
 from preprocessing.spec import Preprocessing
 
-RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
-            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS, "area": Image.Resampling.BOX}
-CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I;16", "I;16B", "I;16L",
-                     "I", "F"}
+RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "area": Image.Resampling.BOX,
+}
+CONVERTIBLE_MODES = {
+    "1",
+    "L",
+    "LA",
+    "P",
+    "PA",
+    "RGB",
+    "RGBA",
+    "RGBX",
+    "CMYK",
+    "YCbCr",
+    "I;16",
+    "I;16B",
+    "I;16L",
+    "I",
+    "F",
+}
 _HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I", "F")
 
 
@@ -46,11 +66,11 @@ def _eight_bit(img: Image.Image) -> Image.Image:
     scale = 255.0 / hi if hi > 255 else 1.0
     out = np.empty(arr.shape, dtype=np.uint8)
     for r in range(0, arr.shape[0], _ROWS_PER_BAND):
-        band = arr[r:r + _ROWS_PER_BAND].astype(np.float64)
+        band = arr[r : r + _ROWS_PER_BAND].astype(np.float64)
         if scale != 1.0:
             band *= scale
         np.clip(band, 0, 255, out=band)
-        out[r:r + _ROWS_PER_BAND] = band  # truncates toward zero, as astype(np.uint8) did
+        out[r : r + _ROWS_PER_BAND] = band  # truncates toward zero, as astype(np.uint8) did
     return Image.fromarray(out, "L")
 
 
