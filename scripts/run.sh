@@ -6,8 +6,8 @@
 #
 # Settings: REPOSITORY (default model_repository), RUN_DIR (default runs/lenet5-mnist),
 # MODEL_NAME (default lenet5-digits: the served digit recogniser).
-# Training (recipe training/recipes/lenet5_mnist.toml) takes about 4 minutes on 2 cores and shows its
-# progress; an interrupted run resumes from RUN_DIR/last.pt the next time.
+# Training (recipe training/recipes/lenet5_mnist.toml) costs about 300 CPU-seconds (about 5 minutes on a
+# quiet 2-core machine; measured 293 CPU-s, docs/training.md) and shows its progress; an interrupted run resumes from RUN_DIR/last.pt the next time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -31,4 +31,6 @@ if ! compgen -G "$REPOSITORY/$MODEL_NAME/[0-9]*/model.onnx" >/dev/null; then
   "$CNN" export "$RUN_DIR/best.pt" --repository "$REPOSITORY" --name "$MODEL_NAME"
 fi
 echo "run: serving $REPOSITORY (try: .venv/bin/cnn classify examples/digits/*.png)"
-exec "$CNN" serve --repository "$REPOSITORY" "$@"
+# The served digit recogniser is the default model, so `cnn classify` needs no --model even when more
+# models are published beside it (a --default-model given to this script still wins).
+exec "$CNN" serve --repository "$REPOSITORY" --default-model "${CNN_SERVER_DEFAULT_MODEL:-$MODEL_NAME}" "$@"
