@@ -54,5 +54,7 @@ def test_onnx_matches_torch(model_name, batch, exported, checkpoint_for):
     # the gate's own numbers, recorded in the result, agree
     assert res.parity["ok"] and res.parity["argmax_mismatches"] == 0
     assert res.parity["max_abs_diff_logits"] <= res.parity["bound"] <= 1e-4 + 2 * (res.parity["torch_fp32_error"] or 0)
-    if model_name in ("lenet5", "resnet20", "alexnet", "vgg11"):  # shallow enough for the bare bound
+    # shallow enough for the bare bound on every host seen; VGG-11 is not: on an AVX2-only AMD EPYC its
+    # PyTorch float32 logits are 9.6e-5 from float64, so the gate rightly widens its bound there
+    if model_name in ("lenet5", "resnet20", "alexnet"):
         assert res.parity["torch_fp32_error"] is None and diff <= 1e-4
