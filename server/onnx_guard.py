@@ -28,49 +28,10 @@ import os
 from pathlib import Path
 
 from server.errors import RepositoryError
+from server.onnx_wire import fields as _fields
 
 MAX_NESTING = 32  # subgraphs inside subgraphs (If/Loop/Scan bodies); deeper is refused as malformed
 _LOCATION_CHARS = 120  # how much of a location a message quotes
-
-
-def _varint(buf: memoryview, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        if i >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, i
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(buf: memoryview):
-    """(field number, wire type, value): a memoryview for length-delimited fields, an int for varints."""
-    i, n = 0, len(buf)
-    while i < n:
-        key, i = _varint(buf, i)
-        field, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = _varint(buf, i)
-            yield field, wt, v
-        elif wt == 1:
-            i += 8
-        elif wt == 2:
-            size, i = _varint(buf, i)
-            if i + size > n:
-                raise ValueError("truncated length-delimited field")
-            yield field, wt, buf[i : i + size]
-            i += size
-        elif wt == 5:
-            i += 4
-        else:
-            raise ValueError(f"unsupported wire type {wt}")
-        if i > n:
-            raise ValueError("truncated field")
 
 
 class _Walker:

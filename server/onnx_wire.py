@@ -1,7 +1,6 @@
 """Read ONNX files without the `onnx` package (the serving install has none): the protobuf wire format.
 
-- `external_data_locations`: ModelProto.graph(7) -> GraphProto.initializer(5) / node(1).attribute(5).
-  {t(5), g(6), tensors(10), graphs(11)} -> TensorProto.external_data(13) {key(1), value(2)} "location".
+(Where ONNX can name external data is read by server/onnx_guard.py, which checks its containment.)
 - `read_metadata_props`: only the top level of ModelProto, seeking past the graph, so listing a
   repository of large models reads a few hundred bytes per model.
 Truncated or corrupted files give a RepositoryError that names the file.
@@ -16,7 +15,8 @@ from typing import BinaryIO
 from server.errors import RepositoryError
 
 
-def _varint(buf: memoryview | bytes, i: int) -> tuple[int, int]:
+# The wire primitives, shared with server/onnx_guard.py.
+def varint(buf: memoryview | bytes, i: int) -> tuple[int, int]:
     shift = result = 0
     while True:
         if i >= len(buf):
@@ -31,19 +31,19 @@ def _varint(buf: memoryview | bytes, i: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(buf: memoryview):
-    """Yield (field_number, wire_type, value) where value is a memoryview for length-delimited fields."""
+def fields(buf: memoryview):
+    """Yield (field number, wire type, value): a memoryview for length-delimited fields, an int for varints."""
     i = 0
     while i < len(buf):
-        key, i = _varint(buf, i)
+        key, i = varint(buf, i)
         field, wt = key >> 3, key & 7
         if wt == 0:
-            v, i = _varint(buf, i)
+            v, i = varint(buf, i)
             yield field, wt, v
         elif wt == 1:
             i += 8
         elif wt == 2:
-            n, i = _varint(buf, i)
+            n, i = varint(buf, i)
             if i + n > len(buf):
                 raise ValueError("truncated length-delimited field")
             yield field, wt, buf[i : i + n]
@@ -54,50 +54,6 @@ def _fields(buf: memoryview):
             raise ValueError(f"unsupported wire type {wt}")
         if i > len(buf):
             raise ValueError("truncated field")
-
-
-def _tensor_locations(t: memoryview, out: list[str]) -> None:
-    for f, wt, v in _fields(t):
-        if f == 13 and wt == 2:  # external_data: StringStringEntryProto
-            kv = {ff: bytes(vv).decode("utf-8", "replace") for ff, wwt, vv in _fields(v) if wwt == 2}
-            if kv.get(1) == "location":
-                out.append(kv.get(2, ""))
-
-
-def _graph_locations(g: memoryview, out: list[str], depth: int = 0) -> None:
-    if depth > 32:
-        raise ValueError("subgraphs nested too deeply")
-    for f, wt, v in _fields(g):
-        if wt != 2:
-            continue
-        if f == 5:  # initializer
-            _tensor_locations(v, out)
-        elif f == 1:  # node
-            for nf, nwt, nv in _fields(v):
-                if nf == 5 and nwt == 2:  # attribute
-                    for af, awt, av in _fields(nv):
-                        if awt != 2:
-                            continue
-                        if af in (5, 10):
-                            _tensor_locations(av, out)
-                        elif af in (6, 11):
-                            _graph_locations(av, out, depth + 1)
-
-
-def external_data_locations(path: str | Path) -> list[str]:
-    path = Path(path)
-    try:
-        data = memoryview(path.read_bytes())
-    except OSError as e:
-        raise RepositoryError(f"{path}: cannot read: {e.strerror}") from None
-    out: list[str] = []
-    try:
-        for f, wt, v in _fields(data):
-            if f == 7 and wt == 2:
-                _graph_locations(v, out)
-    except ValueError as e:
-        raise RepositoryError(f"{path}: not a valid ONNX file ({e})") from None
-    return out
 
 
 # ModelProto field numbers (onnx.proto3): ir_version=1, graph=7, metadata_props=14.
@@ -125,10 +81,10 @@ def _string_pair(buf: bytes) -> tuple[str, str]:
     """StringStringEntryProto: key=1, value=2."""
     pos, key, value = 0, "", ""
     while pos < len(buf):
-        tag, pos = _varint(buf, pos)
+        tag, pos = varint(buf, pos)
         if tag & 7 != 2:
             raise _Corrupt("metadata entry has a non-string field")
-        n, pos = _varint(buf, pos)
+        n, pos = varint(buf, pos)
         if pos + n > len(buf):
             raise _Corrupt("metadata entry runs past its end")
         text = buf[pos : pos + n].decode("utf-8", errors="strict")
