@@ -70,11 +70,15 @@ def test_oversized_typed_contents_are_refused_before_conversion(server):
     rss0 = rss_bytes(server.pid)
     quiet = p50(paced_latencies(server.address, 2.0))
     with_raw, n_raw = _p50_under(server.address, raw)
+    rss_raw = rss_bytes(server.pid)
     with_typed, n_typed = _p50_under(server.address, typed)
     rss_after = rss_bytes(server.pid)
     assert n_raw >= 3 and n_typed >= 3
     assert with_typed < 2 * with_raw + 5 * quiet + 0.05, (quiet, with_raw, with_typed, n_raw, n_typed)
-    assert rss_after - rss0 < 400 * 2**20, (rss0 / 2**20, rss_after / 2**20)
+    # Memory: receiving 16 MB messages from several clients at once has its own price (gRPC's buffers and the
+    # allocator's arenas, the same for raw bytes: 0.5-0.7 GB here at load); the typed phase, which converted
+    # every value on 0e6d6fb (2.3 GB), must add little on top of what the raw phase took.
+    assert rss_after - rss_raw < 400 * 2**20, (rss0 / 2**20, rss_raw / 2**20, rss_after / 2**20)
 
 
 @pytest.mark.parametrize("rows,field,datatype", [(9, "fp32_contents", "FP32"), (100_000, "int64_contents", "INT64")])
