@@ -17,7 +17,7 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _cert(subject: str, issuer_key, issuer: x509.Name, key, ca: bool, san_ip: str | None = None) -> x509.Certificate:
+def cert(subject: str, issuer_key, issuer: x509.Name, key, ca: bool, san_ip: str | None = None) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer).public_key(key.public_key())
          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
@@ -28,7 +28,7 @@ def _cert(subject: str, issuer_key, issuer: x509.Name, key, ca: bool, san_ip: st
     return b.sign(issuer_key, hashes.SHA256())
 
 
-def _pem(obj) -> bytes:
+def pem(obj) -> bytes:
     if isinstance(obj, x509.Certificate):
         return obj.public_bytes(serialization.Encoding.PEM)
     return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -38,15 +38,15 @@ def make_pki(folder: Path) -> Path:
     """Write ca.pem, server.pem/.key (SAN 127.0.0.1), client.pem/.key (signed by ca), rogue-ca.pem and rogue-client.pem/.key (signed by the rogue CA) into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, rogue_key, srv_key, cli_key, rogue_cli_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(5))
-    ca = _cert("cli-test-ca", ca_key, _name("cli-test-ca"), ca_key, ca=True)
-    rogue = _cert("rogue-ca", rogue_key, _name("rogue-ca"), rogue_key, ca=True)
-    files = {"ca.pem": _pem(ca), "rogue-ca.pem": _pem(rogue),
-             "server.pem": _pem(_cert("server", ca_key, _name("cli-test-ca"), srv_key, False, "127.0.0.1")),
-             "server.key": _pem(srv_key),
-             "client.pem": _pem(_cert("client", ca_key, _name("cli-test-ca"), cli_key, False)),
-             "client.key": _pem(cli_key),
-             "rogue-client.pem": _pem(_cert("rogue-client", rogue_key, _name("rogue-ca"), rogue_cli_key, False)),
-             "rogue-client.key": _pem(rogue_cli_key)}
+    ca = cert("cli-test-ca", ca_key, _name("cli-test-ca"), ca_key, ca=True)
+    rogue = cert("rogue-ca", rogue_key, _name("rogue-ca"), rogue_key, ca=True)
+    files = {"ca.pem": pem(ca), "rogue-ca.pem": pem(rogue),
+             "server.pem": pem(cert("server", ca_key, _name("cli-test-ca"), srv_key, False, "127.0.0.1")),
+             "server.key": pem(srv_key),
+             "client.pem": pem(cert("client", ca_key, _name("cli-test-ca"), cli_key, False)),
+             "client.key": pem(cli_key),
+             "rogue-client.pem": pem(cert("rogue-client", rogue_key, _name("rogue-ca"), rogue_cli_key, False)),
+             "rogue-client.key": pem(rogue_cli_key)}
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return folder

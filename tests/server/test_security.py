@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-
 import grpc
 import pytest
 import tritonclient.grpc as tc
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import ClassificationClient
 from server.security import group_of
+from tests.cli.pki import cert, pem  # one way to make test certificates
 from tests.conftest import MODEL_NAME, digit_examples, start_server
 
 TOKENS = "inference: [app-token-123, admin-token-456]\nstatistics: [admin-token-456]\nrepository: [admin-token-456]\n"
-
-
-def _cert(subject: str, issuer_key, issuer_name, key, ca: bool, san_ip: str | None = None):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-         .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if san_ip:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(san_ip))]), critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(obj) -> bytes:
-    if isinstance(obj, x509.Certificate):
-        return obj.public_bytes(serialization.Encoding.PEM)
-    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +23,13 @@ def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
-    ca = _cert("test-ca", ca_key, ca_name, ca_key, ca=True)
+    ca = cert("test-ca", ca_key, ca_name, ca_key, ca=True)
     srv_key, cli_key, rogue_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
     files = {
-        "ca.pem": _pem(ca), "server.pem": _pem(_cert("server", ca_key, ca_name, srv_key, False, "127.0.0.1")),
-        "server.key": _pem(srv_key), "client.pem": _pem(_cert("client", ca_key, ca_name, cli_key, False)),
-        "client.key": _pem(cli_key), "rogue.pem": _pem(_cert("rogue", rogue_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rogue")]), rogue_key, False)),
-        "rogue.key": _pem(rogue_key),
+        "ca.pem": pem(ca), "server.pem": pem(cert("server", ca_key, ca_name, srv_key, False, "127.0.0.1")),
+        "server.key": pem(srv_key), "client.pem": pem(cert("client", ca_key, ca_name, cli_key, False)),
+        "client.key": pem(cli_key), "rogue.pem": pem(cert("rogue", rogue_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rogue")]), rogue_key, False)),
+        "rogue.key": pem(rogue_key),
     }
     for name, data in files.items():
         (d / name).write_bytes(data)
