@@ -30,7 +30,7 @@ if ! compgen -G "$REPOSITORY/$MODEL_NAME/[0-9]*/model.onnx" >/dev/null; then
   echo "run: exporting $RUN_DIR/best.pt -> $REPOSITORY/$MODEL_NAME"
   "$CNN" export "$RUN_DIR/best.pt" --repository "$REPOSITORY" --name "$MODEL_NAME"
 fi
-echo "run: serving $REPOSITORY (try: .venv/bin/cnn classify examples/digits/*.png)"
+echo "run: serving $REPOSITORY (try: .venv/bin/cnn classify examples/mnist/*.png)"
 # The served digit recogniser is the default model, so `cnn classify` needs no --model even when more
 # models are published beside it (a --default-model given to this script still wins).
 exec "$CNN" serve --repository "$REPOSITORY" --default-model "${CNN_SERVER_DEFAULT_MODEL:-$MODEL_NAME}" "$@"

@@ -26,7 +26,7 @@ def add_train_parser(subparsers) -> None:
                     "last.pt, metrics.jsonl, summary.json, curves.png and confusion.png into --out.")
     p.add_argument("--model", default=None, help="model name, e.g. lenet5, resnet20, mobilenet_v2 (default lenet5)")
     p.add_argument("--data", default=None,
-                   help="digits (default) | fashion-mnist | idx:DIR | folder:DIR")
+                   help="digits (default) | mnist (the shipped data/mnist) | fashion-mnist | idx:DIR | folder:DIR")
     p.add_argument("--out", default=None, metavar="RUN_DIR", help="output directory for checkpoints and reports")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")

@@ -184,19 +184,21 @@ def test_stratified_split_is_seeded_and_complete():
     assert np.bincount(y[a[1]]).tolist() == [5, 5, 5, 5]
 
 
-def test_examples_are_held_out_test_images():
+@pytest.mark.parametrize("data,width", [("digits", 4), ("mnist", 5)])
+def test_examples_are_held_out_test_images(data, width):
+    """examples/<data>/<label>_<index>.png are exactly the test split's images (never trained on)."""
     from pathlib import Path
 
     from PIL import Image
 
-    folder = Path(__file__).resolve().parents[2] / "examples" / "digits"
+    folder = Path(__file__).resolve().parents[2] / "examples" / data
     files = sorted(folder.glob("*.png"))
     assert len(files) >= 10
-    d = load_dataset("digits")
+    d = load_dataset(data)
     seen = set()
     for f in files:
         label, index = f.stem.split("_")
-        assert len(index) == 4
+        assert len(index) == width
         a = np.asarray(Image.open(f))
         assert a.dtype == np.uint8 and a.shape == (28, 28)
         assert np.array_equal(a, d.test_x[int(index), 0].numpy()), f.name
