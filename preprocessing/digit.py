@@ -17,6 +17,10 @@ MNIST was made this way from NIST's binary scans: fit the digit in 20x20 keeping
 5. connected components: ruled/squared paper lines spanning the frame removed, specks dropped,
    components touching the frame border (paper edges, table) used only if nothing else is there;
    the main component (most ink) plus nearby large pieces (a broken stroke, a detached bar);
+0. an image already in MNIST's form (28x28, light digit on a black field, centre of mass at the centre,
+   the digit within a 24-pixel box: every one of MNIST's 70,000 digits) is returned as it is: re-rendering
+   it through the steps below would only lose its grey levels (LeNet-5 on the 10,000 MNIST test PNGs
+   through Classify: 98.57 % re-rendered, 99.56 % passed through, the same as the exported graph);
 6. stroke width normalised (2 * area / perimeter; a thin pen on a large digit is dilated towards
    MNIST's stroke width in the 20x20 box), crop, fit in 20x20 (INTER_AREA: anti-aliased grey levels),
    centre of mass to the centre of the 28x28 field.
@@ -270,13 +274,32 @@ def working_image(gray: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
     return gray
 
 
+def is_mnist_field(gray: np.ndarray) -> bool:
+    """True for a uint8 image already in MNIST's form: 28x28, a black field (median <= 8), ink (max >= 96)
+    whose centre of mass lies within 2.5 pixels of the centre and whose pixels above 32 fit in 24x24."""
+    if gray.shape != (FIELD, FIELD) or int(gray.max()) < 96 or float(np.median(gray)) > 8:
+        return False
+    f = gray.astype(np.float32)
+    total = float(f.sum())
+    gy, gx = np.indices(gray.shape)
+    cy, cx = float((gy * f).sum()) / total, float((gx * f).sum()) / total
+    centre = (FIELD - 1) / 2  # 13.5: MNIST's centres of mass lie in [13.5, 14.5] (all 70,000)
+    if abs(cy - centre) > 2.5 or abs(cx - centre) > 2.5:
+        return False
+    ys, xs = np.nonzero(gray > 32)
+    return int(ys.max() - ys.min()) < 24 and int(xs.max() - xs.min()) < 24
+
+
 def normalise_digit(gray: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
     """uint8 grayscale (H, W) photo/scan/drawing of one digit -> uint8 (28, 28), white ink on black.
-    An image with no ink gives an all-black field."""
+    An image already in MNIST's form comes back as it is (`is_mnist_field`); one with no ink gives an
+    all-black field."""
     if gray.ndim != 2:
         raise ValueError(f"normalise_digit takes a 2-D grayscale array, got shape {gray.shape}")
     if gray.dtype != np.uint8:
         gray = np.clip(gray, 0, 255).astype(np.uint8)
+    if is_mnist_field(gray):
+        return gray
     work = working_image(gray, cfg)
     s, _, width = ink_strength(work, cfg)
     digit = select_digit(ink_mask(s, cfg), s, cfg)
