@@ -31,6 +31,17 @@ def _parse_scenarios(text: str) -> list[int]:
     return out
 
 
+def _parse_soak(text: str) -> dict[str, int]:
+    """"resnet20=100000,vgg11=5000" -> {"resnet20": 100000, "vgg11": 5000}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, n = part.partition("=")
+        if kind not in ("resnet20", "vgg11") or not n.isdigit() or int(n) < 3:
+            raise argparse.ArgumentTypeError(f"--soak-requests takes resnet20=N and/or vgg11=N (N >= 3), got {part!r}")
+        out[kind] = int(n)
+    return out
+
+
 def _env_pairs(items: list[str], flag: str) -> dict[str, str]:
     bad = [i for i in items if "=" not in i]
     if bad:
@@ -63,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--client-cpus", help="pin the load-generator processes to these CPUs (e.g. 4-7)")
     r.add_argument("--duration", type=float, help="measurement window per point, seconds (overrides the mode)")
     r.add_argument("--repeats", type=int, help="repeats per point, median reported (overrides the mode)")
+    r.add_argument("--soak-requests", type=_parse_soak, default=None, metavar="KIND=N[,KIND=N]",
+                   help="scenario 8: server soak requests per model kind, e.g. resnet20=100000,vgg11=5000 "
+                        "(overrides the mode; full VGG-11 at 100,000 takes hours on 2 cores)")
     r.add_argument("--requests", type=int, help="scenario 6: requests after warm-up (overrides the mode)")
     ab = sub.add_parser("ab", help="the same load against two server trees, interleaved (before/after a change)")
     ab.add_argument("--a", type=Path, default=ROOT, help="server tree A (default this checkout)")
@@ -119,7 +133,7 @@ def run(args) -> int:
     env = envmod.describe(settings)
     ctx = Ctx(out=out, mode=mode, lenet_repo=lenet, resnet_repo=resnet, server_root=args.server_root.resolve(), env=env,
               processes=args.clients, log=_log, compare_root=args.compare_root.resolve() if args.compare_root else None,
-              vgg_repo=vgg)
+              vgg_repo=vgg, soak_requests=args.soak_requests)
     _log(f"bench: mode {mode.name}, scenarios {settings['scenarios']}, writing {out}")
     errors, timings = {}, {}
     for n in args.scenarios:

@@ -1,6 +1,7 @@
 """The server's own per-request cost without gRPC: the ModelInfer handler called in-process.
 
     python -m bench.inproc [--repo REPO] [--concurrency 1,64] [--requests 20000] [--rows 1] [--deadline]
+                           [--path grpc|core] [--loop uvloop|asyncio] [--profile FILE]
 
 Builds the real ModelRegistry, InferenceService and InferenceServicer (whatever tree is first on
 PYTHONPATH: point it at a scratch copy to measure a change), then awaits `ModelInfer(request, context)`
@@ -9,6 +10,11 @@ request (process CPU includes the onnxruntime thread). No sockets and no other p
 so on a shared machine this is the steadiest before/after number for the Python hot path (protobuf
 decode/encode, validation, batcher, thread hop, metrics). Run from a scratch tree with
 `PYTHONPATH=TREE python -m bench.inproc`.
+
+`--path core` calls the core's entry point for the common request (`InferenceService.infer_raw` on a
+RawInferRequest, what both adapters call for a raw tensor) instead of the gRPC servicer: the cost of
+the core alone, batcher, thread hop, telemetry and statistics included. `--profile FILE` runs the
+measured phase under cProfile and writes the 40 functions with the most own time to FILE.
 """
 
 from __future__ import annotations
@@ -33,12 +39,14 @@ class _Context:
         raise RuntimeError(f"abort {code}: {details}")
 
 
-async def _measure(repo: Path, concurrency: list[int], requests: int, rows: int, deadline: bool, rounds: int) -> dict:
+async def _measure(repo: Path, concurrency: list[int], requests: int, rows: int, deadline: bool, rounds: int,
+                   path: str = "grpc", profile: Path | None = None) -> dict:
     import numpy as np
 
     from protos.inference import grpc_service_pb2 as pb
     from server.core.registry import ModelRegistry
     from server.core.service import InferenceService
+    from server.core.types import RawInferRequest
     from server.grpc.inference import InferenceServicer
     from server.metrics import Metrics
 
@@ -53,6 +61,16 @@ async def _measure(repo: Path, concurrency: list[int], requests: int, rows: int,
     req.raw_input_contents.append(x.tobytes())
     wire = req.SerializeToString()
     ctx = _Context(60.0 if deadline else None)
+    raw = RawInferRequest(name, "", "", "input", "FP32", tuple(x.shape), x.tobytes(), None)
+
+    def no_decode():
+        raise AssertionError("the benchmark's request must take the raw path")
+
+    prof = None
+    if profile is not None:
+        import cProfile
+
+        prof = cProfile.Profile()
     out = {}
     try:
         for c in concurrency:
@@ -64,20 +82,34 @@ async def _measure(repo: Path, concurrency: list[int], requests: int, rows: int,
                     nonlocal sem_left
                     while sem_left > 0:
                         sem_left -= 1
+                        if path == "core":
+                            await service.infer_raw(raw, no_decode)
+                            continue
                         r = pb.ModelInferRequest.FromString(wire)  # as gRPC hands it over
                         resp = await servicer.ModelInfer(r, ctx)
                         resp.SerializeToString()
 
                 await asyncio.gather(*(worker() for _ in range(min(c, 8))))  # warm-up
                 sem_left = requests
+                if prof is not None:
+                    prof.enable()
                 c0, w0 = time.process_time(), time.perf_counter()
                 await asyncio.gather(*(worker() for _ in range(c)))
                 c1, w1 = time.process_time(), time.perf_counter()
+                if prof is not None:
+                    prof.disable()
                 per.append({"cpu_us": (c1 - c0) / requests * 1e6, "wall_us": (w1 - w0) / requests * 1e6})
             out[c] = {"cpu_us": statistics.median(p["cpu_us"] for p in per),
                       "wall_us": statistics.median(p["wall_us"] for p in per), "rounds": per}
     finally:
         await service.close()
+    if prof is not None and profile is not None:
+        import io
+        import pstats
+
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(40)
+        profile.write_text(buf.getvalue())
     return out
 
 
@@ -89,13 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--deadline", action="store_true", help="calls carry a 60 s gRPC deadline (as most clients set)")
+    p.add_argument("--path", choices=("grpc", "core"), default="grpc",
+                   help="grpc: the ModelInfer servicer (protobuf in and out); core: InferenceService.infer_raw alone")
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (the server's default: uvloop)")
+    p.add_argument("--profile", type=Path, help="cProfile the measured phase; the top 40 by own time go to this file")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     import logging
 
     logging.basicConfig(level="WARNING")
-    res = asyncio.run(_measure(a.repo, [int(c) for c in a.concurrency.split(",")], a.requests, a.rows, a.deadline, a.rounds))
     import server
+    from server.eventloop import run_loop
+
+    res = run_loop(_measure(a.repo, [int(c) for c in a.concurrency.split(",")], a.requests, a.rows, a.deadline, a.rounds,
+                            a.path, a.profile), a.loop)
 
     if a.json:
         print(json.dumps({"server": server.__file__, "results": res}))

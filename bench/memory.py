@@ -280,7 +280,7 @@ def s8_memory_batches(ctx) -> dict:
         server = None
         try:
             server = procs.start_server(repo, ctx.logs, server_root=ctx.server_root, name=f"s8-{kind}")
-            n = mm.soak_requests[kind]
+            n = (ctx.soak_requests or {}).get(kind, mm.soak_requests[kind])
             soak[name] = server_soak(server, batch_payloads(name, dims, max_batch), n, min(mm.soak_first, n // 3),
                                      mm.concurrency, log=ctx.log, tag=name)
         finally:

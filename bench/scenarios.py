@@ -64,6 +64,7 @@ class Ctx:
     compare_root: Path | None = None  # scenarios 1 and 2 also measure this tree, interleaved, in the same run
     processes: int | None = None  # client processes (None: auto)
     vgg_repo: Path | None = None  # scenario 8 (VGG-11)
+    soak_requests: dict | None = None  # scenario 8: model kind -> server soak requests (None: the mode's)
     log: object = print
     results: dict = field(default_factory=dict)
 
