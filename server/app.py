@@ -205,6 +205,10 @@ async def main(config: ServerConfig, ready_pipe=None) -> int:
     log.info("event loop: %s.%s; gc thresholds %s", type(loop).__module__, type(loop).__name__, gc.get_threshold())
     server = Server(config)
     await server.start()
+    if config.gc_freeze:  # after the models loaded: what start-up made stays; later garbage is still collected
+        gc.collect()
+        gc.freeze()
+        log.info("gc: %d start-up objects frozen (out of the collector's generations)", gc.get_freeze_count())
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)

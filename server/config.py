@@ -58,6 +58,9 @@ class ServerConfig:
     #                                      docs/benchmarks.md); 0: keep Python's default
     gc_gen0_threshold: int = 0  # gc.set_threshold(N, 10, 10); 0 keeps Python's 700. A large value trims the tail
     #                             latency under load but lets memory grow (docs/benchmarks.md): an option, not the default
+    gc_freeze: bool = True  # gc.freeze() once the models are loaded: the start-up objects (modules, sessions,
+    #                         protobuf and HTTP machinery) leave the collector's view, so an oldest-generation
+    #                         collection no longer stops the loop for ~25 ms (docs/benchmarks.md, open-loop tail)
     event_loop: str = "uvloop"  # uvloop | asyncio: uvloop (libuv) costs the server less CPU per request
     #                             (bench/results/ab/event-loop.md)
     low_confidence_threshold: float = 0.5  # answers whose top-1 probability is under this count as low-confidence

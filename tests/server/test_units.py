@@ -148,6 +148,8 @@ def test_server_config_precedence(tmp_path):
     assert load_config(None, env={"CNN_SERVER_GIL_SWITCH_INTERVAL_S": "0"}).gil_switch_interval_s == 0.0
     assert cfg.event_loop == "uvloop"
     assert cfg.gc_gen0_threshold == 0
+    assert cfg.gc_freeze is True
+    assert load_config(None, env={"CNN_SERVER_GC_FREEZE": "false"}).gc_freeze is False
     assert load_config(None, env={"CNN_SERVER_GC_GEN0_THRESHOLD": "50000"}).gc_gen0_threshold == 50_000
     assert load_config(None, env={"CNN_SERVER_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
 
