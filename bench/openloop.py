@@ -1,4 +1,4 @@
-"""Open-loop gRPC load generator: requests leave at a set arrival rate, whatever the server does.
+"""Open-loop load generator (gRPC, or HTTP): requests leave at a set arrival rate, whatever the server does.
 
 A closed-loop client (bench/loadgen.py) sends its next request only when the previous one has been
 answered, so a server that stalls for 200 ms also stops the clock for the requests that would have
@@ -20,6 +20,12 @@ of the requests scheduled in the measurement window, each has exactly one outcom
 latency goes into an HDR histogram, bench/hist.py), failed with a gRPC status, lost (still unanswered
 `drain_s` after the schedule ended) or dropped by the generator. Per-request records (scheduled time,
 latency, status) come back too, for time series (bench/reload.py).
+
+HTTP: an address `http://HOST:PORT/PATH` sends `payload` as a POST body to that URL with `headers` (for
+the binary tensor extension: `bench.http_bare.lenet_request()`), over aiohttp with up to `http_connections`
+keep-alive connections (HTTP/1.1 answers one request per connection at a time: a request finding every
+connection busy waits for one, and that wait counts in its latency from the scheduled time). Outcome codes:
+0 for 200, else the HTTP status (>= 100, apart from gRPC's 0..16).
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ def arrival_times(rate: float, duration_s: float, arrival: str = "poisson", seed
 def status_name(code: int) -> str:
     if code in _SPECIAL:
         return _SPECIAL[code]
+    if code >= 100:
+        return f"HTTP_{code}"
     import grpc
 
     for sc in grpc.StatusCode:
@@ -147,12 +155,43 @@ class OpenLoopResult:
 # one client process
 
 
+class _HttpStatus(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"HTTP {status}: {text[:200]}")
+        self.status = status
+
+
+def _http_caller(session, url: str, payload: bytes, headers: dict[str, str]):
+    """An awaitable call(payload, timeout=...) for HTTP, as grpc's unary_unary gives for gRPC."""
+    import aiohttp
+
+    async def call(body: bytes, timeout: float | None = None) -> bytes:
+        async with session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            data = await r.read()
+            if r.status != 200:
+                raise _HttpStatus(r.status, data.decode(errors="replace"))
+            return data
+
+    return call
+
+
 async def _client_main(address: str, payload: bytes, sched: np.ndarray, channels: int, conn, timeout_s: float,
-                       max_in_flight: int, drain_s: float, preflight: bool) -> None:
+                       max_in_flight: int, drain_s: float, preflight: bool,
+                       headers: dict[str, str] | None = None, http_connections: int = 256) -> None:
     import grpc
 
-    chans = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS + [("bench.channel", i)]) for i in range(channels)]
-    calls = [c.unary_unary(MODEL_INFER) for c in chans]  # bytes in, bytes out
+    http = address.startswith("http://")
+    chans: list = []
+    session = None
+    if http:
+        import aiohttp
+
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=http_connections))
+        calls = [_http_caller(session, address, payload, headers or {})]
+        channels = 1
+    else:
+        chans = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS + [("bench.channel", i)]) for i in range(channels)]
+        calls = [c.unary_unary(MODEL_INFER) for c in chans]  # bytes in, bytes out
     try:
         for c in chans:
             await asyncio.wait_for(c.channel_ready(), 30)
@@ -161,6 +200,9 @@ async def _client_main(address: str, payload: bytes, sched: np.ndarray, channels
                 await call(payload, timeout=60)
             except grpc.aio.AioRpcError as e:  # any status the server chose proves the path; no answer does not
                 if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+            except _HttpStatus as e:
+                if e.status in (503, 504):
                     raise
         conn.send(("ready", os.getpid()))
         t0 = conn.recv()
@@ -183,6 +225,14 @@ async def _client_main(address: str, payload: bytes, sched: np.ndarray, channels
                 c = e.code().value[0]
                 if len(errors) < 5:
                     errors.append(f"{e.code().name}: {e.details()}")
+            except _HttpStatus as e:
+                c = e.status
+                if len(errors) < 5:
+                    errors.append(str(e))
+            except TimeoutError:  # the HTTP client's own timeout: as gRPC's DEADLINE_EXCEEDED
+                c = 4
+                if len(errors) < 5:
+                    errors.append(f"no HTTP answer within {timeout_s} s")
             except asyncio.CancelledError:
                 in_flight -= 1
                 return  # stays LOST
@@ -227,13 +277,17 @@ async def _client_main(address: str, payload: bytes, sched: np.ndarray, channels
     finally:
         for c in chans:
             await c.close()
+        if session is not None:
+            await session.close()
 
 
 def _client_process(address: str, payload: bytes, sched_bytes: bytes, channels: int, conn, timeout_s: float,
-                    max_in_flight: int, drain_s: float, preflight: bool) -> None:
+                    max_in_flight: int, drain_s: float, preflight: bool, headers: dict[str, str] | None = None,
+                    http_connections: int = 256) -> None:
     pin_from_env("BENCH_CLIENT_CPUS")
     sched = np.frombuffer(sched_bytes, dtype=np.float64)
-    asyncio.run(_client_main(address, payload, sched, channels, conn, timeout_s, max_in_flight, drain_s, preflight))
+    asyncio.run(_client_main(address, payload, sched, channels, conn, timeout_s, max_in_flight, drain_s, preflight,
+                             headers, http_connections))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,8 +301,9 @@ class OpenLoopRun:
     def __init__(self, address: str, payload: bytes, rate: float, *, duration_s: float = 5.0, warmup_s: float = 1.0,
                  arrival: str = "poisson", seed: int = 0, processes: int = 1, channels: int = 2,
                  timeout_s: float = 30.0, max_in_flight: int = 20_000, drain_s: float = 30.0,
-                 preflight: bool = True) -> None:
+                 preflight: bool = True, headers: dict[str, str] | None = None, http_connections: int = 256) -> None:
         self.address, self.payload, self.rate, self.arrival = address, payload, rate, arrival
+        self.headers, self.http_connections = dict(headers or {}), http_connections
         self.duration_s, self.warmup_s, self.drain_s = duration_s, warmup_s, drain_s
         self.sched = arrival_times(rate, warmup_s + duration_s, arrival, seed)
         self.processes = max(1, processes)
@@ -267,7 +322,7 @@ class OpenLoopRun:
                 part = np.ascontiguousarray(self.sched[k::self.processes])
                 p = ctx.Process(target=_client_process, daemon=True,
                                 args=(self.address, self.payload, part.tobytes(), channels, child, timeout_s,
-                                      max_in_flight, drain_s, preflight))
+                                      max_in_flight, drain_s, preflight, self.headers, self.http_connections))
                 p.start()
                 self._pipes.append(parent)
                 self._procs.append(p)

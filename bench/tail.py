@@ -70,7 +70,7 @@ def _point(r: OpenLoopResult, **extra) -> dict:
 
 
 def find_max_rate(address: str, payload: bytes, tm: TailMode, *, processes: int = 1, log=print,
-                  tag: str = "") -> tuple[float, list[dict]]:
+                  tag: str = "", headers: dict[str, str] | None = None) -> tuple[float, list[dict]]:
     """The highest sustainable rate found (0 if even the first probe failed) and every probe."""
     probes: list[dict] = []
     good, bad = 0.0, None
@@ -78,7 +78,7 @@ def find_max_rate(address: str, payload: bytes, tm: TailMode, *, processes: int 
 
     def probe(rate: float) -> bool:
         r = run_open_loop(address, payload, rate, duration_s=tm.probe_s, warmup_s=tm.warmup_s, processes=processes,
-                          seed=len(probes))
+                          seed=len(probes), headers=headers)
         ok, why = sustainable(r, tm.p99_limit_ms)
         probes.append(_point(r, phase="search", sustainable=ok, why_not=why))
         log(f"  s7 {tag} probe {rate:.0f}/s: {'ok' if ok else 'NOT sustainable: ' + why} "
@@ -112,19 +112,38 @@ def find_max_rate(address: str, payload: bytes, tm: TailMode, *, processes: int 
     return good, probes
 
 
-def measure_config(ctx, label: str, repo: Path, tm: TailMode) -> dict:
+def _http_port(server) -> int:
+    import re
+
+    m = re.search(r"HTTP on \S+:(\d+)", server.log_path.read_text())
+    if m is None:
+        raise RuntimeError("the server logged no 'HTTP on' line")
+    return int(m.group(1))
+
+
+def measure_config(ctx, label: str, repo: Path, tm: TailMode, protocol: str = "grpc") -> dict:
+    """One server, one protocol: the max sustainable rate, then the levels. HTTP sends the binary tensor
+    extension (one LeNet-5-shaped FP32 image, binary outputs), as tritonclient.http does."""
     name = models.model_name(repo)
-    payload = model_infer_request(name, 1)
+    payload, headers = model_infer_request(name, 1), None
     processes = ctx.processes or 1
     server = None
     try:
-        server = procs.start_server(repo, ctx.logs, server_root=ctx.server_root, name=f"s7-{label.replace(' ', '-')}")
-        max_rps, probes = find_max_rate(server.address, payload, tm, processes=processes, log=ctx.log, tag=label)
+        server = procs.start_server(repo, ctx.logs, server_root=ctx.server_root, name=f"s7-{label.replace(' ', '-')}",
+                                    args=("--http-address", "127.0.0.1:0") if protocol == "http" else ())
+        target = server.address
+        if protocol == "http":
+            from bench.http_bare import lenet_request
+
+            payload, headers = lenet_request(1)
+            target = f"http://127.0.0.1:{_http_port(server)}/v2/models/{name}/infer"
+        max_rps, probes = find_max_rate(target, payload, tm, processes=processes, log=ctx.log, tag=label,
+                                        headers=headers)
         levels = []
         if max_rps > 0:
             for frac in LEVELS:
-                r = run_open_loop(server.address, payload, max_rps * frac, duration_s=tm.level_s, warmup_s=tm.warmup_s,
-                                  processes=processes, seed=100 + len(levels))
+                r = run_open_loop(target, payload, max_rps * frac, duration_s=tm.level_s, warmup_s=tm.warmup_s,
+                                  processes=processes, seed=100 + len(levels), headers=headers)
                 levels.append(_point(r, phase="level", fraction=frac, sustainable=sustainable(r, tm.p99_limit_ms)[0]))
                 p = levels[-1]
                 ctx.log(f"  s7 {label} {frac:.0%} of max = {p['offered_rps']:.0f}/s: p50 {p['p50_ms']} p99 {p['p99_ms']} "
@@ -134,7 +153,7 @@ def measure_config(ctx, label: str, repo: Path, tm: TailMode) -> dict:
         if server is not None:
             server.stop()
     return {"label": label, "model": name, "repo": str(repo), "max_rps": max_rps, "probes": probes, "levels": levels,
-            "rss_bytes": rss}
+            "rss_bytes": rss, "protocol": protocol}
 
 
 def _plot(configs: list[dict], path: Path) -> None:
@@ -181,6 +200,10 @@ def s7_open_loop(ctx) -> dict:
         configs.append(measure_config(ctx, f"{kind}, batching on", repo, tm))
         configs.append(measure_config(ctx, f"{kind}, batching off", off, tm))
         configs[-2]["dynamic_batching"], configs[-1]["dynamic_batching"] = db, None
+    if getattr(ctx, "s7_http", True):  # HTTP (binary tensor extension), LeNet-5 with batching on
+        kind, repo = repos[0]
+        configs.append(measure_config(ctx, f"{kind}, batching on, HTTP", repo, tm, protocol="http"))
+        configs[-1]["dynamic_batching"] = models.config_of(repo).get("dynamic_batching")
     rows = []
     for c in configs:
         for p in c["levels"]:

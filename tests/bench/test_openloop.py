@@ -104,6 +104,94 @@ def test_requests_scheduled_during_a_stall_are_charged_the_stall(stall_server):
     assert s["p99.9_ms"] >= s["p99_ms"] >= s["p50_ms"] > 0 and s["send_lag_count"] == r.scheduled
 
 
+class HttpStallServer:
+    """The same over HTTP (aiohttp on 127.0.0.1): POST /infer answers b"ok" with 200; the `stall_at`-th request
+    blocks the loop for `stall_s`, once; body b"fail" gets 429, b"hang" is never answered."""
+
+    def __init__(self, stall_at: int | None = None, stall_s: float = 0.2) -> None:
+        self.stall_at, self.stall_s = stall_at, stall_s
+        self.count = 0
+        self.stall_start = self.stall_end = None
+        self.seen_headers: dict[str, str] = {}
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(30), "test server did not start"
+
+    async def _handle(self, request):
+        from aiohttp import web
+
+        body = await request.read()
+        self.count += 1
+        self.seen_headers = dict(request.headers)
+        if body == b"fail":
+            return web.Response(status=429, text="told to fail")
+        if body == b"hang":
+            await asyncio.sleep(3600)
+        if self.count == self.stall_at:
+            self.stall_start = time.monotonic()
+            time.sleep(self.stall_s)  # blocks the loop
+            self.stall_end = time.monotonic()
+        return web.Response(body=b"ok")
+
+    async def _main(self) -> None:
+        from aiohttp import web
+
+        self._stop = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/infer", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._loop = asyncio.get_running_loop()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}/infer"
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def test_http_requests_scheduled_during_a_stall_are_charged_the_stall():
+    server = HttpStallServer(stall_at=100, stall_s=0.2)
+    try:
+        rate = 500.0
+        r = run_open_loop(server.address, b"x", rate, duration_s=2.0, warmup_s=0.0, arrival="constant",
+                          headers={"Inference-Header-Content-Length": "1"})
+        assert server.stall_end is not None, "the server never stalled"
+        assert server.seen_headers.get("Inference-Header-Content-Length") == "1"
+        assert r.failed == 0 and r.ok == r.scheduled == len(r.sched), r.outcomes()
+        start, end = server.stall_start - r.t0, server.stall_end - r.t0
+        during = (r.sched >= start) & (r.sched < end)
+        assert during.sum() >= 0.15 * rate
+        assert np.all(r.latency[during] >= end - r.sched[during])
+        sent_at = r.sched + r.lag
+        assert ((sent_at > start) & (sent_at < end)).sum() >= 1
+        assert r.histogram().max_ms() >= (end - start - 1 / rate) * 1e3
+    finally:
+        server.close()
+
+
+def test_http_errors_and_lost_requests_are_counted_not_timed():
+    server = HttpStallServer()
+    try:
+        r = run_open_loop(server.address, b"fail", 200.0, duration_s=0.5, warmup_s=0.0, arrival="constant")
+        assert r.ok == 0 and r.outcomes() == {"HTTP_429": r.scheduled} and r.failed == r.scheduled == 100
+        assert r.histogram().count == 0 and "told to fail" in r.error_samples[0]
+        r = run_open_loop(server.address, b"hang", 200.0, duration_s=0.25, warmup_s=0.0, arrival="constant",
+                          max_in_flight=20, drain_s=0.3, timeout_s=60, preflight=False)
+        assert r.outcomes() == {"LOST": 20, "DROPPED_BY_GENERATOR": r.scheduled - 20}
+    finally:
+        server.close()
+
+
 def test_errors_lost_and_dropped_requests_are_counted_not_timed():
     server = StallServer()
     try:
