@@ -57,8 +57,11 @@ def test_summary_lists_the_three_scenarios(run_dir):
 
 def test_s7_finds_a_max_rate_and_measures_every_level_open_loop(run_dir):
     r = _load(run_dir, "s7_open_loop")
-    assert [c["label"] for c in r["configs"]] == ["LeNet-5, batching on", "LeNet-5, batching off"]
+    assert [c["label"] for c in r["configs"]] == ["LeNet-5, batching on", "LeNet-5, batching off",
+                                                  "LeNet-5, batching on, HTTP"]
+    assert [c["protocol"] for c in r["configs"]] == ["grpc", "grpc", "http"]
     assert r["configs"][1]["dynamic_batching"] is None and r["configs"][0]["dynamic_batching"] is not None
+    assert r["configs"][2]["dynamic_batching"] == r["configs"][0]["dynamic_batching"]
     for c in r["configs"]:
         assert c["probes"] and all(p["phase"] == "search" for p in c["probes"])
         assert c["max_rps"] > 0

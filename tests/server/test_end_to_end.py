@@ -141,19 +141,24 @@ def test_unknown_model_is_not_found_and_server_keeps_serving(server, name):
 
 
 def test_classify_large_photo_is_decoded_off_the_loop_with_the_same_answer(server):
-    """An image over INLINE_DECODE_MAX_BYTES goes through the worker-thread decode path and gets the answer
-    the small original gets (a 16x nearest-neighbour upscale, stored uncompressed, resizes back to it)."""
+    """An image whose decoded pixels exceed INLINE_DECODE_MAX_BYTES goes through the worker-thread decode path
+    and gets the answer the same digit gets on the inline path: nearest-neighbour upscales of one sample,
+    9x (252x252, decoded inline) and 16x (448x448, stored uncompressed, decoded by a worker). Both are
+    photo-sized, so both take the full digit normalisation (a 28x28 MNIST-form image would pass through)."""
     import io
 
     from server.core.service import INLINE_DECODE_MAX_BYTES
 
     f = digit_examples()[0]
-    small = Image.open(f).convert("L")
-    buf = io.BytesIO()
-    small.resize((small.width * 16, small.height * 16), Image.NEAREST).save(buf, "PNG", compress_level=0)
-    big = buf.getvalue()
-    assert len(big) > INLINE_DECODE_MAX_BYTES
+    digit = Image.open(f).convert("L")
+    files = []
+    for factor in (9, 16):
+        buf = io.BytesIO()
+        digit.resize((digit.width * factor, digit.height * factor), Image.NEAREST).save(buf, "PNG", compress_level=0)
+        files.append(buf.getvalue())
+    small, big = files
+    assert (28 * 9) ** 2 <= INLINE_DECODE_MAX_BYTES < (28 * 16) ** 2 and len(big) > INLINE_DECODE_MAX_BYTES
     with ClassificationClient(server.address) as c:
-        [want], [got] = c.classify([f.read_bytes()], top_k=3), c.classify([big], top_k=3)
+        [want], [got] = c.classify([small], top_k=3), c.classify([big], top_k=3)
     assert [p.label for p in got][:1] == [p.label for p in want][:1]
     assert abs(got[0].probability - want[0].probability) < 0.05
