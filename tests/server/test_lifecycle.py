@@ -119,7 +119,10 @@ def test_removed_model_stops_being_served(repository_copy):
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])  # the default, and the standard library's
 def test_sigterm_finishes_every_accepted_request_then_refuses(tmp_path, event_loop):
     repo = tmp_path / "repo"
-    publish(repo, "slow", slow_model(), max_batch_size=2)
+    # 3,000 MatMuls: a batch must outlast the start of all n client threads, or the first answers come back
+    # before the last requests arrive and "all n in flight" is never seen (600 layers: ~50 % of runs on a quiet
+    # 2-core machine)
+    publish(repo, "slow", slow_model(layers=3000), max_batch_size=2)
     setting, gc0 = ("0", 700) if event_loop == "uvloop" else ("50000", 50_000)  # 0 keeps Python's 700
     s = start_server(repo, "--poll-interval-s", "0", "--drain-grace-s", "60",
                      env={"CNN_SERVER_EVENT_LOOP": event_loop, "CNN_SERVER_GC_GEN0_THRESHOLD": setting})
@@ -148,7 +151,7 @@ def test_sigterm_finishes_every_accepted_request_then_refuses(tmp_path, event_lo
         if inflight == n:
             break
         time.sleep(0.02)
-    assert inflight == n, f"only {inflight} requests reached the server"
+    assert inflight == n, f"only {inflight} requests reached the server; answers so far: {results[:3]}; log: {s.log()[-800:]}"
     s.proc.send_signal(15)
     time.sleep(0.3)
     late = tc.InferenceServerClient(s.address)
