@@ -143,15 +143,18 @@ def test_sigterm_finishes_every_accepted_request_then_refuses(tmp_path, event_lo
     threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
-    # wait until the server holds all n requests (in flight), then ask it to stop
+    # wait until all n requests reached the server (answered or in flight) with some still in flight, then ask
+    # it to stop (answers are counted before the metrics are read, so no request is counted twice)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        answered = sum(r is not None for r in results)
         fams = {f.name: f for f in text_string_to_metric_families(s.metrics_text())}
         inflight = sum(x.value for x in fams["cnn_requests_in_flight"].samples if x.labels["rpc"] == "ModelInfer")
-        if inflight == n:
+        if answered + inflight >= n and inflight >= 2:
             break
         time.sleep(0.02)
-    assert inflight == n, f"only {inflight} requests reached the server; answers so far: {results[:3]}; log: {s.log()[-800:]}"
+    assert answered + inflight >= n and inflight >= 2, (
+        f"{inflight} in flight, {answered} answered of {n}; answers so far: {results[:3]}; log: {s.log()[-800:]}")
     s.proc.send_signal(15)
     time.sleep(0.3)
     late = tc.InferenceServerClient(s.address)
