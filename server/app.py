@@ -58,6 +58,7 @@ class Server:
             max_batch_size=256,
             low_confidence_threshold=config.low_confidence_threshold,
             prediction_max_classes=config.prediction_max_classes,
+            prediction_telemetry=config.prediction_telemetry,
         )
         registry = ModelRegistry(config.repository, self.metrics, config.poll_interval_s)
         limits = ImageLimits(max_pixels=config.max_image_pixels)

@@ -65,6 +65,8 @@ class ServerConfig:
     #                             (bench/results/ab/event-loop.md)
     low_confidence_threshold: float = 0.5  # answers whose top-1 probability is under this count as low-confidence
     #                                        (cnn_low_confidence_predictions_total; server/predictions.py)
+    prediction_telemetry: bool = True  # count every answer's top-1 class and confidence (cnn_predictions_total
+    #                                   and the other series of server/predictions.py); false: none of them
     prediction_max_classes: int = 32  # class label values per model in the prediction series; a model with more
     #                                   classes reports the rest (by its test-split share) as class "other"
 

@@ -120,7 +120,9 @@ class Metrics:
         registry: CollectorRegistry | None = None,
         low_confidence_threshold: float = 0.5,
         prediction_max_classes: int = 32,
+        prediction_telemetry: bool = True,
     ) -> None:
+        self.prediction_telemetry = prediction_telemetry  # off: no prediction series, nothing counted
         self.registry = registry or CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)
@@ -290,7 +292,10 @@ class Metrics:
         reference: dict[str, Any] | None,
         version: str = "",
     ) -> None:
-        """A version is swapped in: its prediction series (every class, at 0) and its test-split reference."""
+        """A version is swapped in: its prediction series (every class, at 0) and its test-split reference.
+        With the telemetry off the model gets no series, so the core finds no tap and counts nothing."""
+        if not self.prediction_telemetry:
+            return
         self.predictions.configure(model, labels, output_names, reference, version)
 
     def start_http(self, host: str, port: int):

@@ -43,8 +43,10 @@ def test_example_server_yaml_loads_and_covers_every_key():
     assert keys == fields, f"missing from examples/server.yaml: {sorted(fields - keys)}; unknown: {sorted(keys - fields)}"
     assert load_config(path, env={}) == ServerConfig(), "examples/server.yaml must show every default as it is"
     text = path.read_text()
-    for key in fields:  # every key is explained on its line
-        line = next(ln for ln in text.splitlines() if ln.startswith(f"{key}:"))
+    for key in fields:  # every key is explained on its line, once (YAML keeps the last of two silently)
+        lines = [ln for ln in text.splitlines() if ln.startswith(f"{key}:")]
+        assert len(lines) == 1, f"{key} is set {len(lines)} times in examples/server.yaml"
+        line = lines[0]
         assert "#" in line and len(line.split("#", 1)[1].strip()) > 10, line
 
 

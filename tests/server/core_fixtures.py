@@ -14,9 +14,9 @@ from server.metrics import Metrics
 
 
 @asynccontextmanager
-async def core_service(repo: Path, **kw) -> AsyncIterator[InferenceService]:
+async def core_service(repo: Path, metrics: Metrics | None = None, **kw) -> AsyncIterator[InferenceService]:
     """A started InferenceService over `repo` (polling off); closed on exit."""
-    metrics = Metrics(max_batch_size=64)
+    metrics = metrics or Metrics(max_batch_size=64)
     service = InferenceService(ModelRegistry(repo, metrics, poll_interval_s=0), metrics, **kw)
     await service.start()
     try:

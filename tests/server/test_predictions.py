@@ -168,3 +168,24 @@ def test_every_inference_path_counts_answers_in_the_core(tmp_path):
     scale = [v for k, v in s.items() if ("model", "scale") in k[1] and k[0] == "cnn_predictions_total"]
     assert len(scale) == 4 and sum(scale) == 0  # its series exist at 0 (Classify would count), ModelInfer does not
     assert s[("cnn_prediction_confidence_count", (("model", "scale"),))] == 0
+
+
+def test_telemetry_off_exports_no_prediction_series_and_counts_nothing(tmp_path):
+    """`prediction_telemetry: false`: answers as before, and not one series of server/predictions.py."""
+    publish(tmp_path, "clf", classifier_model(), max_batch_size=8)
+    x = np.zeros((2, 1, 2, 2), np.float32)
+    x.reshape(2, 4)[:, 2] = 20.0  # top-1 c
+
+    async def main(metrics):
+        async with core_service(tmp_path, metrics=metrics) as s:
+            r = await s.infer(InferRequest("clf", inputs=[InferInput("input", "FP32", (2, 1, 2, 2), x)]))
+            return metrics, r
+
+    off, r = run(main(Metrics(max_batch_size=64, prediction_telemetry=False)))
+    assert [int(np.argmax(row)) for row in r.outputs[0].data] == [2, 2]  # still answered
+    names = {name for name, _ in samples(off)}
+    for family in ("cnn_predictions_total", "cnn_prediction_confidence_count", "cnn_low_confidence_predictions_total",
+                   "cnn_reference_class_share", "cnn_reference_confidence", "cnn_reference_low_confidence_share"):
+        assert family not in names, family
+    on, _ = run(main(Metrics(max_batch_size=64)))  # the same with it on: the series are there and count
+    assert samples(on)[("cnn_predictions_total", (("class", "c"), ("model", "clf")))] == 2
