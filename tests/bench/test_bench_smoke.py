@@ -119,3 +119,14 @@ def test_inproc_measures_the_handler_without_grpc(model_repository):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
     assert set(res) == {"1", "4"} and all(v["cpu_us"] > 0 for v in res.values())
+
+
+def test_inproc_telemetry_ab_alternates_both_services_in_one_process(model_repository):
+    proc = subprocess.run([sys.executable, "-m", "bench.inproc", "--repo", str(model_repository), "--concurrency", "4",
+                           "--requests", "200", "--rounds", "3", "--telemetry", "ab", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])["results"]["4"]
+    assert len(r["off"]["rounds"]) == len(r["on"]["rounds"]) == len(r["ratios"]) == 3
+    assert r["ratios"] == [b["cpu_us"] / a["cpu_us"] for a, b in zip(r["off"]["rounds"], r["on"]["rounds"])]
+    assert sorted(r["ratios"])[1] == r["on_over_off_cpu"] and all(x > 0 for x in r["ratios"])

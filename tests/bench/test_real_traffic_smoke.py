@@ -63,7 +63,7 @@ def test_s7_finds_a_max_rate_and_measures_every_level_open_loop(run_dir):
     assert r["configs"][1]["dynamic_batching"] is None and r["configs"][0]["dynamic_batching"] is not None
     assert r["configs"][2]["dynamic_batching"] == r["configs"][0]["dynamic_batching"]
     for c in r["configs"]:
-        assert c["probes"] and all(p["phase"] == "search" for p in c["probes"])
+        assert c["probes"] and all(p["phase"] in ("search", "confirm") for p in c["probes"])
         assert c["max_rps"] > 0
         assert c["max_rps"] == pytest.approx(max(p["offered_rps"] for p in c["probes"] if p["sustainable"]), abs=0.01)
         assert [p["fraction"] for p in c["levels"]] == list(LEVELS)
