@@ -130,3 +130,11 @@ def test_inproc_telemetry_ab_alternates_both_services_in_one_process(model_repos
     assert len(r["off"]["rounds"]) == len(r["on"]["rounds"]) == len(r["ratios"]) == 3
     assert r["ratios"] == [b["cpu_us"] / a["cpu_us"] for a, b in zip(r["off"]["rounds"], r["on"]["rounds"])]
     assert sorted(r["ratios"])[1] == r["on_over_off_cpu"] and all(x > 0 for x in r["ratios"])
+
+
+def test_telemetry_tap_times_the_tap_per_answer():
+    proc = subprocess.run([sys.executable, "-m", "bench.telemetry_tap", "--answers", "2000", "--rounds", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    per = [float(x) for x in proc.stdout.split(":", 1)[1].split(";")[0].split(",")]
+    assert len(per) == 2 and all(0 < x < 1000 for x in per) and "median" in proc.stdout
