@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import platform
+import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from importlib import metadata as _metadata
 from typing import Any
@@ -171,7 +173,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.queue_depth = Gauge(f"{p}_queue_depth_rows", "Rows waiting in the batch queue.", ["model"], registry=r)
+        self.queue_depth = Gauge(
+            f"{p}_queue_depth_rows",
+            "Rows waiting in the model's batch queues (every served version's and Explain's, summed).",
+            ["model"],
+            registry=r,
+        )
+        # model -> the live batchers' observers; each keeps its queue's rows in `.rows` (a plain attribute
+        # store on the hot path), the gauge sums them when scraped; a retired batcher drops out with its observer
+        self._queues: dict[str, weakref.WeakSet] = {}
+        self._queues_lock = threading.Lock()  # adds (loop thread, at a load) against sums (the scrape thread)
         self.queue_capacity = Gauge(
             f"{p}_queue_capacity_rows",
             "Rows the batch queue holds before refusing (queue saturation = depth / capacity).",
@@ -274,6 +285,19 @@ class Metrics:
         self.compute_duration.labels(name, version)
         for reason in REJECT_REASONS:
             self.rejected.labels(name, reason)
+
+    def track_queue(self, model: str, observer: Any) -> None:
+        """`observer.rows` (a batcher's queued rows) counts into cnn_queue_depth_rows{model} while it lives."""
+        with self._queues_lock:
+            observers = self._queues.get(model)
+            if observers is None:
+                observers = self._queues[model] = weakref.WeakSet()
+                self.queue_depth.labels(model).set_function(functools.partial(self._queued_rows, observers))
+            observers.add(observer)
+
+    def _queued_rows(self, observers: weakref.WeakSet) -> float:
+        with self._queues_lock:
+            return float(sum(o.rows for o in list(observers)))
 
     def preinitialise(self, model: str, version: str, queue_capacity_rows: int | None = None) -> None:
         """A version is (about to be) served: every series the dashboard and alerts read for it, at 0.

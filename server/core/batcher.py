@@ -152,6 +152,7 @@ class DynamicBatcher:
                     r.future.set_exception(Unavailable(f"model '{self.name}' is unloading"))
                     self._observer.on_reject("shutdown")
             self._queued_rows = 0
+            self._observer.on_queue_depth(0)
         if self._wakeup is not None:
             self._wakeup.set()
         if self._workers:

@@ -81,12 +81,13 @@ class BatchStatsObserver:
     def __init__(self, name: str, version: int, stats: VersionStats, metrics: Metrics) -> None:
         self.name, self.version, self.stats, self.metrics = name, str(version), stats, metrics
         self._queue_wait = metrics.queue_wait.labels(name)
-        self._depth = metrics.queue_depth.labels(name)
+        self.rows = 0  # rows waiting in this batcher's queue: summed per model into cnn_queue_depth_rows
+        metrics.track_queue(name, self)
         self._batch = metrics.batch_size.labels(name)
         self._compute = metrics.compute_duration.labels(name, self.version)
 
     def on_queue_depth(self, rows: int) -> None:
-        self._depth.set(rows)
+        self.rows = rows
 
     def on_reject(self, reason: str) -> None:
         self.metrics.rejected.labels(self.name, reason).inc()

@@ -433,3 +433,81 @@ def test_a_busy_instance_gets_its_next_batch_without_gathering():
     # the first arrival (or two) leaves at once; the rest queue while it runs (an idle instance: one batch of 8,
     # test_requests_arriving_over_several_loop_passes_share_a_batch)
     assert len(sizes) == 2 and sizes[0] <= 2 and sum(sizes) == 8, sizes
+
+
+def test_close_without_drain_refuses_the_queue_and_reports_it_empty():
+    rt, obs = FakeRuntime(), Recorder()
+    rt.gate.clear()  # the first batch blocks inside the runtime
+
+    async def main():
+        b = make(rt, obs, max_batch_size=2, max_queue_delay_s=0)
+        b.start()
+        first = asyncio.ensure_future(b.submit(rows(0, 2), 2))
+        await asyncio.sleep(0.05)  # taken by the worker, blocked in the runtime
+        queued = [asyncio.ensure_future(b.submit(rows(2 + i, 2), 2)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        depth_before = obs.depths[-1]
+        closing = asyncio.ensure_future(b.close(drain=False))
+        await asyncio.sleep(0.01)
+        rt.gate.set()
+        await closing
+        return depth_before, await asyncio.gather(first, *queued, return_exceptions=True)
+
+    depth_before, results = asyncio.run(main())
+    assert depth_before == 4 and obs.depths[-1] == 0
+    assert isinstance(results[0], dict) and all(isinstance(r, Unavailable) for r in results[1:])
+
+
+def test_queue_depth_gauge_sums_every_live_batcher_of_a_model():
+    """cnn_queue_depth_rows{model}: the main batcher's rows plus a second one's (another version, or the
+    Explain CAM batcher), each reported by its own observer; a retired batcher's observer drops out."""
+    import gc
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from server.core.stats import BatchStatsObserver, VersionStats
+    from server.metrics import Metrics
+
+    m = Metrics()
+
+    def depth(model):
+        for fam in text_string_to_metric_families(generate_latest(m.registry).decode()):
+            for s in fam.samples:
+                if s.name == "cnn_queue_depth_rows" and s.labels["model"] == model:
+                    return s.value
+        return None
+
+    rt1, rt2 = FakeRuntime(), FakeRuntime()
+    rt1.gate.clear()
+    rt2.gate.clear()
+    main_obs = BatchStatsObserver("m", 1, VersionStats(), m)
+    other_obs = BatchStatsObserver("m", 2, VersionStats(), m)
+    BatchStatsObserver("n", 1, VersionStats(), m)
+
+    async def main():
+        a, b = make(rt1, main_obs, max_batch_size=2, max_queue_delay_s=0), make(rt2, other_obs, max_batch_size=2, max_queue_delay_s=0)
+        a.start()
+        b.start()
+        futs = [asyncio.ensure_future(a.submit(rows(0, 2), 2)), asyncio.ensure_future(b.submit(rows(0, 2), 2))]
+        await asyncio.sleep(0.05)  # each first batch blocked in its runtime
+        futs += [asyncio.ensure_future(a.submit(rows(2, 2), 2)), asyncio.ensure_future(a.submit(rows(4, 1), 1))]
+        futs += [asyncio.ensure_future(b.submit(rows(2, 2), 2))]
+        await asyncio.sleep(0.01)
+        during = depth("m"), depth("n")
+        rt1.gate.set()
+        rt2.gate.set()
+        await asyncio.gather(*futs)
+        after = depth("m")
+        await a.close()
+        await b.close()
+        return during, after
+
+    during, after = asyncio.run(main())
+    assert during == (5.0, 0.0)  # 3 rows queued behind version 1's batch, 2 behind the other's; none for n
+    assert after == 0.0
+    other_obs.rows = 7
+    assert depth("m") == 7.0
+    del other_obs
+    gc.collect()
+    assert depth("m") == 0.0  # retired: its rows no longer count
