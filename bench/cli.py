@@ -103,12 +103,11 @@ def _log(msg: str) -> None:
 
 def run(args) -> int:
     import dataclasses
+    import os
 
     from bench import env as envmod
     from bench import models, report
     from bench.scenarios import DEFAULT_SCENARIOS, MODES, SCENARIOS, Ctx
-
-    import os
 
     for var, val in (("BENCH_SERVER_CPUS", args.server_cpus), ("BENCH_CLIENT_CPUS", args.client_cpus)):
         if val:
@@ -116,7 +115,7 @@ def run(args) -> int:
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     mode = dataclasses.replace(mode, **{k: v for k, v in (("duration_s", args.duration), ("repeats", args.repeats),
                                                           ("s6_requests", args.requests)) if v is not None})
-    out = (args.out or ROOT / "runs" / "bench" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")).resolve()
+    out = (args.out or ROOT / "runs" / "bench" / dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.scenarios is None:
         args.scenarios = list(DEFAULT_SCENARIOS)
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.ab import run_ab
 
         repo = models.ensure("lenet5", args.repo, log=_log)
-        out = (args.out or ROOT / "runs" / "bench" / ("ab-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))).resolve()
+        out = (args.out or ROOT / "runs" / "bench" / ("ab-" + dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S"))).resolve()
         run_ab(args.a.resolve(), args.b.resolve(), repo, out, concurrency=[int(c) for c in args.concurrency.split(",")],
                rounds=args.rounds, duration_s=args.duration, rows=args.rows, processes=args.clients, log=_log,
                env_a=_env_pairs(args.env_a, "--env-a"), env_b=_env_pairs(args.env_b, "--env-b"))

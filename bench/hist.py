@@ -40,7 +40,7 @@ class LatencyHistogram:
         for v in values:
             self.record(float(v))
 
-    def merge(self, other: "LatencyHistogram") -> "LatencyHistogram":
+    def merge(self, other: LatencyHistogram) -> LatencyHistogram:
         self._h.add(other._h)
         self.clamped += other.clamped
         return self
@@ -75,7 +75,7 @@ class LatencyHistogram:
         return self._h.encode().decode("ascii")
 
     @classmethod
-    def decode(cls, text: str) -> "LatencyHistogram":
+    def decode(cls, text: str) -> LatencyHistogram:
         h = cls()
         if text:
             h._h = HdrHistogram.decode(text.encode("ascii"))

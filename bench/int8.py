@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # bench/env.py is optional for this script
         describe, markdown = None, None
 
-    out = args.out or ROOT / "runs" / "bench" / ("int8-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    out = args.out or ROOT / "runs" / "bench" / ("int8-" + dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     settings = {"batch": args.batch, "threads": args.threads, "repeats": args.repeats, "min_seconds": args.min_seconds,
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 ckpts.append((model, train_briefly(model, args.data, args.epochs, run_dir)))
 
     rows = []
-    for label, ckpt_path in ckpts:
+    for _label, ckpt_path in ckpts:
         ckpt = load_checkpoint(ckpt_path)
         test = load_images(ckpt, "test")
         repo = scratch / "repo"
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         r["accuracy_change_vs_fp32"] = r["test_accuracy"] - base["test_accuracy"]
 
     env["hardware"]["loadavg_at_end"] = list(os.getloadavg())
-    result = {"env": env, "rows": rows, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    result = {"env": env, "rows": rows, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     (out / "int8.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# INT8 vs FP32 on CPU (batch {args.batch})", ""]
     if markdown:

@@ -132,7 +132,7 @@ async def _client_main(address: str, payload: bytes, concurrency: int, channels:
                     if total_requests is not None or t_measure <= t1 <= t_end:
                         counters["errors"] += 1
                         if len(errors) < 5:
-                            errors.append(f"{type(e).__name__}: {getattr(e, 'details', lambda: str(e))()}")
+                            errors.append(f"{type(e).__name__}: {e.details() if hasattr(e, 'details') else e}")
                     continue
                 t1 = now()
                 counters["all"] += 1

@@ -319,7 +319,7 @@ def s3_client_batches(ctx: Ctx) -> dict:
     if Path(ctx.resnet_repo).resolve() != Path(ctx.lenet_repo).resolve():
         repos.append(("resnet20", ctx.resnet_repo))
     rows, series, targets, raws = [], {}, [], {}
-    for kind, repo in repos:
+    for _kind, repo in repos:
         name = models.model_name(repo)
         rows_per_req = min(64, int(models.config_of(repo).get("max_batch_size", 64)))
         payload = model_infer_request(name, rows_per_req)

@@ -284,7 +284,7 @@ def markdown(result: dict) -> str:
               f"- Memory: {env['memory_total_bytes'] / 2**30:.1f} GiB; load average at start "
               f"{', '.join(f'{x:.2f}' for x in env['loadavg_at_start'])} (a shared machine: other work runs beside it)",
               "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-              f"- Client and server on the same machine; one client process, asyncio, closed loop."]
+              "- Client and server on the same machine; one client process, asyncio, closed loop."]
     return "\n".join(lines) + "\n"
 
 
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.address and not args.pid:
         p.error("--address needs --pid (the server's resident memory is read from /proc/PID)")
-    out = args.out or ROOT / "runs" / "soak" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or ROOT / "runs" / "soak" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
     server = None

@@ -71,7 +71,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # batched augmentation, see augment.py
     model: dict[str, Any] = field(default_factory=dict)  # extra create_model kwargs (activation, dropout, ...)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check value ranges; raise ConfigError naming the key."""
         def need(ok: bool, key: str, what: str) -> None:
             if not ok:

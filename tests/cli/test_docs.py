@@ -14,7 +14,6 @@ import dataclasses
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import yaml
 

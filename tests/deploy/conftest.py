@@ -6,7 +6,6 @@ import importlib.util
 import json
 import shutil
 import socket
-from pathlib import Path
 
 import pytest
 

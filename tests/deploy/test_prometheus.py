@@ -183,7 +183,7 @@ def test_scraped_request_counters_equal_what_the_clients_sent(stack, traffic):
     for expr, want in expected.items():
         stack.wait_for(expr, float(want))
     # nothing counted twice, nothing on a wrong label
-    assert float(stack.query(f'sum(cnn_requests_total{{rpc="Classify", code!~"OK|INVALID_ARGUMENT|NOT_FOUND"}})')[0]["value"][1]) == 0
+    assert float(stack.query('sum(cnn_requests_total{rpc="Classify", code!~"OK|INVALID_ARGUMENT|NOT_FOUND"})')[0]["value"][1]) == 0
 
 
 def _substitute(expr: str) -> str:

@@ -12,7 +12,6 @@ import onnxruntime as ort
 import export.onnx as export_onnx_mod
 from export.pipeline import export_checkpoint
 from export.verify import check_file
-
 from tests.export.conftest import FAST
 
 

@@ -35,7 +35,7 @@ def test_metadata_round_trip(lenet5_published, trained_lenet5):
     assert md.recipe_sha256 == ckpt["recipe_sha256"]
     assert md.project_version == "0.1.0"
     created = dt.datetime.fromisoformat(md.created)
-    assert created.tzinfo is not None and abs((dt.datetime.now(dt.timezone.utc) - created).total_seconds()) < 3600
+    assert created.tzinfo is not None and abs((dt.datetime.now(dt.UTC) - created).total_seconds()) < 3600
 
     # accuracy: measured by the exporter on the real test split, and the checkpoint's own number
     m = md.metrics

@@ -10,7 +10,6 @@ from export.errors import ExportError, VerificationError
 from export.pipeline import default_name, export_checkpoint
 from export.publish import ensure_config, publish, sanitize_name, staging
 from server.repository import list_versions, load_model_config
-
 from tests.export.conftest import FAST
 
 

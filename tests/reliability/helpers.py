@@ -23,7 +23,6 @@ from protos.cnn import classification_pb2 as cpb
 from protos.cnn import classification_pb2_grpc as cpb_grpc
 from tests.conftest import MODEL_NAME, digit_examples
 
-
 LENET_SHAPE = (1, 28, 28)
 # What a client may see from this server, by the README and server/grpc/status.py (never INTERNAL/UNKNOWN).
 DOCUMENTED_CODES = frozenset({
@@ -46,7 +45,7 @@ class Stubs:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "Stubs":
+    def __enter__(self) -> Stubs:
         return self
 
     def __exit__(self, *exc) -> None:

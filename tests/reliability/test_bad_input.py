@@ -9,17 +9,30 @@ request of the same kind still succeeds. Requests are built as raw protocol mess
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import grpc
 import numpy as np
 import pytest
 
 from tests.conftest import MODEL_NAME, start_server
-from tests.reliability.helpers import (LENET_SHAPE, Stubs, big_png, classify_request, cpb, digit_jpeg, digit_png,
-                                       jpeg_with_components, lenet_request, metric_sum, pb, png_header, requests_total,
-                                       wait_for_metric)
+from tests.reliability.helpers import (
+    LENET_SHAPE,
+    Stubs,
+    big_png,
+    classify_request,
+    cpb,
+    digit_jpeg,
+    digit_png,
+    jpeg_with_components,
+    lenet_request,
+    metric_sum,
+    pb,
+    png_header,
+    requests_total,
+    wait_for_metric,
+)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

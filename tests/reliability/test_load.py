@@ -27,9 +27,9 @@ from onnx import TensorProto, helper
 
 from server.repository import DynamicBatching
 from tests.conftest import MODEL_NAME, start_server
-from tests.threads import CallerThreads
 from tests.reliability.helpers import Stubs, classify_request, lenet_request, metric_sum, pb, wait_for_metric
 from tests.server.onnx_models import publish, scale_model, slow_model
+from tests.threads import CallerThreads
 
 WIDTH = 1024
 QUEUE_ROWS = 4  # "slow": rows that may wait; beyond that UNAVAILABLE at once
@@ -192,7 +192,7 @@ def test_requests_whose_deadline_passes_in_the_queue_are_never_computed(slow_ser
             while metric_sum(s.metrics_text(), "cnn_queue_depth_rows", model=model) < 2 and time.monotonic() < t_end:
                 time.sleep(0.01)
             codes = []
-            for i in range(k):
+            for _ in range(k):
                 while metric_sum(s.metrics_text(), "cnn_queue_depth_rows", model=model) < 2:
                     time.sleep(0.005)  # keep at least two rows ahead of the deadline request
                 try:

@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,9 +14,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import ClassificationClient
-from tests.conftest import MODEL_NAME, ROOT, digit_examples, start_server
-
-import sys
+from tests.conftest import ROOT, digit_examples, start_server
 
 sys.path.insert(0, str(ROOT / "deploy" / "nginx"))
 from render import render  # noqa: E402

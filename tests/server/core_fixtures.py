@@ -4,9 +4,9 @@ service on real onnxruntime, driven by asyncio directly (no subprocess, no socke
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 from server.core.registry import ModelRegistry
 from server.core.service import InferenceService

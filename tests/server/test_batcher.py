@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from server.core.batcher import BatchReport, DynamicBatcher
-from server.runtime.threads import InstanceThreads
 from server.errors import DeadlineExceeded, InternalError, Unavailable
+from server.runtime.threads import InstanceThreads
 
 
 class FakeRuntime:
@@ -420,7 +420,7 @@ def test_a_busy_instance_gets_its_next_batch_without_gathering():
     async def main():
         b = make(rt, max_batch_size=8, max_queue_delay_s=0.0)
         b.start()
-        for round_ in range(12):  # keep a request queued while each batch runs
+        for _ in range(12):  # keep a request queued while each batch runs
             await asyncio.gather(*(b.submit(rows(i, 1), 1) for i in range(3)))
         busy = b.busy_fraction
         before = len(rt.batches)
@@ -482,11 +482,11 @@ def test_queue_depth_gauge_sums_every_live_batcher_of_a_model():
     rt1.gate.clear()
     rt2.gate.clear()
     main_obs = BatchStatsObserver("m", 1, VersionStats(), m)
-    other_obs = BatchStatsObserver("m", 2, VersionStats(), m)
+    live = {"other": BatchStatsObserver("m", 2, VersionStats(), m)}  # popped below: the batcher retires
     BatchStatsObserver("n", 1, VersionStats(), m)
 
     async def main():
-        a, b = make(rt1, main_obs, max_batch_size=2, max_queue_delay_s=0), make(rt2, other_obs, max_batch_size=2, max_queue_delay_s=0)
+        a, b = make(rt1, main_obs, max_batch_size=2, max_queue_delay_s=0), make(rt2, live["other"], max_batch_size=2, max_queue_delay_s=0)
         a.start()
         b.start()
         futs = [asyncio.ensure_future(a.submit(rows(0, 2), 2)), asyncio.ensure_future(b.submit(rows(0, 2), 2))]
@@ -506,8 +506,8 @@ def test_queue_depth_gauge_sums_every_live_batcher_of_a_model():
     during, after = asyncio.run(main())
     assert during == (5.0, 0.0)  # 3 rows queued behind version 1's batch, 2 behind the other's; none for n
     assert after == 0.0
-    other_obs.rows = 7
+    live["other"].rows = 7
     assert depth("m") == 7.0
-    del other_obs
+    live.pop("other")
     gc.collect()
     assert depth("m") == 0.0  # retired: its rows no longer count

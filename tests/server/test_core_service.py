@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from server.core.types import (
-    ClassifyRequest, InferInput, InferRequest, RawInferRequest, RequestedOutput,
+    ClassifyRequest,
+    InferInput,
+    InferRequest,
+    RawInferRequest,
+    RequestedOutput,
 )
 from server.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ModelNotReady, Unavailable, Unimplemented
 from tests.server.core_fixtures import core_service, run

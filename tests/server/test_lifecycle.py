@@ -7,7 +7,6 @@ import shutil
 import threading
 import time
 
-
 import numpy as np
 import pytest
 import tritonclient.grpc as tc

@@ -53,5 +53,5 @@ def test_settings_reach_the_created_session(tmp_path, arena, strategy, pattern):
 def test_default_options_use_no_environment_arena():
     opts = session_options(1, 1, MemorySettings())
     assert opts.enable_cpu_mem_arena and not opts.enable_mem_pattern
-    with pytest.raises(Exception):  # the entry is absent: onnxruntime raises for a missing key
+    with pytest.raises(RuntimeError):  # the entry is absent: onnxruntime raises for a missing key
         opts.get_session_config_entry("session.use_env_allocators")

@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import threading
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -105,7 +104,7 @@ def test_the_common_request_and_the_general_path_answer_alike(client, proto_serv
     assert after.inference_stats.success.count == before.inference_stats.success.count + 3
     assert after.inference_count == before.inference_count + 9
     metrics = proto_server[0].metrics_text()
-    assert re.search(r'cnn_inference_rows_total\{model="%s",version="1"\} [1-9]' % MODEL_NAME, metrics)
+    assert re.search(rf'cnn_inference_rows_total\{{model="{MODEL_NAME}",version="1"\}} [1-9]', metrics)
     # a common-looking request the model cannot take falls through to the general checks and their words
     bad = service_pb2.ModelInferRequest()
     bad.CopyFrom(common)

@@ -57,7 +57,7 @@ def make_folder(root: Path, classes=("cat", "dog", "frog"), per_class: int = 12,
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for ci, c in enumerate(classes):
+    for c in classes:
         d = root / c
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from training.augment import (Augment, AugmentConfig, Normalize, random_affine, random_crop, random_erase,
-                              random_hflip)
+from training.augment import Augment, AugmentConfig, Normalize, random_affine, random_crop, random_erase, random_hflip
 
 
 def _batch(b=16, c=1, s=12):

@@ -7,8 +7,16 @@ import re
 
 import pytest
 
-from training.config import (RECIPES_DIR, TrainConfig, apply_overrides, config_from_dict, list_recipes,
-                             load_recipe_dict, recipe_sha256, recommended_recipe, resolve_config)
+from training.config import (
+    RECIPES_DIR,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    list_recipes,
+    recipe_sha256,
+    recommended_recipe,
+    resolve_config,
+)
 from training.errors import ConfigError
 from training.models import create_model, list_models
 
@@ -34,9 +42,9 @@ def test_every_recipe_file_loads_and_is_commented():
 def test_every_config_field_is_commented_in_the_source():
     import inspect
 
-    from training import augment, config
+    from training import augment
 
-    for cls, module in ((TrainConfig, config), (augment.AugmentConfig, augment)):
+    for cls in (TrainConfig, augment.AugmentConfig):
         src = inspect.getsource(cls)
         for f in dataclasses.fields(cls):
             line = next(ln for ln in src.splitlines() if re.match(rf"\s+{f.name}:", ln))

@@ -32,7 +32,6 @@ from training.loop import fit, steps_per_epoch
 from .conftest import assert_same_run, make_idx_dir
 
 
-
 def test_torch_distributed_with_gloo_is_available():
     """The pinned CPU torch ships gloo; if this fails, the install is broken (no skip hides it)."""
     assert dist.is_available() and dist.is_gloo_available()

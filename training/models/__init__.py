@@ -9,7 +9,7 @@ exports cleanly to ONNX (global pooling is ``x.mean((2, 3))``, not AdaptiveAvgPo
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 
@@ -55,7 +55,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
         raise ModelError(f"model {name!r}: {e}") from e
 
 
-def _checked_parameters(name: str, kwargs: dict) -> "dict[str, inspect.Parameter]":
+def _checked_parameters(name: str, kwargs: dict) -> dict[str, inspect.Parameter]:
     """The constructor's parameters; raises ModelError naming unknown models and arguments."""
     params = inspect.signature(_lookup(name)).parameters
     unknown = sorted(k for k in kwargs if k not in params)
