@@ -138,3 +138,18 @@ def test_telemetry_tap_times_the_tap_per_answer():
     assert proc.returncode == 0, proc.stderr[-3000:]
     per = [float(x) for x in proc.stdout.split(":", 1)[1].split(";")[0].split(",")]
     assert len(per) == 2 and all(0 < x < 1000 for x in per) and "median" in proc.stdout
+
+
+def test_digit_crops_reports_every_case(model_repository):
+    from bench.digit_crops import CASES
+
+    onnx_path = model_repository / "lenet5-digits" / "1" / "model.onnx"
+    proc = subprocess.run([sys.executable, "-m", "bench.digit_crops", "--model", str(onnx_path), "--n", "20"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| MNIST test") or ln.startswith("| examples/photos")]
+    assert len(rows) == len(CASES) + 1
+    for ln in rows:
+        acc = float(ln.split("|")[3].strip().rstrip(" %"))
+        assert 0.0 <= acc <= 100.0
+    assert "| examples/photos (photos and scans on paper) | 300 |" in proc.stdout
