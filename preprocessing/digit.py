@@ -19,7 +19,9 @@ MNIST was made this way from NIST's binary scans: fit the digit in 20x20 keeping
 4. threshold: Otsu on the ink strength, floored by a noise level (median + k MAD) and a fraction of
    the strongest ink;
 5. connected components: ruled/squared paper lines spanning the frame removed, specks dropped,
-   components touching the frame border (paper edges, table) used only if nothing else is there;
+   components lying along the frame border (paper edges, table: in contact with half an edge or more)
+   used only if nothing else is there (a digit cropped close, which only touches the frame where its
+   strokes end, stays a candidate);
    the main component (most ink) plus nearby large pieces (a broken stroke, a detached bar);
 6. stroke width normalised (2 * area / perimeter; a thin pen on a large digit is dilated towards
    MNIST's stroke width in the 20x20 box), crop, fit in 20x20 (INTER_AREA: anti-aliased grey levels),
@@ -47,6 +49,7 @@ class DigitConfig:
     noise_k: float = 5.0  # ink threshold >= median + noise_k * 1.4826 * MAD of the ink strength
     min_fraction_of_peak: float = 0.3  # ink threshold >= this fraction of the strongest ink (99.9th pct)
     line_span: float = 0.85  # a straight run this long (fraction of the frame side) is a paper line
+    edge_contact: float = 0.5  # a component lying along this fraction of a frame edge is a paper edge or table
     speck_fraction: float = 0.03  # components with less area than this fraction of the largest are specks
     group_margin: float = 0.35  # pieces within this fraction of the digit's size join it
     group_min_fraction: float = 0.08  # ... when their area is at least this fraction of the main piece
@@ -192,8 +195,14 @@ def select_digit(mask: np.ndarray, s: np.ndarray, cfg: DigitConfig = DEFAULT) ->
     mass = np.bincount(labels.ravel(), weights=(s * s).ravel(), minlength=n)[1:]  # strong ink over soft shadows
     ok = area >= max(2.0, cfg.speck_fraction * area.max())
     border = (x0 <= 0) | (y0 <= 0) | (x1 >= w) | (y1 >= h)
-    inner = ok & ~border
-    cand = inner if inner.any() else ok
+    # a border component is a frame artefact (paper edge, table, shadow band) when it runs along an edge; a
+    # digit cropped close only touches the edges where its strokes end
+    contact = np.zeros(n - 1, np.float64)
+    for line, side in ((labels[0], w), (labels[-1], w), (labels[:, 0], h), (labels[:, -1], h)):
+        counts = np.bincount(line, minlength=n)[1:] / side
+        contact = np.maximum(contact, counts)
+    digit_like = ok & ~(border & (contact >= cfg.edge_contact))
+    cand = digit_like if digit_like.any() else ok
     main = int(np.argmax(np.where(cand, mass, -1.0)))
     keep = {main}
     bx0, by0, bx1, by1 = x0[main], y0[main], x1[main], y1[main]
