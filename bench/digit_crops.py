@@ -6,8 +6,8 @@ paper; and the photos in examples/photos. Offline: the normalisation and the exp
 
 Prints a Markdown table: accuracy (top-1 against the label) per case, and ms per image for the
 normalisation. Found with it (2026-12-02, bench/results/digit_crops.md): a digit cropped to its own box scored
-54-62 % with LeNet-5 against 96.7 % with a 2-pixel margin and 99.4 % with 6 (62-66 % since the frame-contact
-rule in preprocessing/digit.py): the steps that find the ink lean on a margin of paper round the digit.
+54-62 % with LeNet-5 against 96.7 % with a 2-pixel margin and 99.4 % with 6 (71-80 % since the frame-contact
+rule and the capped noise floor in preprocessing/digit.py): the steps that find the ink lean on a margin of paper round the digit.
 """
 
 from __future__ import annotations

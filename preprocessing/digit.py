@@ -48,6 +48,7 @@ class DigitConfig:
     window_strokes: float = 4.0  # second background window, in stroke widths (min 7 px)
     noise_k: float = 5.0  # ink threshold >= median + noise_k * 1.4826 * MAD of the ink strength
     min_fraction_of_peak: float = 0.3  # ink threshold >= this fraction of the strongest ink (99.9th pct)
+    max_noise_fraction: float = 0.6  # ... and the noise term never asks for more than this fraction of it
     line_span: float = 0.85  # a straight run this long (fraction of the frame side) is a paper line
     edge_contact: float = 0.5  # a component lying along this fraction of a frame edge is a paper edge or table
     speck_fraction: float = 0.03  # components with less area than this fraction of the largest are specks
@@ -165,7 +166,10 @@ def ink_mask(s: np.ndarray, cfg: DigitConfig = DEFAULT) -> np.ndarray:
     med = _quantile(hist, 0.5)
     dev = np.abs(np.arange(256) - med).astype(np.int64)  # |value - median| per bin: the MAD's histogram
     mad = _quantile(np.bincount(dev, weights=hist, minlength=256), 0.5)
-    t = max(float(otsu), med + cfg.noise_k * 1.4826 * mad, 255.0 * cfg.min_fraction_of_peak)
+    # the median and MAD describe the background's noise only while ink is a small minority; a digit filling its
+    # frame (cropped to its own box) widens them until "median + MADs" lies above every pixel: capped
+    noise = min(med + cfg.noise_k * 1.4826 * mad, 255.0 * cfg.max_noise_fraction)
+    t = max(float(otsu), noise, 255.0 * cfg.min_fraction_of_peak)
     return (s8 > t).astype(np.uint8)
 
 
