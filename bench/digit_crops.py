@@ -13,6 +13,7 @@ rule and the capped noise floor in preprocessing/digit.py): the steps that find 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     from PIL import Image
 
+    from bench.served_accuracy import photos
     from preprocessing.digit import normalise_digit
     from preprocessing.image import gray_for_digit
     from server.repository import METADATA_KEY
@@ -81,13 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         fields = [normalise_digit(i) for i in images]
         ms = (time.perf_counter() - t0) / len(images) * 1e3
         rows.append((f"MNIST test, {name}", len(images), float((predict(fields) == labels).mean()), ms))
-    files = sorted((ROOT / "examples" / "photos").glob("*_[0-9].jpg"))
-    grays = [gray_for_digit(Image.open(f)) for f in files]
+    encoded, names = photos()  # the same set bench.served_accuracy sends through Classify
+    grays = [gray_for_digit(Image.open(io.BytesIO(b))) for b in encoded]
     t0 = time.perf_counter()
     fields = [normalise_digit(g) for g in grays]
     ms = (time.perf_counter() - t0) / len(grays) * 1e3
-    truth = np.array([int(f.stem.rsplit("_", 1)[1]) for f in files])
-    rows.append(("examples/photos (photos and scans on paper)", len(files), float((predict(fields) == truth).mean()), ms))
+    truth = np.array([int(n) for n in names])
+    rows.append(("examples/photos (photos and scans on paper)", len(grays), float((predict(fields) == truth).mean()), ms))
     print(f"model: {a.model}\n\n| images | n | top-1 | normalisation ms/image |\n|---|---:|---:|---:|")
     for name, n, acc, ms in rows:
         print(f"| {name} | {n:,} | {acc * 100:.2f} % | {ms:.2f} |")

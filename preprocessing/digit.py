@@ -198,14 +198,12 @@ def select_digit(mask: np.ndarray, s: np.ndarray, cfg: DigitConfig = DEFAULT) ->
     x1, y1 = x0 + stats[1:, cv2.CC_STAT_WIDTH], y0 + stats[1:, cv2.CC_STAT_HEIGHT]
     mass = np.bincount(labels.ravel(), weights=(s * s).ravel(), minlength=n)[1:]  # strong ink over soft shadows
     ok = area >= max(2.0, cfg.speck_fraction * area.max())
-    border = (x0 <= 0) | (y0 <= 0) | (x1 >= w) | (y1 >= h)
-    # a border component is a frame artefact (paper edge, table, shadow band) when it runs along an edge; a
-    # digit cropped close only touches the edges where its strokes end
+    # a component is a frame artefact (paper edge, table, shadow band) when it runs along an edge of the frame
+    # (its largest share of one edge's pixels); a digit cropped close only touches the edges where strokes end
     contact = np.zeros(n - 1, np.float64)
     for line, side in ((labels[0], w), (labels[-1], w), (labels[:, 0], h), (labels[:, -1], h)):
-        counts = np.bincount(line, minlength=n)[1:] / side
-        contact = np.maximum(contact, counts)
-    digit_like = ok & ~(border & (contact >= cfg.edge_contact))
+        contact = np.maximum(contact, np.bincount(line, minlength=n)[1:] / side)
+    digit_like = ok & (contact < cfg.edge_contact)
     cand = digit_like if digit_like.any() else ok
     main = int(np.argmax(np.where(cand, mass, -1.0)))
     keep = {main}
