@@ -94,6 +94,7 @@ class OpenLoopResult:
     lag: np.ndarray = field(repr=False)  # s from scheduled to actual send; NaN if not sent
     client_cpu_s: float = 0.0
     error_samples: list[str] = field(default_factory=list)
+    host_steal_s: float | None = None  # CPU time the hypervisor gave to others during the run, all CPUs (None: unknown)
 
     def window_mask(self, start_s: float | None = None, end_s: float | None = None) -> np.ndarray:
         """Requests scheduled in [start_s, end_s) (seconds from t0; default the measurement window)."""
@@ -145,10 +146,22 @@ class OpenLoopResult:
                "processes": self.processes, "scheduled": self.scheduled, "ok": self.ok, "failed": self.failed,
                "outcomes": self.outcomes(), "completed_rps": round(self.completed_rps, 2),
                **h.summary(), **lag.summary("send_lag_"), "client_cpu_s": round(self.client_cpu_s, 3),
+               "host_steal_s": None if self.host_steal_s is None else round(self.host_steal_s, 3),
                "histogram": h.encode()}
         if self.error_samples:
             out["error_samples"] = self.error_samples[:3]
         return out
+
+
+def host_steal_s() -> float | None:
+    """Steal time so far, all CPUs (Linux /proc/stat, the 8th field): time a virtual machine's CPUs were ready
+    to run and the hypervisor ran something else. None where there is no such field."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,6 +324,7 @@ class OpenLoopRun:
         self._pipes: list = []
         self._procs: list = []
         self.t0 = 0.0
+        self._steal0: float | None = None
 
     def start(self, lead_s: float = 0.2) -> float:
         """Spawn the client processes, wait until each is connected, start the clock; returns t0."""
@@ -333,6 +347,7 @@ class OpenLoopRun:
                 if msg[0] != "ready":
                     raise RuntimeError(f"open-loop client failed to connect to {self.address}: {msg[1]}")
             self.t0 = time.monotonic() + lead_s
+            self._steal0 = host_steal_s()
             for conn in self._pipes:
                 conn.send(self.t0)
         except BaseException:
@@ -360,8 +375,10 @@ class OpenLoopRun:
                 samples += es
         finally:
             self._reap()
+        steal0, steal1 = self._steal0, host_steal_s()
         return OpenLoopResult(self.rate, self.arrival, self.duration_s, self.warmup_s, self.processes, self.t0,
-                              self.sched, latency, code, lag, cpu, samples)
+                              self.sched, latency, code, lag, cpu, samples,
+                              None if steal0 is None or steal1 is None else steal1 - steal0)
 
     def _reap(self) -> None:
         for p in self._procs:

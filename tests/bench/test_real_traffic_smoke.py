@@ -74,6 +74,7 @@ def test_s7_finds_a_max_rate_and_measures_every_level_open_loop(run_dir):
             h = LatencyHistogram.decode(p["histogram"])  # the full distribution travels with the result
             assert h.count == p["ok"] and h.percentile_ms(99) == pytest.approx(p["p99_ms"], abs=1e-3)
             assert p["p99.9_ms"] >= p["p99_ms"] >= p["p50_ms"] > 0 and p["send_lag_count"] == p["scheduled"]
+            assert p["host_steal_s"] >= 0  # /proc/stat's steal time over the window (Linux)
     names = [t["name"] for t in r["targets"]]
     assert len(names) == 2 and "p99 at 80 %" in names[0] and "95 %" in names[1] and "p99.9" in names[1]
 
