@@ -8,15 +8,21 @@ null`), one server each:
    the first bad rate. A probe is sustainable
    when every request scheduled in its window was answered OK, the answers kept up with the offered rate
    (completed/s >= 95 % of the offered requests/s actually drawn), and p99 <= `p99_limit_ms`; the rate found
-   must then hold a probe as long as the level windows (`confirm_s`), or is lowered by 10 % until one does;
+   must then hold a long probe (`confirm_s`, a minute in full mode: long enough to meet one of the host's slow
+   stretches, bench/host_speed.py), or is lowered by 10 % until one does;
 2. measure p50 / p99 / p99.9 (and the generator's send lag) at 10, 50, 80 and 95 % of that rate.
 
 Targets (LeNet-5, batching on): p99 at 80 % <= 5 x p50 at 10 %; at 95 %: no request lost, p99.9 reported.
 Writes s7_open_loop.json / .md / .png (latency against offered load).
+
+One configuration again and again (the spread between runs is the host's as much as the server's):
+
+    python -m bench.tail repeat --repo REPO --runs 5 --server-cpus 0 --client-cpus 1 --out DIR
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -40,13 +46,15 @@ class TailMode:
     start_rps: float
     max_probes: int  # doubling probes at most (the search gives up higher)
     p99_limit_ms: float
-    confirm_s: float = 0.0  # the rate found must then hold a probe this long (the levels' window); 0: no check
+    confirm_s: float = 0.0  # the rate found must then hold a probe this long; 0: no check
     confirm_steps: int = 0  # ... if not, CONFIRM_BACKOFF lower, at most this many times
 
 
 TAIL_MODES = {
+    # A minute, five tries: this host's CPU speed steps by ~1.4x for seconds at a time (bench/host_speed.py), so
+    # a rate that held 15 s of a fast stretch overloads the next slow one; 0.9^4 = 0.66 covers that step.
     "full": TailMode(probe_s=4.0, warmup_s=1.0, level_s=15.0, bisect_steps=5, start_rps=100.0, max_probes=10,
-                     p99_limit_ms=100.0, confirm_s=15.0, confirm_steps=4),
+                     p99_limit_ms=100.0, confirm_s=60.0, confirm_steps=5),
     "quick": TailMode(probe_s=2.0, warmup_s=0.5, level_s=4.0, bisect_steps=3, start_rps=100.0, max_probes=9,
                       p99_limit_ms=100.0, confirm_s=4.0, confirm_steps=2),
     "smoke": TailMode(probe_s=0.3, warmup_s=0.1, level_s=0.3, bisect_steps=0, start_rps=40.0, max_probes=1,
@@ -232,7 +240,8 @@ def s7_open_loop(ctx) -> dict:
             rows.append({"config": c["label"], "max_rps": c["max_rps"], "fraction": f"{p['fraction']:.0%}",
                          "offered": p["offered_rps"], "completed": p["completed_rps"], "p50": p["p50_ms"],
                          "p99": p["p99_ms"], "p999": p["p99.9_ms"], "max": p["max_ms"], "failed": p["failed"],
-                         "lag99": p["send_lag_p99_ms"], "lagmax": p["send_lag_max_ms"]})
+                         "lag99": p["send_lag_p99_ms"], "lagmax": p["send_lag_max_ms"],
+                         "steal": p.get("host_steal_s")})
     targets = []
     lenet_on = configs[0]
     lv = {p["fraction"]: p for p in lenet_on["levels"]}
@@ -249,7 +258,7 @@ def s7_open_loop(ctx) -> dict:
     load = os.getloadavg()
     cols = [("config", "config"), ("max_rps", "max sustainable req/s"), ("fraction", "share"), ("offered", "offered req/s"),
             ("completed", "answered req/s"), ("p50", "p50 ms"), ("p99", "p99 ms"), ("p999", "p99.9 ms"), ("max", "max ms"),
-            ("failed", "not OK"), ("lag99", "send lag p99 ms"), ("lagmax", "send lag max ms")]
+            ("failed", "not OK"), ("lag99", "send lag p99 ms"), ("lagmax", "send lag max ms"), ("steal", "host steal s")]
     md = (f"# Scenario 7: tail latency under open-loop load (LeNet-5, ResNet-20; batching on / off)\n\n"
           f"Open loop (bench/openloop.py): Poisson arrivals at a set rate, each request timed from its *scheduled* "
           f"send time, so neither a slow server nor a late generator can hide latency. Maximum sustainable rate: "
@@ -260,6 +269,8 @@ def s7_open_loop(ctx) -> dict:
           f"Then {tm.level_s:g} s windows at 10/50/80/95 % of it. "
           f"{ctx.processes or 1} generator process(es) (separate from the server), 2 channels each. "
           f"Send lag = actual minus scheduled send time (the generator's own delay, already inside the latencies). "
+          f"Host steal = CPU time the hypervisor ran something else while this VM's CPUs were ready (/proc/stat, all "
+          f"CPUs, over warm-up + window + drain). "
           f"Mode `{ctx.mode.name}`; load average at the end {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (a shared "
           f"machine: other work runs beside it).\n\n{env_markdown(ctx.env)}\n\n"
           + report.table(rows, cols) + "\n\n## Targets\n\n" + report.targets_table(targets)
@@ -267,8 +278,78 @@ def s7_open_loop(ctx) -> dict:
           + report.table([{"config": c["label"], **p} for c in configs for p in c["probes"]],
                          [("config", "config"), ("phase", "phase"), ("offered_rps", "offered req/s"), ("completed_rps", "answered req/s"),
                           ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("failed", "not OK"),
-                          ("send_lag_p99_ms", "send lag p99 ms"), ("sustainable", "sustainable"), ("why_not", "why not")])
+                          ("send_lag_p99_ms", "send lag p99 ms"), ("host_steal_s", "host steal s"),
+                          ("sustainable", "sustainable"), ("why_not", "why not")])
           + "\n\n![latency vs offered load](s7_open_loop.png)\n")
     return _finish(ctx, "s7_open_loop", {"scenario": 7, "title": "tail latency under open-loop load",
                                          "tail_mode": asdict(tm), "configs": configs, "rows": rows, "targets": targets,
                                          "loadavg_at_end": list(load)}, md)
+
+
+def repeat(repo: Path, runs: int, out: Path, *, mode: str = "full", protocol: str = "grpc", label: str = "") -> dict:
+    """measure_config `runs` times on one repository (batching as its config says); writes run<N>.json and
+    runs.md (per run: the confirmation probes, the maximum, the two target ratios) under `out`."""
+    from types import SimpleNamespace
+
+    from bench.env import describe
+
+    tm = TAIL_MODES[mode]
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = SimpleNamespace(processes=1, logs=out / "logs", server_root=None, log=lambda m: print(m, flush=True))
+    label = label or f"{models.model_name(repo)}, {protocol}"
+    rows, results = [], []
+    for k in range(1, runs + 1):
+        t0 = time.strftime("%H:%M", time.gmtime())
+        c = measure_config(ctx, label, repo, tm, protocol=protocol)
+        (out / f"run{k}.json").write_text(json.dumps(c, indent=1) + "\n")
+        results.append(c)
+        lv = {p["fraction"]: p for p in c["levels"]}
+        confirms = ", ".join(f"{p['offered_rps']:.0f}/s {'ok' if p['sustainable'] else 'no'}"
+                             for p in c["probes"] if p["phase"] == "confirm")
+        ratio = (lv[0.8]["p99_ms"] / lv[0.1]["p50_ms"]) if lv else float("nan")
+        rows.append({"run": k, "at": t0 + " UTC", "confirm": confirms, "max": c["max_rps"],
+                     "p50_10": lv[0.1]["p50_ms"] if lv else None, "p99_80": lv[0.8]["p99_ms"] if lv else None,
+                     "ratio": f"{ratio:.2f}x", "lost_95": f"{lv[0.95]['failed']} of {lv[0.95]['scheduled']:,}" if lv else "",
+                     "p999_95": lv[0.95]["p99.9_ms"] if lv else None, "_ratio": ratio})
+        print(f"run {k}: max {c['max_rps']:.0f}/s, p99 at 80 % / p50 at 10 % = {ratio:.2f}x", flush=True)
+    ratios = sorted(r["_ratio"] for r in rows)
+    median = ratios[len(ratios) // 2] if len(ratios) % 2 else sum(ratios[len(ratios) // 2 - 1 : len(ratios) // 2 + 1]) / 2
+    md = (f"# Scenario 7, one configuration {runs} times: {label}\n\n"
+          f"`python -m bench.tail repeat`, mode `{mode}` (confirmation {tm.confirm_s:g} s, at most {tm.confirm_steps} "
+          f"tries, {1 - CONFIRM_BACKOFF:.0%} lower each), level windows {tm.level_s:g} s. Files: run1.json ... run{runs}.json.\n\n"
+          f"{env_markdown(describe({'repo': str(repo), 'server_cpus': os.environ.get('BENCH_SERVER_CPUS', 'any'), 'client_cpus': os.environ.get('BENCH_CLIENT_CPUS', 'any')}))}\n\n"
+          + report.table(rows, [("run", "run"), ("at", "started"), ("confirm", f"confirm probes ({tm.confirm_s:g} s)"),
+                                ("max", "max sustainable req/s"), ("p50_10", "p50 at 10 % ms"), ("p99_80", "p99 at 80 % ms"),
+                                ("ratio", "p99 at 80 % / p50 at 10 %"), ("lost_95", "not OK at 95 %"),
+                                ("p999_95", "p99.9 at 95 % ms")])
+          + f"\n\nMedian ratio over the {runs} runs: **{median:.2f}x** (target <= 5x).\n")
+    (out / "runs.md").write_text(md)
+    print(md)
+    return {"runs": results, "median_ratio": median}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bench.tail", description="scenario 7, one configuration, repeated")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("repeat")
+    r.add_argument("--repo", type=Path, required=True, help="a model repository with one model (its config as is)")
+    r.add_argument("--runs", type=int, default=3)
+    r.add_argument("--mode", choices=sorted(TAIL_MODES), default="full")
+    r.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    r.add_argument("--server-cpus", default="", help="pin the server here (e.g. 0)")
+    r.add_argument("--client-cpus", default="", help="pin the load generator here (e.g. 1)")
+    r.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    for var, val in (("BENCH_SERVER_CPUS", args.server_cpus), ("BENCH_CLIENT_CPUS", args.client_cpus)):
+        if val:
+            os.environ[var] = val
+    repeat(args.repo, args.runs, args.out, mode=args.mode, protocol=args.protocol)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
