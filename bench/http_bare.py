@@ -135,12 +135,17 @@ async def _serve(library: str, host: str, port: int) -> None:
 
 def start_bare(library: str) -> tuple[subprocess.Popen, int]:
     """Start a bare server in a child process; returns (process, port)."""
-    p = subprocess.Popen([sys.executable, "-m", "bench.http_bare", "serve", "--library", library, "--port", "0"],
-                         stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return start_serving(["-m", "bench.http_bare", "serve", "--library", library, "--port", "0"])
+
+
+def start_serving(args: list[str]) -> tuple[subprocess.Popen, int]:
+    """Start `python ARGS` (a server that prints "... serving on HOST:PORT" when up); returns (process, port)."""
+    p = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     line = p.stdout.readline()  # type: ignore[union-attr]
     if "serving on" not in line:
         p.kill()
-        raise RuntimeError(f"bare {library} server did not start: {line!r}")
+        raise RuntimeError(f"{' '.join(args)} did not start: {line!r}")
     return p, int(line.rsplit(":", 1)[1])
 
 

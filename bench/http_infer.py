@@ -2,12 +2,16 @@
 against MLServer's REST endpoint, with one load generator (bench/http_wrk.py: wrk, c=64, a separate process).
 
     python -m bench.http_infer --repo REPO [--mlserver-venv /work/.venv-mlserver] [--rounds 3] [--duration 5]
+                               [--floor] [--server-cpus 0 --client-cpus 1]
 
 Targets (issue 19): binary-extension infer of one LeNet-5 image >= 0.80 of the bare aiohttp server answering
 fixed bytes; JSON infer >= 2x MLServer 1.7's REST endpoint serving the same ONNX model (its peer set-up:
 ../shared/peers/mlserver). The arms run interleaved, round by round, so a drifting machine load hits all
 alike; the load average is recorded with every run, and the server CPU time per request beside req/s.
-Writes bench/results/http/infer.json and infer.md (or --out).
+`--floor` adds the two floor servers of bench/http_floor.py (aiohttp + onnxruntime doing only what the request
+cannot do without): the most any server on this library could reach. `--server-cpus`/`--client-cpus` pin
+every server process (all its threads) and wrk to separate cores, so the generator does not take the
+server's CPU. Writes bench/results/http/infer.json and infer.md (or --out).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.http_bare import lenet_request, measure, start_bare
+from bench.http_bare import lenet_request, measure, start_bare, start_serving
 from client import testing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +92,12 @@ def start_mlserver(venv: Path, repo: Path, workdir: Path) -> tuple[subprocess.Po
     raise RuntimeError("mlserver did not become ready in 120 s")
 
 
+def pin(pid: int, cpus: str) -> None:
+    """Every thread of a running process onto `cpus` (threads it starts later inherit it)."""
+    if cpus:
+        subprocess.run(["taskset", "-a", "-cp", cpus, str(pid)], check=True, capture_output=True)
+
+
 def median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
@@ -100,8 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--floor", action="store_true", help="add the floor arms (bench/http_floor.py)")
+    ap.add_argument("--server-cpus", default="", help="pin every server process here, e.g. 0")
+    ap.add_argument("--client-cpus", default="", help="pin wrk here, e.g. 1")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "http")
     args = ap.parse_args(argv)
+    if args.client_cpus:
+        os.environ["BENCH_CLIENT_CPUS"] = args.client_cpus
     work = Path(tempfile.mkdtemp(prefix="cnn-http-bench-"))
     binary, bh = lenet_request()
     jbody, jh = json_request()
@@ -117,6 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     if ml is not None:
         arms["MLServer JSON"] = (ml[0].pid, f"http://127.0.0.1:{ml[1]}/v2/models/lenet5/infer", jbody, jh)
+    floors = []
+    if args.floor:
+        model = str(args.repo / MODEL / "1" / "model.onnx")
+        for mode in ("inline", "batched"):
+            p, fport = start_serving(["-m", "bench.http_floor", "serve", "--model", model, "--mode", mode])
+            floors.append(p)
+            arms[f"floor {mode}"] = (p.pid, f"http://127.0.0.1:{fport}/v2/models/{MODEL}/infer", binary, bh)
+    for pid, *_ in arms.values():
+        pin(pid, args.server_cpus)
     runs: dict[str, list[dict]] = {k: [] for k in arms}
     try:
         for pid, url, body, headers in arms.values():  # warm-up
@@ -132,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
     finally:
         server.stop()
-        bare.send_signal(signal.SIGTERM)
-        bare.wait(10)
+        for p in (bare, *floors):
+            p.send_signal(signal.SIGTERM)
+            p.wait(10)
         if ml is not None:
             ml[0].send_signal(signal.SIGTERM)
             try:
@@ -144,10 +169,14 @@ def main(argv: list[str] | None = None) -> int:
                    "median_server_cpu_us_per_request": median(v, "server_cpu_us_per_request"),
                    "non_2xx": sum(r["non_2xx"] for r in v)} for k, v in runs.items()}
     ratios = {"binary / bare (target >= 0.80)": summary["server binary"]["median_rps"] / summary["bare aiohttp"]["median_rps"]}
+    for mode in ("inline", "batched"):
+        if f"floor {mode}" in summary:
+            ratios[f"floor {mode} / bare"] = summary[f"floor {mode}"]["median_rps"] / summary["bare aiohttp"]["median_rps"]
     if "MLServer JSON" in summary:
         ratios["JSON / MLServer JSON (target >= 2)"] = summary["server JSON"]["median_rps"] / summary["MLServer JSON"]["median_rps"]
     result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
               "concurrency": args.concurrency, "duration_s": args.duration, "rounds": args.rounds,
+              "server_cpus": args.server_cpus, "client_cpus": args.client_cpus,
               "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                                     check=False).stdout.strip(),
               "summary": summary, "ratios": ratios, "runs": runs}

@@ -153,3 +153,72 @@ def test_digit_crops_reports_every_case(model_repository):
         acc = float(ln.split("|")[3].strip().rstrip(" %"))
         assert 0.0 <= acc <= 100.0
     assert "| examples/photos (photos and scans on paper) | 300 |" in proc.stdout
+
+
+@pytest.mark.parametrize("mode", ["inline", "batched"])
+def test_http_floor_answers_what_onnxruntime_computes(model_repository, mode):
+    """The floor server (bench/http_floor.py) must do the real work: its answers are the model's outputs."""
+    import concurrent.futures
+    import signal
+    import urllib.request
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from bench.http_bare import BINARY_HEADER, start_serving
+
+    model = model_repository / "lenet5-digits" / "1" / "model.onnx"
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    xs = np.random.default_rng(5).random((8, 1, 1, 28, 28), dtype=np.float32)
+    proc, port = start_serving(["-m", "bench.http_floor", "serve", "--model", str(model), "--mode", mode])
+
+    def post(x: np.ndarray) -> list[np.ndarray]:
+        header = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                         "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/lenet5-digits/infer", header + x.tobytes(),
+                                     {BINARY_HEADER: str(len(header)), "Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body, n = r.read(), int(r.headers[BINARY_HEADER])
+        outs, at = [], n
+        for o in json.loads(body[:n])["outputs"]:
+            size = o["parameters"]["binary_data_size"]
+            outs.append(np.frombuffer(body[at : at + size], np.float32).reshape(o["shape"]))
+            at += size
+        assert at == len(body)
+        return outs
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # concurrent: the batched mode runs them together
+            answers = list(pool.map(post, xs))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    for x, outs in zip(xs, answers, strict=True):
+        want = sess.run(None, {"input": x})
+        assert len(outs) == len(want) == 2
+        for got, w in zip(outs, want, strict=True):
+            np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-5)
+
+
+def test_http_infer_runs_every_arm_pinned(model_repository, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.http_infer", "--repo", str(model_repository), "--floor",
+                           "--mlserver-venv", str(tmp_path / "none"), "--rounds", "1", "--duration", "0.5",
+                           "--concurrency", "4", "--server-cpus", "0", "--client-cpus", "0", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "infer.json").read_text())
+    assert set(r["summary"]) == {"server binary", "bare aiohttp", "server JSON", "floor inline", "floor batched"}
+    assert all(s["median_rps"] > 0 and s["non_2xx"] == 0 for s in r["summary"].values())
+    assert set(r["ratios"]) == {"binary / bare (target >= 0.80)", "floor inline / bare", "floor batched / bare"}
+    assert r["server_cpus"] == "0" and (tmp_path / "infer.md").read_text().count("| floor ") == 2
+
+
+def test_http_floor_model_cost_bounds_the_ratio(model_repository):
+    model = model_repository / "lenet5-digits" / "1" / "model.onnx"
+    proc = subprocess.run([sys.executable, "-m", "bench.http_floor", "model-cost", "--model", str(model), "--bare-us", "50"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    per_row = {int(ln.split()[1].rstrip(":")): float(ln.split()[2]) for ln in proc.stdout.splitlines() if ln.startswith("batch")}
+    assert sorted(per_row) == [1, 4, 16, 32, 64] and all(v > 0 for v in per_row.values())
+    bound = float(proc.stdout.split(" = ")[1].split()[0])
+    assert bound == pytest.approx(50 / (50 + min(per_row.values())), abs=0.006)
