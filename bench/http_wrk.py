@@ -80,8 +80,10 @@ def run_wrk(url: str, body: bytes, headers: dict[str, str] | None = None, *, con
             f.write(_LUA.replace("{headers}", "\n".join(lines)))
         env = dict(os.environ, WRK_BODY_FILE=body_file, WRK_METHOD=method)
         pin = os.environ.get("BENCH_CLIENT_CPUS", "")  # `--client-cpus`: the load generator on its own core(s)
-        cmd = (["taskset", "-c", pin] if pin else []) + [wrk_path(), "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(duration_s))}s",  # wrk takes whole seconds
-               "--timeout", f"{timeout_s:g}s", "--latency", "-s", script, url]
+        seconds = max(1, round(duration_s))  # wrk takes whole seconds
+        cmd = (["taskset", "-c", pin] if pin else []) + [
+            wrk_path(), "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds}s",
+            "--timeout", f"{timeout_s:g}s", "--latency", "-s", script, url]
         p = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=duration_s + timeout_s + 30)
     out = p.stdout + p.stderr
     if p.returncode != 0:
