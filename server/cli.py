@@ -8,8 +8,8 @@ import sys
 def add_serve_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "serve",
-        help="serve a model repository over gRPC (Open Inference Protocol)",
-        description="Serve a model repository over gRPC on onnxruntime. Precedence: flags > "
+        help="serve a model repository over gRPC and HTTP (Open Inference Protocol)",
+        description="Serve a model repository over gRPC and HTTP on onnxruntime. Precedence: flags > "
         "CNN_SERVER_* environment variables > --config file > defaults.",
     )
     p.add_argument("--repository", help="model repository folder (default: model_repository)")
@@ -32,8 +32,10 @@ def add_serve_parser(subparsers) -> None:
         "--drain-grace-s", type=float, help="seconds in-flight requests get to finish on SIGTERM (default 20)"
     )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
-    p.add_argument("--workers", type=int, help="server processes sharing the gRPC port via SO_REUSEPORT (default 1)")
-    p.add_argument("--tls-cert-file", help="PEM server certificate: serve gRPC over TLS")
+    p.add_argument(
+        "--workers", type=int, help="server processes sharing the gRPC and HTTP ports via SO_REUSEPORT (default 1)"
+    )
+    p.add_argument("--tls-cert-file", help="PEM server certificate: serve gRPC and HTTP over TLS")
     p.add_argument("--tls-key-file", help="PEM private key for --tls-cert-file")
     p.add_argument("--tls-client-ca-file", help="PEM CA: require client certificates it signed (mTLS)")
     p.add_argument("--auth-tokens-file", help="YAML of bearer tokens per RPC group (see server/security.py)")
