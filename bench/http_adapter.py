@@ -37,11 +37,21 @@ class StubCore:
         return fut
 
 
-class StandInRequest(dict):
-    """What the infer handler reads from an aiohttp request: app, match_info, headers, content_type, read()."""
+class Received:
+    """`request.content` once the whole body has arrived with the headers (the common case)."""
 
-    __slots__ = ("app", "match_info", "headers", "_body")
+    @staticmethod
+    def is_eof() -> bool:
+        return True
+
+
+class StandInRequest(dict):
+    """What the infer handler reads from an aiohttp request: app, match_info, headers, content_type,
+    content_length, content (server/http/body.py), read()."""
+
+    __slots__ = ("app", "match_info", "headers", "_body", "content_length")
     content_type = "application/octet-stream"
+    content = Received()
 
     async def read(self) -> bytes:
         return self._body
@@ -56,6 +66,7 @@ async def run(calls: int, repeats: int) -> list[float]:
     async def one():
         req = StandInRequest()
         req.app, req.match_info, req.headers, req._body = app, {"model": MODEL}, hdrs, body
+        req.content_length = len(body)
         return await v2.infer(req)
 
     r = await one()

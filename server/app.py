@@ -139,6 +139,8 @@ class Server:
                 max_body_bytes=cfg.max_message_bytes,
                 tokens=load_tokens(cfg.auth_tokens_file) if cfg.auth_tokens_file else None,
                 drain_grace_s=cfg.drain_grace_s,
+                read_timeout_s=cfg.http_read_timeout_s,
+                idle_timeout_s=cfg.max_connection_idle_s,
             )
             tls = (
                 ssl_context(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file) if cfg.tls_cert_file else None

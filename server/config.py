@@ -40,7 +40,10 @@ class ServerConfig:
     #                                            above -> RESOURCE_EXHAUSTED from the headers, before decoding
     max_concurrent_streams: int = 256  # calls open at once on one HTTP/2 connection; a client that opens more
     #                                    waits for one to end (an idle stream costs ~36 KB: 256 of them ~9 MiB)
-    max_connection_idle_s: float = 300.0  # a connection with no call for this long is closed (GOAWAY); 0: never
+    max_connection_idle_s: float = 300.0  # a connection with no call for this long is closed (GOAWAY); 0: never.
+    #                                       HTTP: also the longest a new connection may take to send its first headers
+    http_read_timeout_s: float = 60.0  # HTTP: the longest wait for the next bytes of a request body; then 408 and
+    #                                    the connection is closed (a client cannot hold one open with a body it never sends)
     max_connection_age_s: float = 0.0  # every connection is retired after this long (clients re-balance); 0: never
     keepalive_time_s: float = 60.0  # ping a connection after this long without traffic; 0: no pings
     keepalive_timeout_s: float = 20.0  # ... and close it if the ping is not answered within this (dead peers)
@@ -103,6 +106,8 @@ class ServerConfig:
         for key in ("max_connection_idle_s", "max_connection_age_s", "keepalive_time_s", "keepalive_timeout_s"):
             if not 0 <= getattr(self, key) <= 2**31 / 1000:
                 raise bad(key, f"must be in 0..{2**31 // 1000} seconds, got {getattr(self, key)}")
+        if not 0 < self.http_read_timeout_s <= 3600:
+            raise bad("http_read_timeout_s", f"must be in (0, 3600] seconds, got {self.http_read_timeout_s}")
         if not 1 <= self.stream_window <= 65536:
             raise bad("stream_window", f"must be in 1..65536, got {self.stream_window}")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

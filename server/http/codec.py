@@ -243,6 +243,8 @@ def parse_json(text: bytes | memoryview, where: str = "request body") -> dict:
         doc = json.loads(bytes(text))
     except (UnicodeDecodeError, ValueError) as e:
         raise InvalidInput(f"{where}: not valid JSON: {e}") from None
+    except RecursionError:  # json.loads recurses once per nested array or object
+        raise InvalidInput(f"{where}: arrays or objects nested too deeply to parse") from None
     if not isinstance(doc, dict):
         raise InvalidInput(f"{where}: must be a JSON object, got {type(doc).__name__}")
     return doc
@@ -362,7 +364,12 @@ def _json_values(datatype: str, data: Any, name: str) -> list:
             raise InvalidInput(
                 f"outputs '{name}': BYTES output is not UTF-8 text; ask for it with parameters.binary_data: true"
             ) from None
-    return np.asarray(data).reshape(-1).tolist()
+    flat = np.asarray(data).reshape(-1)
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        # JSON has no NaN or Infinity (a strict parser, a browser's JSON.parse, refuses the whole answer):
+        # they are written as null, as JSON.stringify and MLServer do; binary_data carries them exactly
+        return [v if math.isfinite(v) else None for v in flat.tolist()]
+    return flat.tolist()
 
 
 def encode_infer_response(resp: Any, binary: dict[str, bool] | bool = False) -> tuple[bytes, dict[str, str]]:

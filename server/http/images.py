@@ -22,6 +22,7 @@ from aiohttp import web
 
 from server.core.types import ClassifyRequest, ExplainRequest, ImageInput
 from server.errors import InvalidInput, ResourceExhausted
+from server.http.body import check_length, read_body, waiting
 from server.http.status import HTTP, error_response, json_response, rpc
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
@@ -41,12 +42,13 @@ async def read_images(request: web.Request, limit: int) -> tuple[list[ImageInput
     """The request's images and their names: a raw image body, or every file part of a multipart form."""
     ctype = request.content_type
     if ctype in IMAGE_TYPES:
-        body = await request.read()  # bounded by the application's client_max_size (413 beyond it)
+        body = await read_body(request)  # within max_message_bytes (413) and http_read_timeout_s per wait (408)
         return [ImageInput(encoded=body)], ["body"]
     if ctype != "multipart/form-data":
         raise web.HTTPUnsupportedMediaType(
             text=f"Content-Type: send an image (image/png, image/jpeg) or multipart/form-data with image files; got {ctype}"
         )
+    check_length(request)
     try:
         images, names = await _read_form(request, limit)
     except (ValueError, AssertionError, aiohttp.http_exceptions.HttpProcessingError) as e:
@@ -63,18 +65,24 @@ async def _read_form(request: web.Request, limit: int) -> tuple[list[ImageInput]
     total = 0
     reader = await request.multipart()
     while True:
-        part = await reader.next()
+        async with waiting(request, "request body (multipart form)"):
+            part = await reader.next()
         if part is None:
             return images, names
         if not isinstance(part, aiohttp.BodyPartReader) or part.filename is None:
-            await part.release()  # form fields that are not files: ignored
+            async with waiting(request, "request body (multipart form)"):
+                await part.release()  # form fields that are not files: ignored
             continue
         where = f"images[{len(images)}]"
         ptype = part.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ptype not in PART_TYPES:
             raise InvalidInput(f"{where}: part '{part.filename}' is {ptype}; send image/png or image/jpeg")
         chunks = []
-        while chunk := await part.read_chunk(65536):
+        while True:
+            async with waiting(request, f"{where} ('{part.filename}')"):
+                chunk = await part.read_chunk(65536)
+            if not chunk:
+                break
             total += len(chunk)
             if total > limit:
                 raise ResourceExhausted(f"{where}: the form's files exceed max_message_bytes ({limit} bytes)")

@@ -16,12 +16,13 @@ import ssl
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.config import ConfigError
 from server.http import codec, images, v2
 from server.http.live import LiveStats
-from server.http.status import HTTP, Tokens, error_response
+from server.http.status import HTTP, Tokens, client_errors, error_response
 
 log = logging.getLogger("server.http")
 
@@ -42,6 +43,24 @@ async def errors_as_json(request: web.Request, handler) -> web.StreamResponse:
             "no such endpoint (see /openapi.json)" if e.status == 404 else e.text or e.reason
         )
         return error_response(e.status, message, {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None)
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse (a request line or header too long, bad framing) as an ERROR
+    with a traceback: any client could fill the log at any rate. These are the client's errors: one WARNING
+    line without the traceback, rate-limited per kind as the RPCs' refusals are (server/lograte.py)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        kind = type(exc).__name__
+        client_errors.warning(("malformed", kind), "HTTP malformed request refused (%d %s): %s",
+                              exc.code, kind, str(exc.message)[:200])  # fmt: skip
+        return False
+
+
+MALFORMED = MalformedRequests()
 
 
 def ssl_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ssl.SSLContext:
@@ -73,12 +92,18 @@ class HttpServer:
         max_body_bytes: int = 16 * 1024 * 1024,
         tokens: dict[str, list[str]] | None = None,
         drain_grace_s: float = 20.0,
+        read_timeout_s: float = 60.0,
+        idle_timeout_s: float = 300.0,
     ) -> None:
         self.service = service
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.tokens = Tokens(tokens) if tokens else None
         self.drain_grace_s = drain_grace_s
+        self.read_timeout_s = read_timeout_s  # each wait for more of a request body (server/http/body.py)
+        # an idle kept-alive connection, or a new one still sending its first headers, is closed after this
+        # (aiohttp's keepalive_timeout, whose own default is an hour); 0: never, as max_connection_idle_s
+        self.idle_timeout_s = idle_timeout_s if idle_timeout_s > 0 else 2**31 / 1000
         self.live = LiveStats(metrics)
         self.common_headers = v2.CommonHeaders()  # the binary infer fast path: request headers seen before
         self.binary_answers = codec.BinaryAnswers()  # ... and answer headers built before
@@ -147,9 +172,14 @@ class HttpServer:
     async def start(self, address: str, ssl_ctx: ssl.SSLContext | None = None, reuse_port: bool = False) -> int:
         host, port = split_address(address)
         self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.drain_grace_s
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.drain_grace_s,
+            keepalive_timeout=self.idle_timeout_s,
         )
         await self._runner.setup()
+        logging.getLogger("aiohttp.server").addFilter(MALFORMED)  # once: the same filter object is not added twice
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_ctx, backlog=1024, reuse_port=reuse_port or None)
         try:
             await site.start()

@@ -13,6 +13,7 @@ import functools
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,14 +21,22 @@ from typing import Any
 from aiohttp import web
 
 from server import errors
+from server.lograte import RateLimitedLog
 from server.security import group_of
 
 log = logging.getLogger("server.http")
+client_errors = RateLimitedLog(log)  # refusals clients cause: a few lines per (rpc, code) every 10 s, as gRPC
+
+
+class RequestTimeout(errors.InvalidInput):
+    """The client stopped sending its request body (408; server/http/body.py)."""
+
 
 HTTP: web.AppKey[Any] = web.AppKey("http")  # the application's HttpServer (service, metrics, tokens, limits)
 
-# error class -> (HTTP status, gRPC code name for the metrics)
+# error class -> (HTTP status, gRPC code name for the metrics); the first class in an error's MRO decides
 STATUS: dict[type, tuple[int, str]] = {
+    RequestTimeout: (408, "DEADLINE_EXCEEDED"),
     errors.InvalidInput: (400, "INVALID_ARGUMENT"),
     errors.ModelNotFound: (404, "NOT_FOUND"),
     errors.ModelNotReady: (503, "UNAVAILABLE"),
@@ -46,6 +55,7 @@ HTTP_CODE_NAMES = {
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     405: "UNIMPLEMENTED",
+    408: "DEADLINE_EXCEEDED",
     413: "RESOURCE_EXHAUSTED",
     415: "INVALID_ARGUMENT",
     501: "UNIMPLEMENTED",
@@ -67,10 +77,24 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     )
 
 
+def _finite(doc: Any) -> Any:
+    """`doc` with every NaN or infinite float replaced by None (JSON has no literal for them)."""
+    if isinstance(doc, float):
+        return doc if math.isfinite(doc) else None
+    if isinstance(doc, dict):
+        return {k: _finite(v) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [_finite(v) for v in doc]
+    return doc
+
+
 def json_response(doc: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps(doc, separators=(",", ":")).encode(), content_type="application/json"
-    )
+    """`doc` as strict JSON: a NaN or infinite number (a broken model's probabilities) is written as null."""
+    try:
+        body = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        body = json.dumps(_finite(doc), separators=(",", ":"), allow_nan=False)
+    return web.Response(status=status, body=body.encode(), content_type="application/json")
 
 
 class Tokens:
@@ -106,6 +130,15 @@ class Tokens:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _refusal(request: web.Request, status: int, message: str) -> web.Response:
+    """The error answer; when the body was not read to its end (refused from its headers, or the client stopped
+    sending), the connection is closed after it rather than kept reading whatever the client still sends."""
+    response = error_response(status, message)
+    if not request.content.is_eof():
+        response.force_close()
+    return response
+
+
 def rpc(name: str, model_param: str = "model"):
     """Wrap a REST handler as one RPC: the token check, the error table, and the adapter metrics (requests by
     code, duration, in flight) with protocol="http". The handler may set request["model_version"] for the label."""
@@ -128,21 +161,29 @@ def rpc(name: str, model_param: str = "model"):
                     denied = http.tokens.check(name, request.headers.get("Authorization"))
                     if denied is not None:
                         status, code, message = denied
-                        log.warning("HTTP %s denied: %s", name, code)
+                        client_errors.warning((name, code), "HTTP %s denied: %s", name, code)
                         return error_response(
                             status, message, {"WWW-Authenticate": "Bearer"} if status == 401 else None
                         )
                 response = await fn(request)
                 if response.status >= 400:
                     code = HTTP_CODE_NAMES.get(response.status, "UNKNOWN")
+                    if not request.content.is_eof():
+                        response.force_close()  # as _refusal: the rest of the body is not read
                 return response
             except errors.ServingError as e:
                 status, code = status_of(e)
-                (log.warning if e.client_error else log.error)("HTTP %s %s: %s: %s", name, model or "-", code, e)
-                return error_response(status, str(e))
+                if e.client_error:  # any client can cause these at any rate: a few lines per kind and interval
+                    client_errors.warning((name, code), "HTTP %s %s: %s: %s", name, model or "-", code, e)
+                else:
+                    log.error("HTTP %s %s: %s: %s", name, model or "-", code, e)
+                return _refusal(request, status, str(e))
             except web.HTTPException as e:  # aiohttp's own refusals (body too large, ...) as JSON errors
                 code = HTTP_CODE_NAMES.get(e.status, "UNKNOWN")
-                return error_response(e.status, e.text or e.reason)
+                return _refusal(request, e.status, e.text or e.reason)
+            except ConnectionResetError:  # the client left while its request was read or answered
+                code = "CANCELLED"
+                return _refusal(request, 499, "the client closed the connection")
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise

@@ -22,6 +22,7 @@ from aiohttp import web
 from server.core.types import InferInput, InferRequest, RawInferRequest, RequestedOutput
 from server.errors import InvalidInput
 from server.http import codec
+from server.http.body import read_body
 from server.http.status import HTTP, error_response, json_response, rpc
 
 CONFIG_DATATYPE = {
@@ -191,7 +192,7 @@ async def model_statistics(request: web.Request) -> web.Response:
 @rpc("RepositoryIndex")
 async def repository_index(request: web.Request) -> web.Response:
     ready = False
-    body = await request.read()
+    body = await read_body(request)
     if body.strip():
         doc = codec.parse_json(body)
         ready = doc.get("ready", False)
@@ -207,14 +208,14 @@ async def repository_index(request: web.Request) -> web.Response:
 
 @rpc("RepositoryModelLoad")
 async def repository_load(request: web.Request) -> web.Response:
-    await request.read()  # Triton's optional body (parameters) is accepted and not used
+    await read_body(request)  # Triton's optional body (parameters) is accepted and not used
     await request.app[HTTP].service.load_model(request.match_info["model"])
     return json_response({})
 
 
 @rpc("RepositoryModelUnload")
 async def repository_unload(request: web.Request) -> web.Response:
-    await request.read()
+    await read_body(request)
     await request.app[HTTP].service.unload_model(request.match_info["model"])
     return json_response({})
 
@@ -320,7 +321,7 @@ async def infer(request: web.Request) -> web.Response:
         )
     match = request.match_info
     model, version = match["model"], match.get("version", "")
-    body = await request.read()
+    body = await read_body(request)
     header_len = codec.header_length(request.headers.get(codec.BINARY_HEADER), len(body))
     if header_len is not None:
         common = http.common_headers.common(body[:header_len])
