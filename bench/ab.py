@@ -19,9 +19,22 @@ from bench.env import describe, markdown
 from bench.loadgen import model_infer_request, run_load
 
 
-def run_ab(a_root: Path, b_root: Path, repo: Path, out: Path, *, concurrency: list[int], rounds: int = 5,
-           duration_s: float = 3.0, warmup_s: float = 0.5, rows: int = 1, processes: int | None = None,
-           env_a: dict | None = None, env_b: dict | None = None, log=print) -> dict:
+def run_ab(
+    a_root: Path,
+    b_root: Path,
+    repo: Path,
+    out: Path,
+    *,
+    concurrency: list[int],
+    rounds: int = 5,
+    duration_s: float = 3.0,
+    warmup_s: float = 0.5,
+    rows: int = 1,
+    processes: int | None = None,
+    env_a: dict | None = None,
+    env_b: dict | None = None,
+    log=print,
+) -> dict:
     name = models.model_name(repo)
     payload = model_infer_request(name, rows)
     logs = out / "logs"
@@ -32,16 +45,25 @@ def run_ab(a_root: Path, b_root: Path, repo: Path, out: Path, *, concurrency: li
         servers["B"] = procs.start_server(repo, logs, server_root=b_root, env=env_b, name="B")
         for r in range(rounds):
             for c in concurrency:
-                for label in (("A", "B") if r % 2 == 0 else ("B", "A")):
+                for label in ("A", "B") if r % 2 == 0 else ("B", "A"):
                     s = servers[label]
                     c0 = s.cpu_s()
-                    lr = run_load(s.address, payload, c, duration_s=duration_s, warmup_s=warmup_s, processes=processes,
-                                  rows_per_request=rows)
+                    lr = run_load(
+                        s.address,
+                        payload,
+                        c,
+                        duration_s=duration_s,
+                        warmup_s=warmup_s,
+                        processes=processes,
+                        rows_per_request=rows,
+                    )
                     d = lr.summary()
                     d["cpu_us"] = (s.cpu_s() - c0) / lr.total_ok * 1e6 if lr.total_ok else float("nan")
                     res[label].setdefault(c, []).append(d)
-                log(f"  round {r + 1}/{rounds} c={c}: A {res['A'][c][-1]['rps']:.0f}/s {res['A'][c][-1]['cpu_us']:.0f} µs, "
-                    f"B {res['B'][c][-1]['rps']:.0f}/s {res['B'][c][-1]['cpu_us']:.0f} µs")
+                log(
+                    f"  round {r + 1}/{rounds} c={c}: A {res['A'][c][-1]['rps']:.0f}/s {res['A'][c][-1]['cpu_us']:.0f} µs, "
+                    f"B {res['B'][c][-1]['rps']:.0f}/s {res['B'][c][-1]['cpu_us']:.0f} µs"
+                )
     finally:
         for s in servers.values():
             s.stop()
@@ -55,16 +77,36 @@ def run_ab(a_root: Path, b_root: Path, repo: Path, out: Path, *, concurrency: li
         row["rps_B/A"] = row["B_rps"] / row["A_rps"] if row["A_rps"] else float("nan")
         row["cpu_B/A"] = row["B_cpu_us"] / row["A_cpu_us"] if row["A_cpu_us"] else float("nan")
         rows_out.append(row)
-    env = describe({"a": str(a_root), "b": str(b_root), "repo": str(repo), "rounds": rounds, "duration_s": duration_s,
-                    "rows_per_request": rows,
-                    "env_a": " ".join(f"{k}={v}" for k, v in (env_a or {}).items()) or "-",
-                    "env_b": " ".join(f"{k}={v}" for k, v in (env_b or {}).items()) or "-"})
+    env = describe(
+        {
+            "a": str(a_root),
+            "b": str(b_root),
+            "repo": str(repo),
+            "rounds": rounds,
+            "duration_s": duration_s,
+            "rows_per_request": rows,
+            "env_a": " ".join(f"{k}={v}" for k, v in (env_a or {}).items()) or "-",
+            "env_b": " ".join(f"{k}={v}" for k, v in (env_b or {}).items()) or "-",
+        }
+    )
     result = {"env": env, "rows": rows_out, "raw": res}
-    cols = [("concurrency", "conc"), ("A_rps", "A req/s"), ("B_rps", "B req/s"), ("rps_B/A", "B/A req/s"),
-            ("A_p50_ms", "A p50 ms"), ("B_p50_ms", "B p50 ms"), ("A_p99_ms", "A p99 ms"), ("B_p99_ms", "B p99 ms"),
-            ("A_cpu_us", "A CPU µs/req"), ("B_cpu_us", "B CPU µs/req"), ("cpu_B/A", "B/A CPU")]
-    md = (f"# A/B: `{a_root}` (A) vs `{b_root}` (B), model {name}, {rows} row(s)/request\n\n{markdown(env)}\n\n"
-          f"Medians of {rounds} interleaved rounds of {duration_s:g} s.\n\n" + report.table(rows_out, cols) + "\n")
+    cols = [
+        ("concurrency", "conc"),
+        ("A_rps", "A req/s"),
+        ("B_rps", "B req/s"),
+        ("rps_B/A", "B/A req/s"),
+        ("A_p50_ms", "A p50 ms"),
+        ("B_p50_ms", "B p50 ms"),
+        ("A_p99_ms", "A p99 ms"),
+        ("B_p99_ms", "B p99 ms"),
+        ("A_cpu_us", "A CPU µs/req"),
+        ("B_cpu_us", "B CPU µs/req"),
+        ("cpu_B/A", "B/A CPU"),
+    ]
+    md = (
+        f"# A/B: `{a_root}` (A) vs `{b_root}` (B), model {name}, {rows} row(s)/request\n\n{markdown(env)}\n\n"
+        f"Medians of {rounds} interleaved rounds of {duration_s:g} s.\n\n" + report.table(rows_out, cols) + "\n"
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "ab.json").write_text(json.dumps(result, indent=2, default=report._default) + "\n")
     (out / "ab.md").write_text(md)

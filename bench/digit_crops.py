@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     fields = [normalise_digit(g) for g in grays]
     ms = (time.perf_counter() - t0) / len(grays) * 1e3
     truth = np.array([int(n) for n in names])
-    rows.append(("examples/photos (photos and scans on paper)", len(grays), float((predict(fields) == truth).mean()), ms))
+    rows.append(
+        ("examples/photos (photos and scans on paper)", len(grays), float((predict(fields) == truth).mean()), ms)
+    )
     print(f"model: {a.model}\n\n| images | n | top-1 | normalisation ms/image |\n|---|---:|---:|---:|")
     for name, n, acc, ms in rows:
         print(f"| {name} | {n:,} | {acc * 100:.2f} % | {ms:.2f} |")

@@ -72,10 +72,14 @@ class EchoServicer(pb_grpc.GRPCInferenceServiceServicer):
         return resp
 
 
-async def serve(host: str, port: int, reply: str, max_message_bytes: int = 16 * 1024 * 1024, await_mode: str = "none") -> None:
-    opts = [("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0)]  # the same options as server/app.py
+async def serve(
+    host: str, port: int, reply: str, max_message_bytes: int = 16 * 1024 * 1024, await_mode: str = "none"
+) -> None:
+    opts = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]  # the same options as server/app.py
     server = grpc.aio.server(options=opts)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(EchoServicer(reply, await_mode=await_mode), server)
     bound = server.add_insecure_port(f"{host}:{port}")
@@ -95,8 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--reply", choices=("model", "echo"), default="model")
     p.add_argument("--await-mode", choices=("none", "yield", "thread"), default="none")
-    p.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio",
-                   help="event loop implementation (the server's `event_loop` setting)")
+    p.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default="asyncio",
+        help="event loop implementation (the server's `event_loop` setting)",
+    )
     a = p.parse_args(argv)
     run_loop(serve(a.host, a.port, a.reply, await_mode=a.await_mode), a.event_loop)
     return 0

@@ -39,8 +39,18 @@ def _meminfo() -> dict:
 
 def describe(settings: dict | None = None) -> dict:
     lscpu = _run(["lscpu"])
-    keep = ("Architecture", "CPU(s)", "Model name", "Thread(s) per core", "Core(s) per socket", "Socket(s)",
-            "Hypervisor vendor", "L2 cache", "L3 cache", "CPU max MHz")
+    keep = (
+        "Architecture",
+        "CPU(s)",
+        "Model name",
+        "Thread(s) per core",
+        "Core(s) per socket",
+        "Socket(s)",
+        "Hypervisor vendor",
+        "L2 cache",
+        "L3 cache",
+        "CPU max MHz",
+    )
     cpu = {}
     for line in lscpu.splitlines():
         k, _, v = line.partition(":")
@@ -54,13 +64,24 @@ def describe(settings: dict | None = None) -> dict:
     commit = _run(["git", "rev-parse", "--short", "HEAD"])
     dirty = bool(_run(["git", "status", "--porcelain", "--untracked-files=no"]))
     return {
-        "hardware": {"lscpu": cpu, "cores_online": os.cpu_count(), "cores_usable": affinity,
-                     "memory_total_bytes": mem.get("MemTotal"), "memory_available_bytes": mem.get("MemAvailable"),
-                     "loadavg_at_start": list(os.getloadavg())},
-        "versions": {"python": platform.python_version(), "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
-                     "grpcio": _version("grpcio"), "protobuf": _version("protobuf"), "numpy": _version("numpy"),
-                     "cnn-stack": _version("cnn-stack"), "git_commit": commit + ("-dirty" if dirty else ""),
-                     "kernel": platform.release()},
+        "hardware": {
+            "lscpu": cpu,
+            "cores_online": os.cpu_count(),
+            "cores_usable": affinity,
+            "memory_total_bytes": mem.get("MemTotal"),
+            "memory_available_bytes": mem.get("MemAvailable"),
+            "loadavg_at_start": list(os.getloadavg()),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+            "grpcio": _version("grpcio"),
+            "protobuf": _version("protobuf"),
+            "numpy": _version("numpy"),
+            "cnn-stack": _version("cnn-stack"),
+            "git_commit": commit + ("-dirty" if dirty else ""),
+            "kernel": platform.release(),
+        },
         "settings": settings or {},
     }
 
@@ -76,6 +97,7 @@ def markdown(env: dict) -> str:
         f"- Memory: {mem / 2**30:.1f} GiB total; load average at start {', '.join(f'{x:.2f}' for x in hw['loadavg_at_start'])}",
         f"- Versions: python {v['python']}, onnxruntime {v['onnxruntime']}, grpcio {v['grpcio']}, protobuf {v['protobuf']}, "
         f"numpy {v['numpy']}, cnn-stack {v['cnn-stack']} (git {v['git_commit']}), kernel {v['kernel']}",
-        "- Settings: " + ", ".join(f"{k}={val}" for k, val in env["settings"].items() if not isinstance(val, (dict, list))),
+        "- Settings: "
+        + ", ".join(f"{k}={val}" for k, val in env["settings"].items() if not isinstance(val, (dict, list))),
     ]
     return "\n".join(lines)

@@ -67,7 +67,9 @@ class LatencyHistogram:
     def summary(self, prefix: str = "") -> dict:
         """{prefix}p50_ms, p90_ms, p99_ms, p99.9_ms, max_ms, mean_ms, count."""
         out = {f"{prefix}{_pname(q)}_ms": _r(self.percentile_ms(q)) for q in PERCENTILES}
-        out.update({f"{prefix}max_ms": _r(self.max_ms()), f"{prefix}mean_ms": _r(self.mean_ms()), f"{prefix}count": self.count})
+        out.update(
+            {f"{prefix}max_ms": _r(self.max_ms()), f"{prefix}mean_ms": _r(self.mean_ms()), f"{prefix}count": self.count}
+        )
         return out
 
     def encode(self) -> str:

@@ -52,8 +52,15 @@ def _child(args) -> list[float]:
 def summary(values: list[float]) -> dict:
     a = np.asarray(values)
     p10, med, p90 = np.percentile(a, [10, 50, 90])
-    return {"intervals": int(a.size), "min": float(a.min()), "p10": float(p10), "median": float(med), "p90": float(p90),
-            "max": float(a.max()), "p90_over_p10": float(p90 / p10)}
+    return {
+        "intervals": int(a.size),
+        "min": float(a.min()),
+        "p10": float(p10),
+        "median": float(med),
+        "p90": float(p90),
+        "max": float(a.max()),
+        "p90_over_p10": float(p90 / p10),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,13 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     cpus = [int(c) for c in args.cpus.split(",") if c.strip()]
     with mp.get_context("spawn").Pool(len(cpus)) as pool:
         traces = pool.map(_child, [(args.seconds, args.interval_s, c) for c in cpus])
-    result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "interval_s": args.interval_s,
-              "cpus": {str(c): {"trace": [round(v) for v in t], **summary(t)} for c, t in zip(cpus, traces, strict=True)}}
+    result = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "interval_s": args.interval_s,
+        "cpus": {str(c): {"trace": [round(v) for v in t], **summary(t)} for c, t in zip(cpus, traces, strict=True)},
+    }
     for c, r in result["cpus"].items():
         print(f"CPU {c}, hundreds of units per CPU-second per {args.interval_s:g} s:")
         print("  " + " ".join(f"{v / 100:.0f}" for v in r["trace"]))
-        print(f"  p10 {r['p10'] / 100:.0f}, median {r['median'] / 100:.0f}, p90 {r['p90'] / 100:.0f}: "
-              f"p90 / p10 = {r['p90_over_p10']:.2f}, max / min = {r['max'] / r['min']:.2f}")
+        print(
+            f"  p10 {r['p10'] / 100:.0f}, median {r['median'] / 100:.0f}, p90 {r['p90'] / 100:.0f}: "
+            f"p90 / p10 = {r['p90_over_p10']:.2f}, max / min = {r['max'] / r['min']:.2f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

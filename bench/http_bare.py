@@ -34,25 +34,47 @@ BINARY_HEADER = "Inference-Header-Content-Length"
 def lenet_request(rows: int = 1) -> tuple[bytes, dict[str, str]]:
     """A binary-extension infer request for LeNet-5 (input FP32 [rows, 1, 28, 28]) as tritonclient.http sends it."""
     raw = bytes(4 * rows * 28 * 28)
-    header = json.dumps({"inputs": [{"name": "input", "shape": [rows, 1, 28, 28], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": len(raw)}}],
-                         "parameters": {"binary_data_output": True}}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [rows, 1, 28, 28],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     return header + raw, {BINARY_HEADER: str(len(header)), "Content-Type": "application/octet-stream"}
 
 
 def lenet_json_request(rows: int = 1) -> tuple[bytes, dict[str, str]]:
     """The same request with the tensor as JSON `data` (and JSON answers)."""
-    body = json.dumps({"inputs": [{"name": "input", "shape": [rows, 1, 28, 28], "datatype": "FP32",
-                                   "data": [0.0] * (rows * 28 * 28)}]}).encode()
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "input", "shape": [rows, 1, 28, 28], "datatype": "FP32", "data": [0.0] * (rows * 28 * 28)}
+            ]
+        }
+    ).encode()
     return body, {"Content-Type": "application/json"}
 
 
 def lenet_answer(rows: int = 1) -> tuple[bytes, dict[str, str]]:
     """What the server answers to lenet_request: JSON header, then logits and probabilities as raw FP32."""
     size = 4 * rows * 10
-    header = json.dumps({"model_name": "lenet5", "model_version": "1", "outputs": [
-        {"name": n, "datatype": "FP32", "shape": [rows, 10], "parameters": {"binary_data_size": size}}
-        for n in ("logits", "probabilities")]}).encode()
+    header = json.dumps(
+        {
+            "model_name": "lenet5",
+            "model_version": "1",
+            "outputs": [
+                {"name": n, "datatype": "FP32", "shape": [rows, 10], "parameters": {"binary_data_size": size}}
+                for n in ("logits", "probabilities")
+            ],
+        }
+    ).encode()
     return header + bytes(2 * size), {BINARY_HEADER: str(len(header)), "Content-Type": "application/octet-stream"}
 
 
@@ -104,16 +126,26 @@ async def _serve_starlette(host: str, port: int) -> int:
     async def ready(request: Request) -> Response:
         return Response(b"")
 
-    app = Starlette(routes=[Route("/v2/models/{model}/infer", infer, methods=["POST"]),
-                            Route("/v2/health/ready", ready)])
+    app = Starlette(
+        routes=[Route("/v2/models/{model}/infer", infer, methods=["POST"]), Route("/v2/health/ready", ready)]
+    )
 
     class Embedded(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self):  # the process owns its signals (SIGTERM drains the whole server)
             yield
 
-    config = uvicorn.Config(app, host=host, port=port, loop="none", http="httptools", lifespan="off",
-                            access_log=False, log_level="warning", backlog=1024)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        backlog=1024,
+    )
     server = Embedded(config)
     asyncio.get_running_loop().create_task(server.serve())
     while not server.started:
@@ -140,8 +172,12 @@ def start_bare(library: str) -> tuple[subprocess.Popen, int]:
 
 def start_serving(args: list[str]) -> tuple[subprocess.Popen, int]:
     """Start `python ARGS` (a server that prints "... serving on HOST:PORT" when up); returns (process, port)."""
-    p = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     line = p.stdout.readline()  # type: ignore[union-attr]
     if "serving on" not in line:
         p.kill()
@@ -170,23 +206,45 @@ def compare(duration_s: float, repeats: int, concurrency: int) -> dict:
     procs = {lib: start_bare(lib) for lib in LIBRARIES}
     try:
         for _lib, (_, port) in procs.items():  # warm-up
-            run_wrk(f"http://127.0.0.1:{port}/v2/models/lenet5/infer", body, headers, concurrency=concurrency, duration_s=1)
+            run_wrk(
+                f"http://127.0.0.1:{port}/v2/models/lenet5/infer", body, headers, concurrency=concurrency, duration_s=1
+            )
         for _ in range(repeats):  # interleaved, so drifting machine load hits both alike
             for lib, (_, port) in procs.items():
-                runs[lib].append(measure(procs[lib][0].pid, f"http://127.0.0.1:{port}/v2/models/lenet5/infer", body,
-                                         headers, concurrency, duration_s))
+                runs[lib].append(
+                    measure(
+                        procs[lib][0].pid,
+                        f"http://127.0.0.1:{port}/v2/models/lenet5/infer",
+                        body,
+                        headers,
+                        concurrency,
+                        duration_s,
+                    )
+                )
     finally:
         for p, _ in procs.values():
             p.send_signal(signal.SIGTERM)
             p.wait(10)
-    summary = {lib: {"median_rps": statistics.median(r["rps"] for r in rs),
-                     "median_p50_ms": statistics.median(r["p50_ms"] for r in rs),
-                     "median_p99_ms": statistics.median(r["p99_ms"] for r in rs),
-                     "median_server_cpu_us_per_request": statistics.median(r["server_cpu_us_per_request"] for r in rs)}
-               for lib, rs in runs.items()}
-    return {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_average": os.getloadavg(),
-            "cpus": os.cpu_count(), "python": platform.python_version(), "concurrency": concurrency,
-            "duration_s": duration_s, "repeats": repeats, "summary": summary, "runs": runs}
+    summary = {
+        lib: {
+            "median_rps": statistics.median(r["rps"] for r in rs),
+            "median_p50_ms": statistics.median(r["p50_ms"] for r in rs),
+            "median_p99_ms": statistics.median(r["p99_ms"] for r in rs),
+            "median_server_cpu_us_per_request": statistics.median(r["server_cpu_us_per_request"] for r in rs),
+        }
+        for lib, rs in runs.items()
+    }
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "concurrency": concurrency,
+        "duration_s": duration_s,
+        "repeats": repeats,
+        "summary": summary,
+        "runs": runs,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

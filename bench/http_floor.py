@@ -50,9 +50,21 @@ class Floor:
         self.input_shape = [1, *self.session.get_inputs()[0].shape[1:]]  # [1, 1, 28, 28]
         outs = self.session.get_outputs()
         probe = self.session.run(None, {self.input_name: np.zeros(self.input_shape, np.float32)})
-        header = json.dumps({"model_name": model_name, "model_version": "1", "outputs": [
-            {"name": o.name, "datatype": "FP32", "shape": list(p.shape),
-             "parameters": {"binary_data_size": p.nbytes}} for o, p in zip(outs, probe, strict=True)]}).encode()
+        header = json.dumps(
+            {
+                "model_name": model_name,
+                "model_version": "1",
+                "outputs": [
+                    {
+                        "name": o.name,
+                        "datatype": "FP32",
+                        "shape": list(p.shape),
+                        "parameters": {"binary_data_size": p.nbytes},
+                    }
+                    for o, p in zip(outs, probe, strict=True)
+                ],
+            }
+        ).encode()
         self.header = header
         self.headers = {BINARY_HEADER: str(len(header)), "Content-Type": "application/octet-stream"}
         self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
@@ -152,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"batch {b:3d}: {us:6.1f} µs of CPU per row")
         if args.bare_us:
             best = min(cost.values())
-            print(f"bound: bare {args.bare_us:g} / (bare + {best:.1f}) = {args.bare_us / (args.bare_us + best):.2f} "
-                  "(the ratio to the bare server if running the model were the only work added)")
+            print(
+                f"bound: bare {args.bare_us:g} / (bare + {best:.1f}) = {args.bare_us / (args.bare_us + best):.2f} "
+                "(the ratio to the bare server if running the model were the only work added)"
+            )
         return 0
     return run_loop(_serve(args.model, args.mode, args.host, args.port), "uvloop") or 0
 

@@ -39,14 +39,26 @@ MODEL = "lenet5-digits"
 
 def json_request(model_output: str = "logits") -> tuple[bytes, dict[str, str]]:
     """One LeNet-5 image as JSON `data`, asking for the one output both servers have."""
-    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.5] * 784}],
-                       "outputs": [{"name": model_output}]}).encode()
+    body = json.dumps(
+        {
+            "inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.5] * 784}],
+            "outputs": [{"name": model_output}],
+        }
+    ).encode()
     return body, {"Content-Type": "application/json"}
 
 
 def start_server(repo: Path, log_dir: Path) -> tuple[testing.ServerProcess, int]:
-    s = testing.start_server(repo, "--poll-interval-s", "0", "--http-address", "127.0.0.1:0", python=sys.executable,
-                             cwd=ROOT, log_path=log_dir / "server.log")
+    s = testing.start_server(
+        repo,
+        "--poll-interval-s",
+        "0",
+        "--http-address",
+        "127.0.0.1:0",
+        python=sys.executable,
+        cwd=ROOT,
+        log_path=log_dir / "server.log",
+    )
     import re
 
     m = re.search(r"HTTP on \S+:(\d+)", s.log())
@@ -105,8 +117,12 @@ def median(runs: list[dict], key: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.http_infer", description=__doc__.split("\n")[0])
     ap.add_argument("--repo", type=Path, required=True, help=f"model repository serving {MODEL} (version 1)")
-    ap.add_argument("--mlserver-venv", type=Path, default=Path("/work/.venv-mlserver"),
-                    help="a venv with mlserver==1.7.1 (../shared/peers/mlserver/README.md); missing: that arm is skipped")
+    ap.add_argument(
+        "--mlserver-venv",
+        type=Path,
+        default=Path("/work/.venv-mlserver"),
+        help="a venv with mlserver==1.7.1 (../shared/peers/mlserver/README.md); missing: that arm is skipped",
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, default=64)
@@ -151,9 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                 r = measure(pid, url, body, headers, args.concurrency, args.duration)
                 r["load_average_1m"] = load
                 runs[name].append(r)
-                print(f"{name:14s} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
-                      f"server CPU {r['server_cpu_us_per_request']:6.0f} us/req  non-2xx {r['non_2xx']}  load {load:.1f}",
-                      flush=True)
+                print(
+                    f"{name:14s} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+                    f"server CPU {r['server_cpu_us_per_request']:6.0f} us/req  non-2xx {r['non_2xx']}  load {load:.1f}",
+                    flush=True,
+                )
     finally:
         server.stop()
         for p in (bare, *floors):
@@ -165,28 +183,55 @@ def main(argv: list[str] | None = None) -> int:
                 ml[0].wait(30)
             except subprocess.TimeoutExpired:
                 ml[0].kill()
-    summary = {k: {"median_rps": median(v, "rps"), "median_p50_ms": median(v, "p50_ms"), "median_p99_ms": median(v, "p99_ms"),
-                   "median_server_cpu_us_per_request": median(v, "server_cpu_us_per_request"),
-                   "non_2xx": sum(r["non_2xx"] for r in v)} for k, v in runs.items()}
-    ratios = {"binary / bare (target >= 0.80)": summary["server binary"]["median_rps"] / summary["bare aiohttp"]["median_rps"]}
+    summary = {
+        k: {
+            "median_rps": median(v, "rps"),
+            "median_p50_ms": median(v, "p50_ms"),
+            "median_p99_ms": median(v, "p99_ms"),
+            "median_server_cpu_us_per_request": median(v, "server_cpu_us_per_request"),
+            "non_2xx": sum(r["non_2xx"] for r in v),
+        }
+        for k, v in runs.items()
+    }
+    ratios = {
+        "binary / bare (target >= 0.80)": summary["server binary"]["median_rps"] / summary["bare aiohttp"]["median_rps"]
+    }
     for mode in ("inline", "batched"):
         if f"floor {mode}" in summary:
-            ratios[f"floor {mode} / bare"] = summary[f"floor {mode}"]["median_rps"] / summary["bare aiohttp"]["median_rps"]
+            ratios[f"floor {mode} / bare"] = (
+                summary[f"floor {mode}"]["median_rps"] / summary["bare aiohttp"]["median_rps"]
+            )
     if "MLServer JSON" in summary:
-        ratios["JSON / MLServer JSON (target >= 2)"] = summary["server JSON"]["median_rps"] / summary["MLServer JSON"]["median_rps"]
-    result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
-              "concurrency": args.concurrency, "duration_s": args.duration, "rounds": args.rounds,
-              "server_cpus": args.server_cpus, "client_cpus": args.client_cpus,
-              "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                    check=False).stdout.strip(),
-              "summary": summary, "ratios": ratios, "runs": runs}
+        ratios["JSON / MLServer JSON (target >= 2)"] = (
+            summary["server JSON"]["median_rps"] / summary["MLServer JSON"]["median_rps"]
+        )
+    result = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "server_cpus": args.server_cpus,
+        "client_cpus": args.client_cpus,
+        "git": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip(),
+        "summary": summary,
+        "ratios": ratios,
+        "runs": runs,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "infer.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| arm | req/s (median) | p50 ms | p99 ms | server CPU µs/req | runs (req/s, load avg) |", "|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| arm | req/s (median) | p50 ms | p99 ms | server CPU µs/req | runs (req/s, load avg) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for k, s in summary.items():
         each = ", ".join(f"{r['rps']:.0f} @ {r['load_average_1m']:.1f}" for r in runs[k])
-        lines.append(f"| {k} | {s['median_rps']:,.0f} | {s['median_p50_ms']:.1f} | {s['median_p99_ms']:.1f} | "
-                     f"{s['median_server_cpu_us_per_request']:.0f} | {each} |")
+        lines.append(
+            f"| {k} | {s['median_rps']:,.0f} | {s['median_p50_ms']:.1f} | {s['median_p99_ms']:.1f} | "
+            f"{s['median_server_cpu_us_per_request']:.0f} | {each} |"
+        )
     lines += ["", *(f"- {k}: **{v:.2f}**" for k, v in ratios.items())]
     (args.out / "infer.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -67,8 +67,17 @@ def wrk_path() -> str:
     return path
 
 
-def run_wrk(url: str, body: bytes, headers: dict[str, str] | None = None, *, concurrency: int = 64,
-            duration_s: float = 5.0, method: str = "POST", threads: int = 1, timeout_s: float = 10.0) -> WrkResult:
+def run_wrk(
+    url: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    *,
+    concurrency: int = 64,
+    duration_s: float = 5.0,
+    method: str = "POST",
+    threads: int = 1,
+    timeout_s: float = 10.0,
+) -> WrkResult:
     """`wrk -t THREADS -c CONCURRENCY -d DURATION --latency` sending `body` on every request."""
     lines = [f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items()]
     with tempfile.TemporaryDirectory(prefix="cnn-wrk-") as tmp:
@@ -82,9 +91,23 @@ def run_wrk(url: str, body: bytes, headers: dict[str, str] | None = None, *, con
         pin = os.environ.get("BENCH_CLIENT_CPUS", "")  # `--client-cpus`: the load generator on its own core(s)
         seconds = max(1, round(duration_s))  # wrk takes whole seconds
         cmd = (["taskset", "-c", pin] if pin else []) + [
-            wrk_path(), "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds}s",
-            "--timeout", f"{timeout_s:g}s", "--latency", "-s", script, url]
-        p = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=duration_s + timeout_s + 30)
+            wrk_path(),
+            "-t",
+            str(threads),
+            "-c",
+            str(concurrency),
+            "-d",
+            f"{seconds}s",
+            "--timeout",
+            f"{timeout_s:g}s",
+            "--latency",
+            "-s",
+            script,
+            url,
+        ]
+        p = subprocess.run(
+            cmd, check=False, env=env, capture_output=True, text=True, timeout=duration_s + timeout_s + 30
+        )
     out = p.stdout + p.stderr
     if p.returncode != 0:
         raise RuntimeError(f"wrk failed ({p.returncode}): {out}")
@@ -96,7 +119,15 @@ def run_wrk(url: str, body: bytes, headers: dict[str, str] | None = None, *, con
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return WrkResult(url=url, concurrency=concurrency, duration_s=_seconds(m.group(2)), requests=int(m.group(1)),
-                     rps=float(rps.group(1)), p50_ms=_seconds(p50.group(1)) * 1e3, p99_ms=_seconds(p99.group(1)) * 1e3,
-                     non_2xx=int(non2xx.group(1)) if non2xx else 0,
-                     socket_errors=sum(map(int, sock.groups())) if sock else 0, output=out)
+    return WrkResult(
+        url=url,
+        concurrency=concurrency,
+        duration_s=_seconds(m.group(2)),
+        requests=int(m.group(1)),
+        rps=float(rps.group(1)),
+        p50_ms=_seconds(p50.group(1)) * 1e3,
+        p99_ms=_seconds(p99.group(1)) * 1e3,
+        non_2xx=int(non2xx.group(1)) if non2xx else 0,
+        socket_errors=sum(map(int, sock.groups())) if sock else 0,
+        output=out,
+    )

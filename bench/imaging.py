@@ -40,8 +40,10 @@ def inputs(n: int = 50) -> dict[str, list[bytes]]:
     photos = sorted((ROOT / "examples" / "photos").glob("*.jpg"))[:n]
     return {
         "png 28x28 gray": [_encode(Image.fromarray(d, "L"), "PNG") for d in digits],
-        "jpeg 400x400 colour": [_encode(Image.open(p).convert("RGB").resize((400, 400), Image.Resampling.BILINEAR),
-                                        "JPEG", quality=85) for p in photos],
+        "jpeg 400x400 colour": [
+            _encode(Image.open(p).convert("RGB").resize((400, 400), Image.Resampling.BILINEAR), "JPEG", quality=85)
+            for p in photos
+        ],
     }
 
 
@@ -77,9 +79,16 @@ def run(repeats: int = 200) -> list[dict]:
         for step, fn in steps.items():
             wall, cpu = _time(fn, data, repeats)
             t = sorted(wall)
-            rows.append({"input": kind, "step": step, "median_ms": round(statistics.median(t), 3),
-                         "p90_ms": round(t[int(0.9 * (len(t) - 1))], 3),
-                         "cpu_ms": round(sum(cpu) / len(cpu), 3), "n": len(t)})
+            rows.append(
+                {
+                    "input": kind,
+                    "step": step,
+                    "median_ms": round(statistics.median(t), 3),
+                    "p90_ms": round(t[int(0.9 * (len(t) - 1))], 3),
+                    "cpu_ms": round(sum(cpu) / len(cpu), 3),
+                    "n": len(t),
+                }
+            )
     return rows
 
 

@@ -75,8 +75,17 @@ async def _round(service, servicer, c: int, requests: int, path: str, raw, wire:
     return {"cpu_us": (c1 - c0) / requests * 1e6, "wall_us": (w1 - w0) / requests * 1e6}
 
 
-async def _measure(repo: Path, concurrency: list[int], requests: int, rows: int, deadline: bool, rounds: int,
-                   path: str = "grpc", profile: Path | None = None, telemetry: str = "on") -> dict:
+async def _measure(
+    repo: Path,
+    concurrency: list[int],
+    requests: int,
+    rows: int,
+    deadline: bool,
+    rounds: int,
+    path: str = "grpc",
+    profile: Path | None = None,
+    telemetry: str = "on",
+) -> dict:
     import numpy as np
 
     from protos.inference import grpc_service_pb2 as pb
@@ -87,7 +96,7 @@ async def _measure(repo: Path, concurrency: list[int], requests: int, rows: int,
     from server.metrics import Metrics
 
     arms = {}  # arm -> (service, servicer): one, or telemetry off and on side by side ("ab")
-    for arm in (("off", "on") if telemetry == "ab" else (telemetry,)):
+    for arm in ("off", "on") if telemetry == "ab" else (telemetry,):
         metrics = Metrics(prediction_telemetry=arm == "on")
         service = InferenceService(ModelRegistry(repo, metrics, poll_interval_s=0), metrics)
         await service.start()
@@ -114,8 +123,14 @@ async def _measure(repo: Path, concurrency: list[int], requests: int, rows: int,
                 for arm in list(arms) if i % 2 == 0 else list(arms)[::-1]:  # ABBA order: drift cancels
                     service, servicer = arms[arm]
                     per[arm].append(await _round(service, servicer, c, requests, path, raw, wire, ctx, prof))
-            res = {arm: {"cpu_us": statistics.median(p["cpu_us"] for p in rs),
-                         "wall_us": statistics.median(p["wall_us"] for p in rs), "rounds": rs} for arm, rs in per.items()}
+            res = {
+                arm: {
+                    "cpu_us": statistics.median(p["cpu_us"] for p in rs),
+                    "wall_us": statistics.median(p["wall_us"] for p in rs),
+                    "rounds": rs,
+                }
+                for arm, rs in per.items()
+            }
             if telemetry != "ab":
                 out[c] = res[telemetry]
                 continue
@@ -136,19 +151,31 @@ async def _measure(repo: Path, concurrency: list[int], requests: int, rows: int,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.inproc", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repo", type=Path, default=Path(__file__).resolve().parent.parent / "runs/bench/models/repo-lenet5")
+    p.add_argument(
+        "--repo", type=Path, default=Path(__file__).resolve().parent.parent / "runs/bench/models/repo-lenet5"
+    )
     p.add_argument("--concurrency", default="1,64")
     p.add_argument("--requests", type=int, default=20000)
     p.add_argument("--rows", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--deadline", action="store_true", help="calls carry a 60 s gRPC deadline (as most clients set)")
-    p.add_argument("--path", choices=("grpc", "core"), default="grpc",
-                   help="grpc: the ModelInfer servicer (protobuf in and out); core: InferenceService.infer_raw alone")
-    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (the server's default: uvloop)")
+    p.add_argument(
+        "--path",
+        choices=("grpc", "core"),
+        default="grpc",
+        help="grpc: the ModelInfer servicer (protobuf in and out); core: InferenceService.infer_raw alone",
+    )
+    p.add_argument(
+        "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (the server's default: uvloop)"
+    )
     p.add_argument("--profile", type=Path, help="cProfile the measured phase; the top 40 by own time go to this file")
-    p.add_argument("--telemetry", choices=("on", "off", "ab"), default="on",
-                   help="prediction telemetry on (the default), off, or ab: both services in this process, rounds "
-                        "alternated ABBA, with the median of the per-round ratios (its cost, issue 21)")
+    p.add_argument(
+        "--telemetry",
+        choices=("on", "off", "ab"),
+        default="on",
+        help="prediction telemetry on (the default), off, or ab: both services in this process, rounds "
+        "alternated ABBA, with the median of the per-round ratios (its cost, issue 21)",
+    )
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     import logging
@@ -157,8 +184,20 @@ def main(argv: list[str] | None = None) -> int:
     import server
     from server.eventloop import run_loop
 
-    res = run_loop(_measure(a.repo, [int(c) for c in a.concurrency.split(",")], a.requests, a.rows, a.deadline, a.rounds,
-                            a.path, a.profile, a.telemetry), a.loop)
+    res = run_loop(
+        _measure(
+            a.repo,
+            [int(c) for c in a.concurrency.split(",")],
+            a.requests,
+            a.rows,
+            a.deadline,
+            a.rounds,
+            a.path,
+            a.profile,
+            a.telemetry,
+        ),
+        a.loop,
+    )
 
     if a.json:
         print(json.dumps({"server": server.__file__, "results": res}))
@@ -168,14 +207,20 @@ def main(argv: list[str] | None = None) -> int:
             if a.telemetry == "ab":
                 for arm in ("off", "on"):
                     rounds = ", ".join(f"{x['cpu_us']:.1f}" for x in r[arm]["rounds"])
-                    print(f"concurrency {c:4d}, telemetry {arm:3s}: {r[arm]['cpu_us']:8.1f} CPU µs/req  "
-                          f"{r[arm]['wall_us']:8.1f} wall µs/req  (rounds: {rounds})")
+                    print(
+                        f"concurrency {c:4d}, telemetry {arm:3s}: {r[arm]['cpu_us']:8.1f} CPU µs/req  "
+                        f"{r[arm]['wall_us']:8.1f} wall µs/req  (rounds: {rounds})"
+                    )
                 ratios = ", ".join(f"{x:.3f}" for x in r["ratios"])
-                print(f"concurrency {c:4d}: on/off CPU per request, median of the rounds' ratios "
-                      f"{r['on_over_off_cpu']:.3f} ({ratios})")
+                print(
+                    f"concurrency {c:4d}: on/off CPU per request, median of the rounds' ratios "
+                    f"{r['on_over_off_cpu']:.3f} ({ratios})"
+                )
                 continue
             rounds = ", ".join(f"{x['cpu_us']:.1f}" for x in r["rounds"])
-            print(f"concurrency {c:4d}: {r['cpu_us']:8.1f} CPU µs/req  {r['wall_us']:8.1f} wall µs/req  (rounds: {rounds})")
+            print(
+                f"concurrency {c:4d}: {r['cpu_us']:8.1f} CPU µs/req  {r['wall_us']:8.1f} wall µs/req  (rounds: {rounds})"
+            )
     return 0
 
 

@@ -32,8 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = (("fp32", None, None), ("int8-qoperator", "int8", "qoperator"), ("int8-qdq", "int8", "qdq"))
 
 
-SMOKE_RECIPE = {"optimizer": "adam", "lr": 3e-3, "schedule": "constant", "weight_decay": 0.0, "batch_size": 64,
-                "deterministic": False, "threads": 0}
+SMOKE_RECIPE = {
+    "optimizer": "adam",
+    "lr": 3e-3,
+    "schedule": "constant",
+    "weight_decay": 0.0,
+    "batch_size": 64,
+    "deterministic": False,
+    "threads": 0,
+}
 
 
 def train_briefly(model: str, data: str, epochs: int, out: Path) -> Path:
@@ -47,8 +54,9 @@ def train_briefly(model: str, data: str, epochs: int, out: Path) -> Path:
     return out / "best.pt"
 
 
-def timed_sessions(paths: dict[str, str], images: np.ndarray, batch: int, threads: int, repeats: int,
-                   min_seconds: float) -> dict[str, list[float]]:
+def timed_sessions(
+    paths: dict[str, str], images: np.ndarray, batch: int, threads: int, repeats: int, min_seconds: float
+) -> dict[str, list[float]]:
     """images/s per variant; the variants alternate within each repeat (interleaved)."""
     import onnxruntime as ort
 
@@ -81,8 +89,13 @@ def timed_sessions(paths: dict[str, str], images: np.ndarray, batch: int, thread
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.int8", description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["resnet20", "vgg11_bn"], help="models to train briefly")
-    ap.add_argument("--checkpoint", action="append", default=[], type=Path,
-                    help="use this checkpoint instead of training (repeatable; replaces --models)")
+    ap.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        type=Path,
+        help="use this checkpoint instead of training (repeatable; replaces --models)",
+    )
     ap.add_argument("--data", default="digits", help="dataset spec for the brief training (default digits)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs of the brief training (default 3)")
     ap.add_argument("--batch", type=int, default=64)
@@ -91,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-seconds", type=float, default=1.0)
     ap.add_argument("--calibration-images", type=int, default=512)
     ap.add_argument("--out", type=Path, default=None, help="default runs/bench/int8-<UTC time>")
-    ap.add_argument("--work", type=Path, default=None,
-                    help="keep the brief trainings here and reuse them on the next run (default: a temp folder)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="keep the brief trainings here and reuse them on the next run (default: a temp folder)",
+    )
     args = ap.parse_args(argv)
 
     import onnxruntime as ort
@@ -110,18 +127,26 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "runs" / "bench" / ("int8-" + dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench-int8-"))
-    settings = {"batch": args.batch, "threads": args.threads, "repeats": args.repeats, "min_seconds": args.min_seconds,
-                "calibration_images": args.calibration_images,
-                **({} if args.checkpoint else {"epochs": args.epochs, "data": args.data}),  # the brief training's
-                "torch": str(torch.__version__), "onnxruntime": ort.__version__}
+    settings = {
+        "batch": args.batch,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "min_seconds": args.min_seconds,
+        "calibration_images": args.calibration_images,
+        **({} if args.checkpoint else {"epochs": args.epochs, "data": args.data}),  # the brief training's
+        "torch": str(torch.__version__),
+        "onnxruntime": ort.__version__,
+    }
     env = describe(settings) if describe else {"settings": settings}
     env.setdefault("hardware", {})["loadavg_at_start"] = list(os.getloadavg())
 
     ckpts = [(p.stem, p) for p in args.checkpoint] or []
     if not ckpts:
         for model in args.models:
-            print(f"training {model} on {args.data} for {args.epochs} epochs (a smoke, not a finished model)",
-                  file=sys.stderr)
+            print(
+                f"training {model} on {args.data} for {args.epochs} epochs (a smoke, not a finished model)",
+                file=sys.stderr,
+            )
             run_dir = (args.work or scratch / "runs") / f"{model}-{args.epochs}ep"
             if (run_dir / "best.pt").is_file() and (run_dir / "summary.json").is_file():
                 print(f"reusing {run_dir / 'best.pt'}", file=sys.stderr)
@@ -138,25 +163,47 @@ def main(argv: list[str] | None = None) -> int:
         for variant, quantize, fmt in VARIANTS:
             print(f"exporting {ckpt['model_name']} {variant}", file=sys.stderr)
             results[variant] = export_checkpoint(
-                ckpt_path, repo, name=f"{ckpt['model_name']}-bench", quantize=quantize,
-                int8_format=fmt or "qoperator", calibration_images=args.calibration_images, parity_images=64)
+                ckpt_path,
+                repo,
+                name=f"{ckpt['model_name']}-bench",
+                quantize=quantize,
+                int8_format=fmt or "qoperator",
+                calibration_images=args.calibration_images,
+                parity_images=64,
+            )
         for threads in args.threads:
             print(f"timing {ckpt['model_name']} at batch {args.batch}, {threads} thread(s)", file=sys.stderr)
-            rates = timed_sessions({v: r.path for v, r in results.items()}, test.normalised(0, args.batch), args.batch, threads,
-                                   args.repeats, args.min_seconds)
+            rates = timed_sessions(
+                {v: r.path for v, r in results.items()},
+                test.normalised(0, args.batch),
+                args.batch,
+                threads,
+                args.repeats,
+                args.min_seconds,
+            )
             for (variant, quantize, _), res in zip(VARIANTS, results.values()):
                 acc_key = "int8_test_accuracy" if quantize else "fp32_test_accuracy"
-                row = {"model": ckpt["model_name"], "variant": variant, "threads": threads,
-                       "images_per_s": statistics.median(rates[variant]), "runs_images_per_s": rates[variant],
-                       "test_accuracy": res.accuracy[acc_key], "test_images": res.accuracy["test_images"],
-                       "fp32_test_accuracy": res.accuracy["fp32_test_accuracy"], "size_bytes": res.size_bytes,
-                       "input_shape": ckpt["input_shape"], "dataset": ckpt.get("dataset"),
-                       "trained_epochs": (ckpt.get("metrics") or {}).get("epoch"),
-                       "checkpoint_test_accuracy": (ckpt.get("metrics") or {}).get("test_accuracy")}
+                row = {
+                    "model": ckpt["model_name"],
+                    "variant": variant,
+                    "threads": threads,
+                    "images_per_s": statistics.median(rates[variant]),
+                    "runs_images_per_s": rates[variant],
+                    "test_accuracy": res.accuracy[acc_key],
+                    "test_images": res.accuracy["test_images"],
+                    "fp32_test_accuracy": res.accuracy["fp32_test_accuracy"],
+                    "size_bytes": res.size_bytes,
+                    "input_shape": ckpt["input_shape"],
+                    "dataset": ckpt.get("dataset"),
+                    "trained_epochs": (ckpt.get("metrics") or {}).get("epoch"),
+                    "checkpoint_test_accuracy": (ckpt.get("metrics") or {}).get("test_accuracy"),
+                }
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "runs_images_per_s"}), file=sys.stderr)
     for r in rows:
-        base = next(b for b in rows if b["model"] == r["model"] and b["variant"] == "fp32" and b["threads"] == r["threads"])
+        base = next(
+            b for b in rows if b["model"] == r["model"] and b["variant"] == "fp32" and b["threads"] == r["threads"]
+        )
         r["speedup_vs_fp32"] = r["images_per_s"] / base["images_per_s"]
         r["accuracy_change_vs_fp32"] = r["test_accuracy"] - base["test_accuracy"]
 
@@ -166,24 +213,37 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# INT8 vs FP32 on CPU (batch {args.batch})", ""]
     if markdown:
         lines += [markdown(env), ""]
-    lines += ["| model | input | variant | threads | images/s | vs fp32 | test accuracy | vs fp32 | size |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "| model | input | variant | threads | images/s | vs fp32 | test accuracy | vs fp32 | size |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {'x'.join(map(str, r['input_shape']))} | {r['variant']} | {r['threads']} | "
-                     f"{r['images_per_s']:,.0f} | {r['speedup_vs_fp32']:.2f}x | {r['test_accuracy']:.4f} "
-                     f"({r['test_images']} images) | {r['accuracy_change_vs_fp32']:+.4f} | {r['size_bytes'] / 1e6:.2f} MB |")
+        lines.append(
+            f"| {r['model']} | {'x'.join(map(str, r['input_shape']))} | {r['variant']} | {r['threads']} | "
+            f"{r['images_per_s']:,.0f} | {r['speedup_vs_fp32']:.2f}x | {r['test_accuracy']:.4f} "
+            f"({r['test_images']} images) | {r['accuracy_change_vs_fp32']:+.4f} | {r['size_bytes'] / 1e6:.2f} MB |"
+        )
     if args.checkpoint:
-        models = "; ".join(f"{r['model']}: {r['dataset']}, {r['trained_epochs']} epochs, checkpoint test accuracy "
-                           f"{r['checkpoint_test_accuracy'] if r['checkpoint_test_accuracy'] is not None else 'unknown'}" for r in rows if r["variant"] == "fp32" and r["threads"] == args.threads[0])
+        models = "; ".join(
+            f"{r['model']}: {r['dataset']}, {r['trained_epochs']} epochs, checkpoint test accuracy "
+            f"{r['checkpoint_test_accuracy'] if r['checkpoint_test_accuracy'] is not None else 'unknown'}"
+            for r in rows
+            if r["variant"] == "fp32" and r["threads"] == args.threads[0]
+        )
         lines += ["", f"Models: the checkpoints given ({models})."]
     else:
-        lines += ["", f"Models: trained here for {args.epochs} epochs on {args.data} (a smoke test of the pipeline, "
-                  "not finished models)."]
-    lines += ["Accuracy: the whole test split, measured by "
-              "`cnn export` with onnxruntime. images/s: median of the timed runs, variants interleaved. "
-              "Load average at start / end: "
-              f"{', '.join(f'{x:.1f}' for x in env['hardware']['loadavg_at_start'])} / "
-              f"{', '.join(f'{x:.1f}' for x in env['hardware']['loadavg_at_end'])}."]
+        lines += [
+            "",
+            f"Models: trained here for {args.epochs} epochs on {args.data} (a smoke test of the pipeline, "
+            "not finished models).",
+        ]
+    lines += [
+        "Accuracy: the whole test split, measured by "
+        "`cnn export` with onnxruntime. images/s: median of the timed runs, variants interleaved. "
+        "Load average at start / end: "
+        f"{', '.join(f'{x:.1f}' for x in env['hardware']['loadavg_at_start'])} / "
+        f"{', '.join(f'{x:.1f}' for x in env['hardware']['loadavg_at_end'])}."
+    ]
     (out / "int8.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwrote {out / 'int8.json'} and {out / 'int8.md'}", file=sys.stderr)

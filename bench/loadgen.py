@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                   ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                   ("grpc.use_local_subchannel_pool", 1)]
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 
 
 @dataclass
@@ -55,13 +57,22 @@ class LoadResult:
         return float(np.percentile(self.latencies_s, q)) if len(self.latencies_s) else float("nan")
 
     def summary(self) -> dict:
-        return {"concurrency": self.concurrency, "processes": self.processes, "duration_s": round(self.duration_s, 4),
-                "requests": self.requests, "errors": self.errors, "rows_per_request": self.rows_per_request,
-                "rps": round(self.rps, 2), "images_per_s": round(self.images_per_s, 2),
-                "p50_ms": round(self.pct(50) * 1e3, 4), "p90_ms": round(self.pct(90) * 1e3, 4),
-                "p99_ms": round(self.pct(99) * 1e3, 4),
-                "mean_ms": round(float(np.mean(self.latencies_s)) * 1e3, 4) if len(self.latencies_s) else None,
-                "client_cpu_s": round(self.client_cpu_s, 3), "error_samples": self.error_samples[:3]}
+        return {
+            "concurrency": self.concurrency,
+            "processes": self.processes,
+            "duration_s": round(self.duration_s, 4),
+            "requests": self.requests,
+            "errors": self.errors,
+            "rows_per_request": self.rows_per_request,
+            "rps": round(self.rps, 2),
+            "images_per_s": round(self.images_per_s, 2),
+            "p50_ms": round(self.pct(50) * 1e3, 4),
+            "p90_ms": round(self.pct(90) * 1e3, 4),
+            "p99_ms": round(self.pct(99) * 1e3, 4),
+            "mean_ms": round(float(np.mean(self.latencies_s)) * 1e3, 4) if len(self.latencies_s) else None,
+            "client_cpu_s": round(self.client_cpu_s, 3),
+            "error_samples": self.error_samples[:3],
+        }
 
 
 def model_infer_request(model: str, batch: int, shape=(1, 28, 28), seed: int = 0) -> bytes:
@@ -97,10 +108,14 @@ def parse_cpus(spec: str) -> set[int]:
 # one client process
 
 
-async def _client_main(address: str, payload: bytes, concurrency: int, channels: int, conn, total_requests: int | None) -> None:
+async def _client_main(
+    address: str, payload: bytes, concurrency: int, channels: int, conn, total_requests: int | None
+) -> None:
     import grpc
 
-    chans = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS + [("bench.channel", i)]) for i in range(channels)]
+    chans = [
+        grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS + [("bench.channel", i)]) for i in range(channels)
+    ]
     calls = [c.unary_unary(MODEL_INFER) for c in chans]  # no (de)serialisers: bytes in, bytes out
     try:
         for c in chans:
@@ -146,7 +161,9 @@ async def _client_main(address: str, payload: bytes, concurrency: int, channels:
         t_last = now()
         cpu1 = os.times()
         cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-        conn.send(("done", counters["ok"], counters["errors"], lat.tobytes(), cpu, errors, t_first, t_last, counters["all"]))
+        conn.send(
+            ("done", counters["ok"], counters["errors"], lat.tobytes(), cpu, errors, t_first, t_last, counters["all"])
+        )
     except Exception as e:  # noqa: BLE001 - reported to the parent
         conn.send(("error", f"{type(e).__name__}: {e}"))
     finally:
@@ -154,7 +171,9 @@ async def _client_main(address: str, payload: bytes, concurrency: int, channels:
             await c.close()
 
 
-def _client_process(address: str, payload: bytes, concurrency: int, channels: int, conn, total_requests: int | None) -> None:
+def _client_process(
+    address: str, payload: bytes, concurrency: int, channels: int, conn, total_requests: int | None
+) -> None:
     pin_from_env("BENCH_CLIENT_CPUS")
     asyncio.run(_client_main(address, payload, concurrency, channels, conn, total_requests))
 
@@ -169,9 +188,18 @@ def auto_processes(concurrency: int) -> int:
     return max(1, min(math.ceil(concurrency / 64), cores // 2 or 1))
 
 
-def run_load(address: str, payload: bytes, concurrency: int, *, duration_s: float = 5.0, warmup_s: float = 1.0,
-             processes: int | None = None, channels_per_process: int = 1, rows_per_request: int = 1,
-             total_requests: int | None = None) -> LoadResult:
+def run_load(
+    address: str,
+    payload: bytes,
+    concurrency: int,
+    *,
+    duration_s: float = 5.0,
+    warmup_s: float = 1.0,
+    processes: int | None = None,
+    channels_per_process: int = 1,
+    rows_per_request: int = 1,
+    total_requests: int | None = None,
+) -> LoadResult:
     """Closed loop at `concurrency` for `warmup_s` + `duration_s` (or exactly `total_requests`)."""
     processes = processes or auto_processes(concurrency)
     processes = max(1, min(processes, concurrency))
@@ -179,13 +207,24 @@ def run_load(address: str, payload: bytes, concurrency: int, *, duration_s: floa
     shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
     req_shares = None
     if total_requests is not None:
-        req_shares = [total_requests // processes + (1 if i < total_requests % processes else 0) for i in range(processes)]
+        req_shares = [
+            total_requests // processes + (1 if i < total_requests % processes else 0) for i in range(processes)
+        ]
     pipes, procs = [], []
     for i, share in enumerate(shares):
         parent, child = ctx.Pipe()
-        p = ctx.Process(target=_client_process, daemon=True,
-                        args=(address, payload, share, max(1, min(channels_per_process, share)), child,
-                              req_shares[i] if req_shares else None))
+        p = ctx.Process(
+            target=_client_process,
+            daemon=True,
+            args=(
+                address,
+                payload,
+                share,
+                max(1, min(channels_per_process, share)),
+                child,
+                req_shares[i] if req_shares else None,
+            ),
+        )
         p.start()
         pipes.append(parent)
         procs.append(p)
@@ -224,5 +263,15 @@ def run_load(address: str, payload: bytes, concurrency: int, *, duration_s: floa
             if p.is_alive():
                 p.kill()
     window = duration_s if total_requests is None else (max(lasts) - min(firsts))
-    return LoadResult(concurrency, processes, window, oks, errs, rows_per_request,
-                      np.concatenate(lats) if lats else np.zeros(0), cpu, samples, all_ok)
+    return LoadResult(
+        concurrency,
+        processes,
+        window,
+        oks,
+        errs,
+        rows_per_request,
+        np.concatenate(lats) if lats else np.zeros(0),
+        cpu,
+        samples,
+        all_ok,
+    )

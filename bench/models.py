@@ -49,9 +49,23 @@ def ensure(kind: str, given: Path | None = None, cache: Path = DEFAULT_CACHE, lo
         return repo
     run = cache / f"run-{kind}"
     log(f"bench: preparing {kind}: training 1 epoch and exporting (once; cached in {cache})")
-    for args in (["train", "--model", kind, "--data", "digits", "--epochs", "1", "--seed", "0", "--out", str(run),
-                  "--overwrite"],
-                 ["export", str(run / "best.pt"), "--repository", str(repo), "--name", SPECS[kind]]):
+    for args in (
+        [
+            "train",
+            "--model",
+            kind,
+            "--data",
+            "digits",
+            "--epochs",
+            "1",
+            "--seed",
+            "0",
+            "--out",
+            str(run),
+            "--overwrite",
+        ],
+        ["export", str(run / "best.pt"), "--repository", str(repo), "--name", SPECS[kind]],
+    ):
         p = subprocess.run([sys.executable, "-m", "client.cli", *args], cwd=ROOT, capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"cnn {' '.join(args)} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")

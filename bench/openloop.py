@@ -142,12 +142,22 @@ class OpenLoopResult:
 
     def summary(self) -> dict:
         h, lag = self.histogram(), self.lag_histogram()
-        out = {"offered_rps": round(self.rate, 2), "arrival": self.arrival, "duration_s": self.duration_s,
-               "processes": self.processes, "scheduled": self.scheduled, "ok": self.ok, "failed": self.failed,
-               "outcomes": self.outcomes(), "completed_rps": round(self.completed_rps, 2),
-               **h.summary(), **lag.summary("send_lag_"), "client_cpu_s": round(self.client_cpu_s, 3),
-               "host_steal_s": None if self.host_steal_s is None else round(self.host_steal_s, 3),
-               "histogram": h.encode()}
+        out = {
+            "offered_rps": round(self.rate, 2),
+            "arrival": self.arrival,
+            "duration_s": self.duration_s,
+            "processes": self.processes,
+            "scheduled": self.scheduled,
+            "ok": self.ok,
+            "failed": self.failed,
+            "outcomes": self.outcomes(),
+            "completed_rps": round(self.completed_rps, 2),
+            **h.summary(),
+            **lag.summary("send_lag_"),
+            "client_cpu_s": round(self.client_cpu_s, 3),
+            "host_steal_s": None if self.host_steal_s is None else round(self.host_steal_s, 3),
+            "histogram": h.encode(),
+        }
         if self.error_samples:
             out["error_samples"] = self.error_samples[:3]
         return out
@@ -188,9 +198,19 @@ def _http_caller(session, url: str, payload: bytes, headers: dict[str, str]):
     return call
 
 
-async def _client_main(address: str, payload: bytes, sched: np.ndarray, channels: int, conn, timeout_s: float,
-                       max_in_flight: int, drain_s: float, preflight: bool,
-                       headers: dict[str, str] | None = None, http_connections: int = 256) -> None:
+async def _client_main(
+    address: str,
+    payload: bytes,
+    sched: np.ndarray,
+    channels: int,
+    conn,
+    timeout_s: float,
+    max_in_flight: int,
+    drain_s: float,
+    preflight: bool,
+    headers: dict[str, str] | None = None,
+    http_connections: int = 256,
+) -> None:
     import grpc
 
     http = address.startswith("http://")
@@ -203,7 +223,10 @@ async def _client_main(address: str, payload: bytes, sched: np.ndarray, channels
         calls = [_http_caller(session, address, payload, headers or {})]
         channels = 1
     else:
-        chans = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS + [("bench.channel", i)]) for i in range(channels)]
+        chans = [
+            grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS + [("bench.channel", i)])
+            for i in range(channels)
+        ]
         calls = [c.unary_unary(MODEL_INFER) for c in chans]  # bytes in, bytes out
     try:
         for c in chans:
@@ -294,13 +317,36 @@ async def _client_main(address: str, payload: bytes, sched: np.ndarray, channels
             await session.close()
 
 
-def _client_process(address: str, payload: bytes, sched_bytes: bytes, channels: int, conn, timeout_s: float,
-                    max_in_flight: int, drain_s: float, preflight: bool, headers: dict[str, str] | None = None,
-                    http_connections: int = 256) -> None:
+def _client_process(
+    address: str,
+    payload: bytes,
+    sched_bytes: bytes,
+    channels: int,
+    conn,
+    timeout_s: float,
+    max_in_flight: int,
+    drain_s: float,
+    preflight: bool,
+    headers: dict[str, str] | None = None,
+    http_connections: int = 256,
+) -> None:
     pin_from_env("BENCH_CLIENT_CPUS")
     sched = np.frombuffer(sched_bytes, dtype=np.float64)
-    asyncio.run(_client_main(address, payload, sched, channels, conn, timeout_s, max_in_flight, drain_s, preflight,
-                             headers, http_connections))
+    asyncio.run(
+        _client_main(
+            address,
+            payload,
+            sched,
+            channels,
+            conn,
+            timeout_s,
+            max_in_flight,
+            drain_s,
+            preflight,
+            headers,
+            http_connections,
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,10 +357,25 @@ class OpenLoopRun:
     """One open-loop run: `start()` returns once the schedule's clock is running (the caller may act on the
     server meanwhile, e.g. publish a version at `t0 + x`), `wait()` collects the result."""
 
-    def __init__(self, address: str, payload: bytes, rate: float, *, duration_s: float = 5.0, warmup_s: float = 1.0,
-                 arrival: str = "poisson", seed: int = 0, processes: int = 1, channels: int = 2,
-                 timeout_s: float = 30.0, max_in_flight: int = 20_000, drain_s: float = 30.0,
-                 preflight: bool = True, headers: dict[str, str] | None = None, http_connections: int = 256) -> None:
+    def __init__(
+        self,
+        address: str,
+        payload: bytes,
+        rate: float,
+        *,
+        duration_s: float = 5.0,
+        warmup_s: float = 1.0,
+        arrival: str = "poisson",
+        seed: int = 0,
+        processes: int = 1,
+        channels: int = 2,
+        timeout_s: float = 30.0,
+        max_in_flight: int = 20_000,
+        drain_s: float = 30.0,
+        preflight: bool = True,
+        headers: dict[str, str] | None = None,
+        http_connections: int = 256,
+    ) -> None:
         self.address, self.payload, self.rate, self.arrival = address, payload, rate, arrival
         self.headers, self.http_connections = dict(headers or {}), http_connections
         self.duration_s, self.warmup_s, self.drain_s = duration_s, warmup_s, drain_s
@@ -333,10 +394,24 @@ class OpenLoopRun:
         try:
             for k in range(self.processes):
                 parent, child = ctx.Pipe()
-                part = np.ascontiguousarray(self.sched[k::self.processes])
-                p = ctx.Process(target=_client_process, daemon=True,
-                                args=(self.address, self.payload, part.tobytes(), channels, child, timeout_s,
-                                      max_in_flight, drain_s, preflight, self.headers, self.http_connections))
+                part = np.ascontiguousarray(self.sched[k :: self.processes])
+                p = ctx.Process(
+                    target=_client_process,
+                    daemon=True,
+                    args=(
+                        self.address,
+                        self.payload,
+                        part.tobytes(),
+                        channels,
+                        child,
+                        timeout_s,
+                        max_in_flight,
+                        drain_s,
+                        preflight,
+                        self.headers,
+                        self.http_connections,
+                    ),
+                )
                 p.start()
                 self._pipes.append(parent)
                 self._procs.append(p)
@@ -368,17 +443,29 @@ class OpenLoopRun:
                 if msg[0] != "done":
                     raise RuntimeError(f"open-loop client failed: {msg[1]}")
                 _, lat_b, code_b, lag_b, c, es = msg
-                latency[k::self.processes] = np.frombuffer(lat_b, dtype=np.float64)
-                code[k::self.processes] = np.frombuffer(code_b, dtype=np.int16)
-                lag[k::self.processes] = np.frombuffer(lag_b, dtype=np.float64)
+                latency[k :: self.processes] = np.frombuffer(lat_b, dtype=np.float64)
+                code[k :: self.processes] = np.frombuffer(code_b, dtype=np.int16)
+                lag[k :: self.processes] = np.frombuffer(lag_b, dtype=np.float64)
                 cpu += c
                 samples += es
         finally:
             self._reap()
         steal0, steal1 = self._steal0, host_steal_s()
-        return OpenLoopResult(self.rate, self.arrival, self.duration_s, self.warmup_s, self.processes, self.t0,
-                              self.sched, latency, code, lag, cpu, samples,
-                              None if steal0 is None or steal1 is None else steal1 - steal0)
+        return OpenLoopResult(
+            self.rate,
+            self.arrival,
+            self.duration_s,
+            self.warmup_s,
+            self.processes,
+            self.t0,
+            self.sched,
+            latency,
+            code,
+            lag,
+            cpu,
+            samples,
+            None if steal0 is None or steal1 is None else steal1 - steal0,
+        )
 
     def _reap(self) -> None:
         for p in self._procs:
@@ -413,8 +500,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    r = run_open_loop(a.address, model_infer_request(a.model, a.rows), a.rate, duration_s=a.duration,
-                      warmup_s=a.warmup, arrival=a.arrival, processes=a.processes, seed=a.seed)
+    r = run_open_loop(
+        a.address,
+        model_infer_request(a.model, a.rows),
+        a.rate,
+        duration_s=a.duration,
+        warmup_s=a.warmup,
+        arrival=a.arrival,
+        processes=a.processes,
+        seed=a.seed,
+    )
     s = r.summary()
     s.pop("histogram")
     print(json.dumps(s, indent=2))

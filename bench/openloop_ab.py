@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(tempfile.mkdtemp(prefix="openloop-ab-"))
     runs: dict[str, list[dict]] = {"A": [], "B": []}
     for rnd in range(a.rounds):
-        for arm in (("A", "B") if rnd % 2 == 0 else ("B", "A")):
+        for arm in ("A", "B") if rnd % 2 == 0 else ("B", "A"):
             server = procs.start_server(a.repo, logs, env=arms[arm], name=f"arm-{arm}")
             try:
                 r = run_open_loop(server.address, payload, a.rate, duration_s=a.duration, warmup_s=1.0, seed=rnd)
@@ -58,10 +58,18 @@ def main(argv: list[str] | None = None) -> int:
             row = {k: s[k] for k in ("p50_ms", "p99_ms", "p99.9_ms", "max_ms")} | {"failed": r.failed, "round": rnd}
             runs[arm].append(row)
             if not a.json:
-                print(f"round {rnd} arm {arm} {arms[arm]}: p50 {row['p50_ms']} p99 {row['p99_ms']} "
-                      f"p99.9 {row['p99.9_ms']} max {row['max_ms']} ms, failed {row['failed']}", flush=True)
-    medians = {arm: {k: statistics.median(x[k] for x in rs if x[k] is not None) for k in ("p50_ms", "p99_ms", "p99.9_ms", "max_ms")}
-               for arm, rs in runs.items()}
+                print(
+                    f"round {rnd} arm {arm} {arms[arm]}: p50 {row['p50_ms']} p99 {row['p99_ms']} "
+                    f"p99.9 {row['p99.9_ms']} max {row['max_ms']} ms, failed {row['failed']}",
+                    flush=True,
+                )
+    medians = {
+        arm: {
+            k: statistics.median(x[k] for x in rs if x[k] is not None)
+            for k in ("p50_ms", "p99_ms", "p99.9_ms", "max_ms")
+        }
+        for arm, rs in runs.items()
+    }
     if a.json:
         print(json.dumps({"rate": a.rate, "env": arms, "runs": runs, "medians": medians}, indent=1))
     else:

@@ -29,8 +29,18 @@ def free_port() -> int:
 class Proc(ServerProcess):
     """A process under test (a server or the echo reference), with what /proc says about it and its children."""
 
-    def __init__(self, name: str, proc: subprocess.Popen, address: str, log_path: Path, t_spawn: float,
-                 t_ready_line: float, extra: dict | None = None, *, metrics_url: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        proc: subprocess.Popen,
+        address: str,
+        log_path: Path,
+        t_spawn: float,
+        t_ready_line: float,
+        extra: dict | None = None,
+        *,
+        metrics_url: str | None = None,
+    ):
         super().__init__(proc, address, metrics_url, log_path, t_spawn, t_ready_line)
         self.name = name
         self.extra = {} if extra is None else extra
@@ -74,7 +84,7 @@ def cpu_seconds(pid: int) -> float:
     """user + system CPU of every thread of `pid` so far."""
     try:
         stat = _read(f"/proc/{pid}/stat")
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
     except (OSError, ValueError, IndexError):
         return 0.0
@@ -88,7 +98,7 @@ def tree_pids(pid: int) -> list[int]:
             continue
         try:
             stat = _read(f"/proc/{d}/stat")
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(d))
@@ -112,36 +122,73 @@ def _pin_server():
 def _env(server_root: Path | None, extra: dict | None = None) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if server_root is not None and Path(server_root).resolve() != ROOT:
-        env["PYTHONPATH"] = str(Path(server_root).resolve()) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONPATH"] = str(Path(server_root).resolve()) + (
+            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+        )
     env.update(extra or {})
     return env
 
 
-def start_server(repository: Path, log_dir: Path, *, server_root: Path | None = None, port: int = 0,
-                 args: tuple[str, ...] = (), env: dict | None = None, timeout_s: float = 120,
-                 launcher: list[str] | None = None, name: str = "server") -> Proc:
+def start_server(
+    repository: Path,
+    log_dir: Path,
+    *,
+    server_root: Path | None = None,
+    port: int = 0,
+    args: tuple[str, ...] = (),
+    env: dict | None = None,
+    timeout_s: float = 120,
+    launcher: list[str] | None = None,
+    name: str = "server",
+) -> Proc:
     """`cnn serve` (from `server_root`, default this checkout) on 127.0.0.1:`port`; returns once ready."""
     root = Path(server_root or ROOT).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
-    s = testing.start_server(repository, "--poll-interval-s", "0", *args, cwd=root, env=_env(root, env),
-                             log_path=log_dir / f"{name}-{time.monotonic_ns()}.log", timeout_s=timeout_s,
-                             preexec_fn=_pin_server, grpc_address=f"127.0.0.1:{port}",
-                             launcher=launcher or ("-m", "client.cli"))
+    s = testing.start_server(
+        repository,
+        "--poll-interval-s",
+        "0",
+        *args,
+        cwd=root,
+        env=_env(root, env),
+        log_path=log_dir / f"{name}-{time.monotonic_ns()}.log",
+        timeout_s=timeout_s,
+        preexec_fn=_pin_server,
+        grpc_address=f"127.0.0.1:{port}",
+        launcher=launcher or ("-m", "client.cli"),
+    )
     return Proc(name, s.proc, s.address, s.log_path, s.t_spawn, s.t_ready, metrics_url=s.metrics_url)
 
 
-def start_echo(log_dir: Path, *, reply: str = "model", await_mode: str = "none", event_loop: str = "asyncio",
-               timeout_s: float = 60) -> Proc:
+def start_echo(
+    log_dir: Path, *, reply: str = "model", await_mode: str = "none", event_loop: str = "asyncio", timeout_s: float = 60
+) -> Proc:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"echo-{time.monotonic_ns()}.log"
-    cmd = [sys.executable, "-m", "bench.echo", "--port", "0", "--reply", reply, "--await-mode", await_mode,
-           "--event-loop", event_loop]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.echo",
+        "--port",
+        "0",
+        "--reply",
+        reply,
+        "--await-mode",
+        await_mode,
+        "--event-loop",
+        event_loop,
+    ]
     with open(log_path, "w") as log:
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(None),
-                                preexec_fn=_pin_server)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(None), preexec_fn=_pin_server
+        )
     m = testing.wait_for_line(proc, ECHO_LINE, log_path, "echo server", timeout_s)
-    name = "echo" + ("" if await_mode == "none" else f"-{await_mode}") + ("" if event_loop == "asyncio" else f"-{event_loop}")
+    name = (
+        "echo"
+        + ("" if await_mode == "none" else f"-{await_mode}")
+        + ("" if event_loop == "asyncio" else f"-{event_loop}")
+    )
     return Proc(name, proc, f"{m.group(1)}:{m.group(2)}", log_path, t0, time.monotonic())
 
 
@@ -181,14 +228,21 @@ def batch_stats(address: str, model: str) -> dict:
         ms = s.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=10).model_stats[0]
     finally:
         ch.close()
-    return {"inference_count": ms.inference_count, "execution_count": ms.execution_count,
-            "success_count": ms.inference_stats.success.count, "success_ns": ms.inference_stats.success.ns,
-            "queue_ns": ms.inference_stats.queue.ns,
-            "batches": {b.batch_size: (b.compute_infer.count, b.compute_infer.ns) for b in ms.batch_stats}}
+    return {
+        "inference_count": ms.inference_count,
+        "execution_count": ms.execution_count,
+        "success_count": ms.inference_stats.success.count,
+        "success_ns": ms.inference_stats.success.ns,
+        "queue_ns": ms.inference_stats.queue.ns,
+        "batches": {b.batch_size: (b.compute_infer.count, b.compute_infer.ns) for b in ms.batch_stats},
+    }
 
 
 def stats_delta(before: dict, after: dict) -> dict:
-    out = {k: after[k] - before[k] for k in ("inference_count", "execution_count", "success_count", "success_ns", "queue_ns")}
+    out = {
+        k: after[k] - before[k]
+        for k in ("inference_count", "execution_count", "success_count", "success_ns", "queue_ns")
+    }
     batches = {}
     for size, (c, ns) in after["batches"].items():
         c0, ns0 = before["batches"].get(size, (0, 0))

@@ -36,7 +36,11 @@ def measure(model_dir: Path, batch: int, seconds: float = 1.0, repeats: int = 3,
         os.sched_setaffinity(0, parse_cpus(os.environ["BENCH_SERVER_CPUS"]))
     rt = _runtime(str(model_dir))
     spec = rt.input
-    x = np.random.default_rng(seed).standard_normal((batch, *[d if d > 0 else 1 for d in spec.shape])).astype(spec.dtype)
+    x = (
+        np.random.default_rng(seed)
+        .standard_normal((batch, *[d if d > 0 else 1 for d in spec.shape]))
+        .astype(spec.dtype)
+    )
     sess = rt.sessions[0]
     names = [o.name for o in rt.outputs]
     feed = {spec.name: x}
@@ -60,14 +64,27 @@ def measure(model_dir: Path, batch: int, seconds: float = 1.0, repeats: int = 3,
     # The reference is the steady state, batch / median run time: preemption by other processes on a shared
     # machine inflates the mean (and wall-clock rate) but hardly the median. On a quiet machine they agree;
     # on a busy one this is the stricter reference for the server.
-    return {"batch": batch, "images_per_s": batch / p50, "images_per_s_wall": statistics.median(rates),
-            "images_per_s_wall_all": [round(r, 1) for r in rates],
-            "run_p50_ms": p50 * 1e3, "run_mean_ms": float(np.mean(runs_all)) * 1e3,
-            "runs": len(runs_all), "intra_op_threads": rt.config.intra_op_threads, "inter_op_threads": rt.config.inter_op_threads}
+    return {
+        "batch": batch,
+        "images_per_s": batch / p50,
+        "images_per_s_wall": statistics.median(rates),
+        "images_per_s_wall_all": [round(r, 1) for r in rates],
+        "run_p50_ms": p50 * 1e3,
+        "run_mean_ms": float(np.mean(runs_all)) * 1e3,
+        "runs": len(runs_all),
+        "intra_op_threads": rt.config.intra_op_threads,
+        "inter_op_threads": rt.config.inter_op_threads,
+    }
 
 
-def mixture(model_dir: Path, batches: dict[int, tuple[int, int]], seconds: float = 0.5, repeats: int = 3,
-            coverage: float = 0.97, cache: dict | None = None) -> dict:
+def mixture(
+    model_dir: Path,
+    batches: dict[int, tuple[int, int]],
+    seconds: float = 0.5,
+    repeats: int = 3,
+    coverage: float = 0.97,
+    cache: dict | None = None,
+) -> dict:
     """Raw images/s at the batch-size mix the batcher chose.
 
     `batches` is ModelStatistics batch_stats over the window: {size: (executions, server infer ns)}. The
@@ -94,7 +111,12 @@ def mixture(model_dir: Path, batches: dict[int, tuple[int, int]], seconds: float
         raw_time += c * b * per_image
         server_time += ns / 1e9
     execs = sum(c for c, _ in batches.values())
-    return {"images_per_s": total_rows / raw_time, "mean_batch": total_rows / execs, "rows": total_rows,
-            "executions": execs, "measured_sizes": sorted(measured),
-            "server_infer_images_per_s": total_rows / server_time if server_time else float("nan"),
-            "mode_batch": max(batches, key=lambda b: batches[b][0])}
+    return {
+        "images_per_s": total_rows / raw_time,
+        "mean_batch": total_rows / execs,
+        "rows": total_rows,
+        "executions": execs,
+        "measured_sizes": sorted(measured),
+        "server_infer_images_per_s": total_rows / server_time if server_time else float("nan"),
+        "mode_batch": max(batches, key=lambda b: batches[b][0]),
+    }

@@ -96,8 +96,14 @@ def window_stats(r: OpenLoopResult, start_s: float, end_s: float) -> dict:
     """p50/p99/p99.9 and outcomes of the requests scheduled in [start_s, end_s) (seconds from t0)."""
     m = r.window_mask(start_s, end_s)
     h = r.histogram(m)
-    return {"from_s": round(start_s, 3), "to_s": round(end_s, 3), "scheduled": int(m.sum()),
-            "failed": int(m.sum()) - h.count, "outcomes": r.outcomes(m), **h.summary()}
+    return {
+        "from_s": round(start_s, 3),
+        "to_s": round(end_s, 3),
+        "scheduled": int(m.sum()),
+        "failed": int(m.sum()) - h.count,
+        "outcomes": r.outcomes(m),
+        **h.summary(),
+    }
 
 
 def _plot(r: OpenLoopResult, events: dict[str, float], windows: dict[str, dict], path: Path, title: str) -> None:
@@ -147,8 +153,9 @@ def s9_reload(ctx) -> dict:
     s7 = ctx.results.get("s7_open_loop")
     server = None
     try:
-        server = procs.start_server(repo, ctx.logs, server_root=ctx.server_root, name="s9",
-                                    args=("--poll-interval-s", str(rm.poll_interval_s)))
+        server = procs.start_server(
+            repo, ctx.logs, server_root=ctx.server_root, name="s9", args=("--poll-interval-s", str(rm.poll_interval_s))
+        )
         if s7 and s7["configs"] and s7["configs"][0]["max_rps"] > 0:
             max_rps, probes, source = s7["configs"][0]["max_rps"], [], "scenario 7 of this run"
         else:
@@ -157,10 +164,13 @@ def s9_reload(ctx) -> dict:
         if max_rps <= 0:
             raise RuntimeError(f"no sustainable rate found for {name}: {probes[-1] if probes else ''}")
         rate = 0.8 * max_rps
-        ctx.log(f"  s9: {rate:.0f}/s (80 % of {max_rps:.0f}/s, {source}); publish at {rm.publish_at_s:g} s, "
-                f"config change at {rm.config_at_s:g} s of {rm.duration_s:g} s")
-        run = OpenLoopRun(server.address, payload, rate, duration_s=rm.duration_s, warmup_s=rm.warmup_s,
-                          processes=processes, seed=7)
+        ctx.log(
+            f"  s9: {rate:.0f}/s (80 % of {max_rps:.0f}/s, {source}); publish at {rm.publish_at_s:g} s, "
+            f"config change at {rm.config_at_s:g} s of {rm.duration_s:g} s"
+        )
+        run = OpenLoopRun(
+            server.address, payload, rate, duration_s=rm.duration_s, warmup_s=rm.warmup_s, processes=processes, seed=7
+        )
         t0 = run.start()
         time.sleep(max(0.0, t0 + rm.warmup_s + rm.publish_at_s - time.monotonic()))
         t_pub = publish_version(mdir, src, new)
@@ -177,39 +187,97 @@ def s9_reload(ctx) -> dict:
     if t_ready is not None:
         events["new version READY (swap)"] = rel(t_ready)
     swap = rel(t_ready) if t_ready is not None else rel(t_pub) + AROUND_S / 2
-    windows = {"steady (before the publish)": window_stats(result, rm.warmup_s, rel(t_pub)),
-               "5 s around the version swap": window_stats(result, swap - AROUND_S / 2, swap + AROUND_S / 2),
-               "5 s from the config change": window_stats(result, rel(t_cfg), rel(t_cfg) + AROUND_S),
-               "whole run": window_stats(result, rm.warmup_s, rm.warmup_s + rm.duration_s)}
+    windows = {
+        "steady (before the publish)": window_stats(result, rm.warmup_s, rel(t_pub)),
+        "5 s around the version swap": window_stats(result, swap - AROUND_S / 2, swap + AROUND_S / 2),
+        "5 s from the config change": window_stats(result, rel(t_cfg), rel(t_cfg) + AROUND_S),
+        "whole run": window_stats(result, rm.warmup_s, rm.warmup_s + rm.duration_s),
+    }
     steady = windows["steady (before the publish)"]["p99_ms"] or float("nan")
     whole = windows["whole run"]
-    targets = [_target(f"{name} at {rate:.0f}/s: requests not answered OK over the run ({whole['scheduled']:,} scheduled, "
-                       f"a publish and a config change)", float(whole["failed"]), 0.0, higher_is_better=False, fmt="{:.0f}")]
+    targets = [
+        _target(
+            f"{name} at {rate:.0f}/s: requests not answered OK over the run ({whole['scheduled']:,} scheduled, "
+            f"a publish and a config change)",
+            float(whole["failed"]),
+            0.0,
+            higher_is_better=False,
+            fmt="{:.0f}",
+        )
+    ]
     for key in ("5 s around the version swap", "5 s from the config change"):
         w = windows[key]
-        targets.append(_target(f"p99 in the {key} / steady p99 ({w['p99_ms']} / {steady} ms)",
-                               (w["p99_ms"] or float("nan")) / steady, 3.0, higher_is_better=False, unit="x", fmt="{:.2f}"))
+        targets.append(
+            _target(
+                f"p99 in the {key} / steady p99 ({w['p99_ms']} / {steady} ms)",
+                (w["p99_ms"] or float("nan")) / steady,
+                3.0,
+                higher_is_better=False,
+                unit="x",
+                fmt="{:.2f}",
+            )
+        )
     png = ctx.out / "s9_reload.png"
-    _plot(result, events, {k: v for k, v in windows.items() if "5 s" in k}, png,
-          f"S9 {name}: open-loop {rate:.0f}/s during a version publish and a config.yaml change")
+    _plot(
+        result,
+        events,
+        {k: v for k, v in windows.items() if "5 s" in k},
+        png,
+        f"S9 {name}: open-loop {rate:.0f}/s during a version publish and a config.yaml change",
+    )
     load = os.getloadavg()
-    rows = [{"window": k, **v, "outcomes": ", ".join(f"{c} {n}" for c, n in v["outcomes"].items())} for k, v in windows.items()]
-    md = (f"# Scenario 9: the cost of a reload under open-loop load ({name})\n\n"
-          f"Open-loop Poisson load at {rate:.0f} requests/s (80 % of the maximum sustainable {max_rps:.0f}/s, {source}), "
-          f"{rm.warmup_s:g} s warm-up then {rm.duration_s:g} s measured; the server polls the repository every "
-          f"{rm.poll_interval_s:g} s. At {rm.publish_at_s:g} s version {new} is published (copy to a dot-folder, "
-          f"rename); at {rm.config_at_s:g} s config.yaml is replaced (warmup_batch_sizes [1] -> [1, 2]). "
-          f"Version {new} READY (ModelReady polled every 20 ms): "
-          + (f"{rel(t_ready) - rel(t_pub):.2f} s after the rename." if t_ready is not None else "**never seen**.")
-          + f" Mode `{ctx.mode.name}`; load average at the end {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (a shared "
-          f"machine).\n\n{env_markdown(ctx.env)}\n\n"
-          + report.table(rows, [("window", "requests scheduled in"), ("from_s", "from s"), ("to_s", "to s"),
-                                ("scheduled", "scheduled"), ("failed", "not OK"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-                                ("p99.9_ms", "p99.9 ms"), ("max_ms", "max ms"), ("outcomes", "outcomes")])
-          + "\n\n## Targets\n\n" + report.targets_table(targets) + "\n\n![latency over time](s9_reload.png)\n")
-    return _finish(ctx, "s9_reload", {"scenario": 9, "title": "reload under load", "model": name, "rate": rate,
-                                      "max_rps": max_rps, "max_rps_source": source, "probes": probes,
-                                      "reload_mode": asdict(rm), "events_s": events, "windows": windows,
-                                      "version_ready_after_s": (t_ready - t_pub) if t_ready is not None else None,
-                                      "summary": result.summary(), "targets": targets, "rss_bytes": rss,
-                                      "loadavg_at_end": list(load)}, md)
+    rows = [
+        {"window": k, **v, "outcomes": ", ".join(f"{c} {n}" for c, n in v["outcomes"].items())}
+        for k, v in windows.items()
+    ]
+    md = (
+        f"# Scenario 9: the cost of a reload under open-loop load ({name})\n\n"
+        f"Open-loop Poisson load at {rate:.0f} requests/s (80 % of the maximum sustainable {max_rps:.0f}/s, {source}), "
+        f"{rm.warmup_s:g} s warm-up then {rm.duration_s:g} s measured; the server polls the repository every "
+        f"{rm.poll_interval_s:g} s. At {rm.publish_at_s:g} s version {new} is published (copy to a dot-folder, "
+        f"rename); at {rm.config_at_s:g} s config.yaml is replaced (warmup_batch_sizes [1] -> [1, 2]). "
+        f"Version {new} READY (ModelReady polled every 20 ms): "
+        + (f"{rel(t_ready) - rel(t_pub):.2f} s after the rename." if t_ready is not None else "**never seen**.")
+        + f" Mode `{ctx.mode.name}`; load average at the end {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (a shared "
+        f"machine).\n\n{env_markdown(ctx.env)}\n\n"
+        + report.table(
+            rows,
+            [
+                ("window", "requests scheduled in"),
+                ("from_s", "from s"),
+                ("to_s", "to s"),
+                ("scheduled", "scheduled"),
+                ("failed", "not OK"),
+                ("p50_ms", "p50 ms"),
+                ("p99_ms", "p99 ms"),
+                ("p99.9_ms", "p99.9 ms"),
+                ("max_ms", "max ms"),
+                ("outcomes", "outcomes"),
+            ],
+        )
+        + "\n\n## Targets\n\n"
+        + report.targets_table(targets)
+        + "\n\n![latency over time](s9_reload.png)\n"
+    )
+    return _finish(
+        ctx,
+        "s9_reload",
+        {
+            "scenario": 9,
+            "title": "reload under load",
+            "model": name,
+            "rate": rate,
+            "max_rps": max_rps,
+            "max_rps_source": source,
+            "probes": probes,
+            "reload_mode": asdict(rm),
+            "events_s": events,
+            "windows": windows,
+            "version_ready_after_s": (t_ready - t_pub) if t_ready is not None else None,
+            "summary": result.summary(),
+            "targets": targets,
+            "rss_bytes": rss,
+            "loadavg_at_end": list(load),
+        },
+        md,
+    )

@@ -37,8 +37,15 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 def targets_table(targets: list[dict]) -> str:
     if not targets:
         return "_No targets for this scenario._"
-    rows = [{"target": t["name"], "measured": t["measured"], "threshold": t["threshold"],
-             "met": t["met"] if t.get("met") is not None else None} for t in targets]
+    rows = [
+        {
+            "target": t["name"],
+            "measured": t["measured"],
+            "threshold": t["threshold"],
+            "met": t["met"] if t.get("met") is not None else None,
+        }
+        for t in targets
+    ]
     out = ["| target | measured | threshold | met |", "|---|---:|---:|---:|"]
     for r in rows:
         met = "n/a" if r["met"] is None else ("yes" if r["met"] else "**NO**")
@@ -46,8 +53,9 @@ def targets_table(targets: list[dict]) -> str:
     return "\n".join(out)
 
 
-def plot_latency_throughput(series: dict[str, list[dict]], path: Path, title: str, *, x: str = "rps",
-                            xlabel: str = "requests/s") -> None:
+def plot_latency_throughput(
+    series: dict[str, list[dict]], path: Path, title: str, *, x: str = "rps", xlabel: str = "requests/s"
+) -> None:
     """Throughput (x) vs p50 (solid) and p99 (dashed) latency (y, log), one colour per series, points labelled
     with their concurrency."""
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
@@ -60,8 +68,14 @@ def plot_latency_throughput(series: dict[str, list[dict]], path: Path, title: st
         ax.plot(xs, [p["p50_ms"] for p in pts], "o-", color=color, label=f"{name} p50")
         ax.plot(xs, [p["p99_ms"] for p in pts], "s--", color=color, alpha=0.7, label=f"{name} p99")
         for p in pts:
-            ax.annotate(str(p.get("concurrency", "")), (p[x], p["p50_ms"]), textcoords="offset points",
-                        xytext=(3, 3), fontsize=7, color=color)
+            ax.annotate(
+                str(p.get("concurrency", "")),
+                (p[x], p["p50_ms"]),
+                textcoords="offset points",
+                xytext=(3, 3),
+                fontsize=7,
+                color=color,
+            )
     ax.set_yscale("log")
     ax.set_xlabel(xlabel + " (labels: concurrency)")
     ax.set_ylabel("latency, ms (log)")

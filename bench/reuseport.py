@@ -46,8 +46,15 @@ def child(argv: list[str]) -> int:
 
 
 def supervise(workers: int, argv: list[str]) -> int:
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.reuseport", "--child", *argv], stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}) for _ in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.reuseport", "--child", *argv],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        for _ in range(workers)
+    ]
 
     def forward(sig, _frame):
         for p in procs:
@@ -66,9 +73,12 @@ def supervise(workers: int, argv: list[str]) -> int:
             forward(signal.SIGTERM, None)
             return 1
     m = READY.search(lines[0])
-    rest = lines[0][m.end():]
-    print(f"serving gRPC on {m.group(1)}:{m.group(2)}{rest} (workers: {workers}, pids "
-          f"{' '.join(str(p.pid) for p in procs)})", flush=True)
+    rest = lines[0][m.end() :]
+    print(
+        f"serving gRPC on {m.group(1)}:{m.group(2)}{rest} (workers: {workers}, pids "
+        f"{' '.join(str(p.pid) for p in procs)})",
+        flush=True,
+    )
     for p in procs:  # keep draining their stdout so they never block on a full pipe
         threading.Thread(target=lambda s=p.stdout: [None for _ in s], daemon=True).start()
     codes = [p.wait() for p in procs]

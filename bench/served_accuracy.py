@@ -47,8 +47,13 @@ def accuracy(client, images: list[bytes], labels: list[str], model: str, batch: 
     for i in range(0, len(images), batch):
         results = client.classify(images[i : i + batch], top_k=1, model=model)
         correct += sum(r[0].label == t for r, t in zip(results, labels[i : i + batch], strict=True))
-    return {"images": len(images), "correct": correct, "accuracy": correct / len(images),
-            "seconds": round(time.perf_counter() - t0, 2), "model": list(client.last_model)}
+    return {
+        "images": len(images),
+        "correct": correct,
+        "accuracy": correct / len(images),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "model": list(client.last_model),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=1))
     else:
         for name, r in out.items():
-            print(f"{name}: {r['correct']:,}/{r['images']:,} = {100 * r['accuracy']:.2f} % "
-                  f"({r['model'][0]} v{r['model'][1]}, {r['seconds']} s)")
+            print(
+                f"{name}: {r['correct']:,}/{r['images']:,} = {100 * r['accuracy']:.2f} % "
+                f"({r['model'][0]} v{r['model'][1]}, {r['seconds']} s)"
+            )
     return 0
 
 

@@ -79,7 +79,9 @@ def traffic(model: str) -> list[Kind]:
         raise SystemExit("bench.soak: examples/digits/*.png not found (the sample digits ship with the repository)")
 
     def classify(images: list[bytes], name: str = model) -> bytes:
-        return cpb.ClassifyRequest(model_name=name, top_k=3, images=[cpb.Image(encoded=b) for b in images]).SerializeToString()
+        return cpb.ClassifyRequest(
+            model_name=name, top_k=3, images=[cpb.Image(encoded=b) for b in images]
+        ).SerializeToString()
 
     return [
         Kind("infer-1", MODEL_INFER, infer(1), "OK", 45),
@@ -134,8 +136,16 @@ class Tally:
         self.by_kind, self.samples = {}, []
 
 
-async def run_chunk(channel: grpc.aio.Channel, schedule: list[Kind], start: int, n: int, concurrency: int,
-                    tally: Tally, latencies: list[float], timeout_s: float) -> None:
+async def run_chunk(
+    channel: grpc.aio.Channel,
+    schedule: list[Kind],
+    start: int,
+    n: int,
+    concurrency: int,
+    tally: Tally,
+    latencies: list[float],
+    timeout_s: float,
+) -> None:
     calls = {m: channel.unary_unary(m) for m in (MODEL_INFER, CLASSIFY)}  # bytes in, bytes out
     counter = iter(range(start, start + n))
 
@@ -202,8 +212,12 @@ def server_counters(metrics_url: str | None) -> dict:
 
 
 def export_checkpoint(checkpoint: Path, repo: Path, name: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "client.cli", "export", str(checkpoint), "--repository", str(repo),
-                           "--name", name], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "client.cli", "export", str(checkpoint), "--repository", str(repo), "--name", name],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"bench.soak: cnn export failed:\n{proc.stderr}")
 
@@ -231,17 +245,24 @@ def environment() -> dict:
         pass
     mem = 0
     try:
-        mem = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1]) * 1024
+        mem = (
+            int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])
+            * 1024
+        )
     except (OSError, StopIteration):
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return {
-        "cpu": cpu, "cores_online": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
-        "memory_total_bytes": mem, "loadavg_at_start": list(os.getloadavg()),
+        "cpu": cpu,
+        "cores_online": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "memory_total_bytes": mem,
+        "loadavg_at_start": list(os.getloadavg()),
         "versions": {d: _version(d) for d in ("cnn-stack", "onnxruntime", "grpcio", "protobuf", "numpy", "pillow")}
         | {"python": platform.python_version(), "kernel": platform.release(), "git_commit": commit},
     }
@@ -256,7 +277,8 @@ def markdown(result: dict) -> str:
         f"**{'PASS' if result['pass'] else 'FAIL'}**: RSS growth {mem['growth_pct']:+.2f} % "
         f"(limit {result['settings']['max_growth_pct']} %), {s['unexpected']} unexpected answers.",
         "",
-        "| what | value |", "|---|---|",
+        "| what | value |",
+        "|---|---|",
         f"| requests (after warm-up) | {s['requests']:,} in {s['wall_s']:.1f} s ({s['rps']:.0f}/s), concurrency {result['settings']['concurrency']} |",
         f"| latency p50 / p99 / max | {s['p50_ms']:.2f} / {s['p99_ms']:.2f} / {s['max_ms']:.1f} ms |",
         f"| RSS after warm-up ({result['settings']['warmup']:,} requests) | {mem['rss_warm_bytes'] / 2**20:.1f} MiB |",
@@ -266,25 +288,35 @@ def markdown(result: dict) -> str:
         f"| peak RSS (VmHWM) | {mem['peak_bytes'] / 2**20:.1f} MiB |",
         f"| threads / open fds, warm -> end | {mem['threads'][0]} -> {mem['threads'][1]} / {mem['fds'][0]} -> {mem['fds'][1]} |",
         "",
-        "## Traffic (status codes per kind)", "",
-        "| kind | expected | answers |", "|---|---|---|",
+        "## Traffic (status codes per kind)",
+        "",
+        "| kind | expected | answers |",
+        "|---|---|---|",
     ]
     for k in result["traffic"]:
-        lines.append(f"| {k['name']} | {k['expect']} | {', '.join(f'{c} {n:,}' for c, n in sorted(k['answers'].items()))} |")
+        lines.append(
+            f"| {k['name']} | {k['expect']} | {', '.join(f'{c} {n:,}' for c, n in sorted(k['answers'].items()))} |"
+        )
     if s["unexpected_samples"]:
         lines += ["", "Unexpected answers (first few):", ""] + [f"- {x}" for x in s["unexpected_samples"]]
     lines += ["", "## Server counters (cnn_requests_total, whole run)", ""]
     lines += [f"- {k}: {val:,.0f}" for k, val in sorted(result["server_counters"].items())]
     lines += ["", "## RSS samples", "", "| requests after warm-up | RSS MiB | threads | fds |", "|---|---|---|---|"]
-    lines += [f"| {x['requests']:,} | {x['VmRSS'] / 2**20:.1f} | {x['Threads']} | {x['fds']} |" for x in result["samples"]]
+    lines += [
+        f"| {x['requests']:,} | {x['VmRSS'] / 2**20:.1f} | {x['Threads']} | {x['fds']} |" for x in result["samples"]
+    ]
     cpu = env["cpu"]
-    lines += ["", "## Environment", "",
-              f"- CPU: {cpu.get('Model name', '?')} ({cpu.get('Architecture', '?')}), {env['cores_online']} cores online, "
-              f"{env['cores_usable']} usable, hypervisor {cpu.get('Hypervisor vendor', 'none')}",
-              f"- Memory: {env['memory_total_bytes'] / 2**30:.1f} GiB; load average at start "
-              f"{', '.join(f'{x:.2f}' for x in env['loadavg_at_start'])} (a shared machine: other work runs beside it)",
-              "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-              "- Client and server on the same machine; one client process, asyncio, closed loop."]
+    lines += [
+        "",
+        "## Environment",
+        "",
+        f"- CPU: {cpu.get('Model name', '?')} ({cpu.get('Architecture', '?')}), {env['cores_online']} cores online, "
+        f"{env['cores_usable']} usable, hypervisor {cpu.get('Hypervisor vendor', 'none')}",
+        f"- Memory: {env['memory_total_bytes'] / 2**30:.1f} GiB; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in env['loadavg_at_start'])} (a shared machine: other work runs beside it)",
+        "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        "- Client and server on the same machine; one client process, asyncio, closed loop.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -292,8 +324,19 @@ def markdown(result: dict) -> str:
 # main
 
 
-def soak(address: str, pid: int, metrics_url: str | None, model: str, *, requests: int, warmup: int, samples: int,
-         concurrency: int, timeout_s: float, log=print) -> dict:
+def soak(
+    address: str,
+    pid: int,
+    metrics_url: str | None,
+    model: str,
+    *,
+    requests: int,
+    warmup: int,
+    samples: int,
+    concurrency: int,
+    timeout_s: float,
+    log=print,
+) -> dict:
     kinds = traffic(model)
     schedule = [k for k in kinds for _ in range(k.weight)]
     random.Random(0).shuffle(schedule)
@@ -315,8 +358,10 @@ def soak(address: str, pid: int, metrics_url: str | None, model: str, *, request
                 await run_chunk(channel, schedule, warmup + done, n, concurrency, tally, latencies, timeout_s)
                 done += n
                 points.append({"requests": done, **proc_status(pid)})
-                log(f"  {done:>9,} requests  {time.perf_counter() - t0:7.1f} s  RSS {points[-1]['VmRSS'] / 2**20:7.1f} MiB  "
-                    f"threads {points[-1]['Threads']}  fds {points[-1]['fds']}  unexpected {tally.unexpected}")
+                log(
+                    f"  {done:>9,} requests  {time.perf_counter() - t0:7.1f} s  RSS {points[-1]['VmRSS'] / 2**20:7.1f} MiB  "
+                    f"threads {points[-1]['Threads']}  fds {points[-1]['fds']}  unexpected {tally.unexpected}"
+                )
             wall = time.perf_counter() - t0
             live = await channel.unary_unary(SERVER_LIVE)(b"", timeout=10)  # empty ServerLiveRequest
             return {"points": points, "wall_s": wall, "live_bytes": len(live)}
@@ -329,17 +374,31 @@ def soak(address: str, pid: int, metrics_url: str | None, model: str, *, request
     y = np.array([p["VmRSS"] for p in points], dtype=float)
     slope = float(np.polyfit(x, y, 1)[0]) if len(points) > 2 else float("nan")  # bytes per request
     return {
-        "summary": {"requests": tally.sent, "ok": tally.ok, "unexpected": tally.unexpected,
-                    "unexpected_samples": tally.samples, "wall_s": out["wall_s"], "rps": tally.sent / out["wall_s"],
-                    "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
-                    "max_ms": float(lat.max() * 1e3)},
-        "memory": {"rss_warm_bytes": warm["VmRSS"], "rss_end_bytes": end["VmRSS"],
-                   "growth_pct": (end["VmRSS"] - warm["VmRSS"]) / warm["VmRSS"] * 100,
-                   "slope_kib_per_10k": slope * 10_000 / 1024, "peak_bytes": end["VmHWM"],
-                   "threads": [warm["Threads"], end["Threads"]], "fds": [warm["fds"], end["fds"]]},
+        "summary": {
+            "requests": tally.sent,
+            "ok": tally.ok,
+            "unexpected": tally.unexpected,
+            "unexpected_samples": tally.samples,
+            "wall_s": out["wall_s"],
+            "rps": tally.sent / out["wall_s"],
+            "p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "max_ms": float(lat.max() * 1e3),
+        },
+        "memory": {
+            "rss_warm_bytes": warm["VmRSS"],
+            "rss_end_bytes": end["VmRSS"],
+            "growth_pct": (end["VmRSS"] - warm["VmRSS"]) / warm["VmRSS"] * 100,
+            "slope_kib_per_10k": slope * 10_000 / 1024,
+            "peak_bytes": end["VmHWM"],
+            "threads": [warm["Threads"], end["Threads"]],
+            "fds": [warm["fds"], end["fds"]],
+        },
         "samples": points,
-        "traffic": [{"name": k.name, "expect": k.expect, "weight": k.weight, "answers": tally.by_kind.get(k.name, {})}
-                    for k in kinds],
+        "traffic": [
+            {"name": k.name, "expect": k.expect, "weight": k.weight, "answers": tally.by_kind.get(k.name, {})}
+            for k in kinds
+        ],
         "server_counters": server_counters(metrics_url),
     }
 
@@ -354,11 +413,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-url", help="with --address: its /metrics URL (optional)")
     p.add_argument("--model", default="", help="model name (default: the only model in the repository; lenet5-digits)")
     p.add_argument("--requests", type=int, default=100_000, help="requests after warm-up (default 100000)")
-    p.add_argument("--warmup", type=int, default=5_000, help="warm-up requests before the first RSS sample (default 5000)")
+    p.add_argument(
+        "--warmup", type=int, default=5_000, help="warm-up requests before the first RSS sample (default 5000)"
+    )
     p.add_argument("--samples", type=int, default=20, help="RSS samples after warm-up (default 20)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request deadline, seconds (default 30)")
-    p.add_argument("--max-growth-pct", type=float, default=10.0, help="RSS growth above this fails the run (default 10)")
+    p.add_argument(
+        "--max-growth-pct", type=float, default=10.0, help="RSS growth above this fails the run (default 10)"
+    )
     p.add_argument("--out", type=Path, help="output folder (default runs/soak/<UTC time>)")
     args = p.parse_args(argv)
     if args.address and not args.pid:
@@ -380,15 +443,34 @@ def main(argv: list[str] | None = None) -> int:
             models = sorted(d.name for d in repo.iterdir() if d.is_dir() and not d.name.startswith("."))
             model = args.model or (models[0] if len(models) == 1 else "lenet5-digits")
             try:
-                server = start_server(repo, "--poll-interval-s", "0", "--log-level", "ERROR", cwd=ROOT,
-                                      log_path=out / "server.log", timeout_s=120)
+                server = start_server(
+                    repo,
+                    "--poll-interval-s",
+                    "0",
+                    "--log-level",
+                    "ERROR",
+                    cwd=ROOT,
+                    log_path=out / "server.log",
+                    timeout_s=120,
+                )
             except RuntimeError as e:
                 raise SystemExit(f"bench.soak: {e}") from None
             address, pid, metrics_url = server.address, server.pid, server.metrics_url
-        print(f"soak: {args.requests:,} requests (+{args.warmup:,} warm-up) against {model} at {address}, "
-              f"concurrency {args.concurrency}; output {out}")
-        result = soak(address, pid, metrics_url, model, requests=args.requests, warmup=args.warmup, samples=args.samples,
-                      concurrency=args.concurrency, timeout_s=args.timeout)
+        print(
+            f"soak: {args.requests:,} requests (+{args.warmup:,} warm-up) against {model} at {address}, "
+            f"concurrency {args.concurrency}; output {out}"
+        )
+        result = soak(
+            address,
+            pid,
+            metrics_url,
+            model,
+            requests=args.requests,
+            warmup=args.warmup,
+            samples=args.samples,
+            concurrency=args.concurrency,
+            timeout_s=args.timeout,
+        )
         alive = server is None or server.proc.poll() is None
     finally:
         rc = None
@@ -396,13 +478,21 @@ def main(argv: list[str] | None = None) -> int:
             rc = server.stop(60)
         if scratch is not None:
             scratch.cleanup()
-    result["settings"] = {"model": model, "requests": args.requests, "warmup": args.warmup, "samples": args.samples,
-                          "concurrency": args.concurrency, "timeout_s": args.timeout, "max_growth_pct": args.max_growth_pct}
+    result["settings"] = {
+        "model": model,
+        "requests": args.requests,
+        "warmup": args.warmup,
+        "samples": args.samples,
+        "concurrency": args.concurrency,
+        "timeout_s": args.timeout,
+        "max_growth_pct": args.max_growth_pct,
+    }
     result["environment"] = env
     result["server_alive_at_end"] = alive
     result["server_exit_code"] = rc
-    result["pass"] = bool(alive and result["summary"]["unexpected"] == 0
-                          and result["memory"]["growth_pct"] <= args.max_growth_pct)
+    result["pass"] = bool(
+        alive and result["summary"]["unexpected"] == 0 and result["memory"]["growth_pct"] <= args.max_growth_pct
+    )
     (out / "soak.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     md = markdown(result)
     (out / "soak.md").write_text(md)

@@ -53,12 +53,31 @@ class TailMode:
 TAIL_MODES = {
     # A minute, five tries: this host's CPU speed steps by ~1.4x for seconds at a time (bench/host_speed.py), so
     # a rate that held 15 s of a fast stretch overloads the next slow one; 0.9^4 = 0.66 covers that step.
-    "full": TailMode(probe_s=4.0, warmup_s=1.0, level_s=15.0, bisect_steps=5, start_rps=100.0, max_probes=10,
-                     p99_limit_ms=100.0, confirm_s=60.0, confirm_steps=5),
-    "quick": TailMode(probe_s=2.0, warmup_s=0.5, level_s=4.0, bisect_steps=3, start_rps=100.0, max_probes=9,
-                      p99_limit_ms=100.0, confirm_s=4.0, confirm_steps=2),
-    "smoke": TailMode(probe_s=0.3, warmup_s=0.1, level_s=0.3, bisect_steps=0, start_rps=40.0, max_probes=1,
-                      p99_limit_ms=1000.0),
+    "full": TailMode(
+        probe_s=4.0,
+        warmup_s=1.0,
+        level_s=15.0,
+        bisect_steps=5,
+        start_rps=100.0,
+        max_probes=10,
+        p99_limit_ms=100.0,
+        confirm_s=60.0,
+        confirm_steps=5,
+    ),
+    "quick": TailMode(
+        probe_s=2.0,
+        warmup_s=0.5,
+        level_s=4.0,
+        bisect_steps=3,
+        start_rps=100.0,
+        max_probes=9,
+        p99_limit_ms=100.0,
+        confirm_s=4.0,
+        confirm_steps=2,
+    ),
+    "smoke": TailMode(
+        probe_s=0.3, warmup_s=0.1, level_s=0.3, bisect_steps=0, start_rps=40.0, max_probes=1, p99_limit_ms=1000.0
+    ),
 }
 
 
@@ -123,18 +142,36 @@ def search_max_rate(probe, tm: TailMode, log=print, tag: str = "") -> tuple[floa
     return good, False
 
 
-def find_max_rate(address: str, payload: bytes, tm: TailMode, *, processes: int = 1, log=print,
-                  tag: str = "", headers: dict[str, str] | None = None) -> tuple[float, list[dict]]:
+def find_max_rate(
+    address: str,
+    payload: bytes,
+    tm: TailMode,
+    *,
+    processes: int = 1,
+    log=print,
+    tag: str = "",
+    headers: dict[str, str] | None = None,
+) -> tuple[float, list[dict]]:
     """The highest sustainable rate found (0 if even the first probe failed) and every probe."""
     probes: list[dict] = []
 
     def probe(rate: float, duration_s: float, phase: str) -> bool:
-        r = run_open_loop(address, payload, rate, duration_s=duration_s, warmup_s=tm.warmup_s, processes=processes,
-                          seed=len(probes), headers=headers)
+        r = run_open_loop(
+            address,
+            payload,
+            rate,
+            duration_s=duration_s,
+            warmup_s=tm.warmup_s,
+            processes=processes,
+            seed=len(probes),
+            headers=headers,
+        )
         ok, why = sustainable(r, tm.p99_limit_ms)
         probes.append(_point(r, phase=phase, sustainable=ok, why_not=why))
-        log(f"  s7 {tag} {phase} {duration_s:g} s at {rate:.0f}/s: {'ok' if ok else 'NOT sustainable: ' + why} "
-            f"(p50 {probes[-1]['p50_ms']} p99 {probes[-1]['p99_ms']} ms, send lag p99 {probes[-1]['send_lag_p99_ms']} ms)")
+        log(
+            f"  s7 {tag} {phase} {duration_s:g} s at {rate:.0f}/s: {'ok' if ok else 'NOT sustainable: ' + why} "
+            f"(p50 {probes[-1]['p50_ms']} p99 {probes[-1]['p99_ms']} ms, send lag p99 {probes[-1]['send_lag_p99_ms']} ms)"
+        )
         time.sleep(0.3)  # let any backlog of a failed probe drain before the next
         return ok
 
@@ -159,31 +196,55 @@ def measure_config(ctx, label: str, repo: Path, tm: TailMode, protocol: str = "g
     processes = ctx.processes or 1
     server = None
     try:
-        server = procs.start_server(repo, ctx.logs, server_root=ctx.server_root, name=f"s7-{label.replace(' ', '-')}",
-                                    args=("--http-address", "127.0.0.1:0") if protocol == "http" else ())
+        server = procs.start_server(
+            repo,
+            ctx.logs,
+            server_root=ctx.server_root,
+            name=f"s7-{label.replace(' ', '-')}",
+            args=("--http-address", "127.0.0.1:0") if protocol == "http" else (),
+        )
         target = server.address
         if protocol == "http":
             from bench.http_bare import lenet_request
 
             payload, headers = lenet_request(1)
             target = f"http://127.0.0.1:{_http_port(server)}/v2/models/{name}/infer"
-        max_rps, probes = find_max_rate(target, payload, tm, processes=processes, log=ctx.log, tag=label,
-                                        headers=headers)
+        max_rps, probes = find_max_rate(
+            target, payload, tm, processes=processes, log=ctx.log, tag=label, headers=headers
+        )
         levels = []
         if max_rps > 0:
             for frac in LEVELS:
-                r = run_open_loop(target, payload, max_rps * frac, duration_s=tm.level_s, warmup_s=tm.warmup_s,
-                                  processes=processes, seed=100 + len(levels), headers=headers)
+                r = run_open_loop(
+                    target,
+                    payload,
+                    max_rps * frac,
+                    duration_s=tm.level_s,
+                    warmup_s=tm.warmup_s,
+                    processes=processes,
+                    seed=100 + len(levels),
+                    headers=headers,
+                )
                 levels.append(_point(r, phase="level", fraction=frac, sustainable=sustainable(r, tm.p99_limit_ms)[0]))
                 p = levels[-1]
-                ctx.log(f"  s7 {label} {frac:.0%} of max = {p['offered_rps']:.0f}/s: p50 {p['p50_ms']} p99 {p['p99_ms']} "
-                        f"p99.9 {p['p99.9_ms']} ms, failed {p['failed']}, send lag p99 {p['send_lag_p99_ms']} ms")
+                ctx.log(
+                    f"  s7 {label} {frac:.0%} of max = {p['offered_rps']:.0f}/s: p50 {p['p50_ms']} p99 {p['p99_ms']} "
+                    f"p99.9 {p['p99.9_ms']} ms, failed {p['failed']}, send lag p99 {p['send_lag_p99_ms']} ms"
+                )
         rss = server.rss_bytes()
     finally:
         if server is not None:
             server.stop()
-    return {"label": label, "model": name, "repo": str(repo), "max_rps": max_rps, "probes": probes, "levels": levels,
-            "rss_bytes": rss, "protocol": protocol}
+    return {
+        "label": label,
+        "model": name,
+        "repo": str(repo),
+        "max_rps": max_rps,
+        "probes": probes,
+        "levels": levels,
+        "rss_bytes": rss,
+        "protocol": protocol,
+    }
 
 
 def _plot(configs: list[dict], path: Path) -> None:
@@ -200,11 +261,19 @@ def _plot(configs: list[dict], path: Path) -> None:
                 continue
             xs = [p["offered_rps"] for p in pts]
             for key, style in (("p50_ms", "o-"), ("p99_ms", "s--"), ("p99.9_ms", "^:")):
-                ax.plot(xs, [p[key] for p in pts], style, color=f"C{i}", label=f"{c['label'].split(', ')[-1]} {key[:-3]}")
+                ax.plot(
+                    xs, [p[key] for p in pts], style, color=f"C{i}", label=f"{c['label'].split(', ')[-1]} {key[:-3]}"
+                )
             ax.axvline(c["max_rps"], color=f"C{i}", alpha=0.3)
             for p in pts:
-                ax.annotate(f"{p['fraction']:.0%}", (p["offered_rps"], p["p50_ms"]), textcoords="offset points",
-                            xytext=(3, -10), fontsize=7, color=f"C{i}")
+                ax.annotate(
+                    f"{p['fraction']:.0%}",
+                    (p["offered_rps"], p["p50_ms"]),
+                    textcoords="offset points",
+                    xytext=(3, -10),
+                    fontsize=7,
+                    color=f"C{i}",
+                )
         ax.set_yscale("log")
         ax.set_xlabel("offered load, requests/s (Poisson; labels: share of the max; line: max sustainable)")
         ax.set_ylabel("latency from scheduled send, ms (log)")
@@ -237,53 +306,117 @@ def s7_open_loop(ctx) -> dict:
     rows = []
     for c in configs:
         for p in c["levels"]:
-            rows.append({"config": c["label"], "max_rps": c["max_rps"], "fraction": f"{p['fraction']:.0%}",
-                         "offered": p["offered_rps"], "completed": p["completed_rps"], "p50": p["p50_ms"],
-                         "p99": p["p99_ms"], "p999": p["p99.9_ms"], "max": p["max_ms"], "failed": p["failed"],
-                         "lag99": p["send_lag_p99_ms"], "lagmax": p["send_lag_max_ms"],
-                         "steal": p.get("host_steal_s")})
+            rows.append(
+                {
+                    "config": c["label"],
+                    "max_rps": c["max_rps"],
+                    "fraction": f"{p['fraction']:.0%}",
+                    "offered": p["offered_rps"],
+                    "completed": p["completed_rps"],
+                    "p50": p["p50_ms"],
+                    "p99": p["p99_ms"],
+                    "p999": p["p99.9_ms"],
+                    "max": p["max_ms"],
+                    "failed": p["failed"],
+                    "lag99": p["send_lag_p99_ms"],
+                    "lagmax": p["send_lag_max_ms"],
+                    "steal": p.get("host_steal_s"),
+                }
+            )
     targets = []
     lenet_on = configs[0]
     lv = {p["fraction"]: p for p in lenet_on["levels"]}
     if lv:
-        targets.append(_target(f"{lenet_on['model']}, batching on: p99 at 80 % of max ({lv[0.8]['offered_rps']:.0f}/s) / "
-                               f"p50 at 10 % ({lv[0.1]['offered_rps']:.0f}/s)",
-                               (lv[0.8]["p99_ms"] or float("nan")) / (lv[0.1]["p50_ms"] or float("nan")), 5.0,
-                               higher_is_better=False, unit="x", fmt="{:.2f}"))
-        targets.append(_target(f"{lenet_on['model']}, batching on, 95 % of max ({lv[0.95]['offered_rps']:.0f}/s): requests "
-                               f"not answered OK of {lv[0.95]['scheduled']:,} (p99.9 {lv[0.95]['p99.9_ms']} ms)",
-                               float(lv[0.95]["failed"]), 0.0, higher_is_better=False, fmt="{:.0f}"))
+        targets.append(
+            _target(
+                f"{lenet_on['model']}, batching on: p99 at 80 % of max ({lv[0.8]['offered_rps']:.0f}/s) / "
+                f"p50 at 10 % ({lv[0.1]['offered_rps']:.0f}/s)",
+                (lv[0.8]["p99_ms"] or float("nan")) / (lv[0.1]["p50_ms"] or float("nan")),
+                5.0,
+                higher_is_better=False,
+                unit="x",
+                fmt="{:.2f}",
+            )
+        )
+        targets.append(
+            _target(
+                f"{lenet_on['model']}, batching on, 95 % of max ({lv[0.95]['offered_rps']:.0f}/s): requests "
+                f"not answered OK of {lv[0.95]['scheduled']:,} (p99.9 {lv[0.95]['p99.9_ms']} ms)",
+                float(lv[0.95]["failed"]),
+                0.0,
+                higher_is_better=False,
+                fmt="{:.0f}",
+            )
+        )
     png = ctx.out / "s7_open_loop.png"
     _plot(configs, png)
     load = os.getloadavg()
-    cols = [("config", "config"), ("max_rps", "max sustainable req/s"), ("fraction", "share"), ("offered", "offered req/s"),
-            ("completed", "answered req/s"), ("p50", "p50 ms"), ("p99", "p99 ms"), ("p999", "p99.9 ms"), ("max", "max ms"),
-            ("failed", "not OK"), ("lag99", "send lag p99 ms"), ("lagmax", "send lag max ms"), ("steal", "host steal s")]
-    md = (f"# Scenario 7: tail latency under open-loop load (LeNet-5, ResNet-20; batching on / off)\n\n"
-          f"Open loop (bench/openloop.py): Poisson arrivals at a set rate, each request timed from its *scheduled* "
-          f"send time, so neither a slow server nor a late generator can hide latency. Maximum sustainable rate: "
-          f"doubling from {tm.start_rps:g}/s (halving if that fails), then {tm.bisect_steps} bisection steps, probes of {tm.probe_s:g} s after "
-          f"{tm.warmup_s:g} s warm-up; sustainable = every request answered OK, answers >= 95 % of the offered rate, "
-          f"p99 <= {tm.p99_limit_ms:g} ms; the rate found must then hold a {tm.confirm_s:g} s probe by the same rule "
-          f"(else {1 - CONFIRM_BACKOFF:.0%} lower, at most {tm.confirm_steps} times; phase `confirm` below). "
-          f"Then {tm.level_s:g} s windows at 10/50/80/95 % of it. "
-          f"{ctx.processes or 1} generator process(es) (separate from the server), 2 channels each. "
-          f"Send lag = actual minus scheduled send time (the generator's own delay, already inside the latencies). "
-          f"Host steal = CPU time the hypervisor ran something else while this VM's CPUs were ready (/proc/stat, all "
-          f"CPUs, over warm-up + window + drain). "
-          f"Mode `{ctx.mode.name}`; load average at the end {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (a shared "
-          f"machine: other work runs beside it).\n\n{env_markdown(ctx.env)}\n\n"
-          + report.table(rows, cols) + "\n\n## Targets\n\n" + report.targets_table(targets)
-          + "\n\n## Search probes\n\n"
-          + report.table([{"config": c["label"], **p} for c in configs for p in c["probes"]],
-                         [("config", "config"), ("phase", "phase"), ("offered_rps", "offered req/s"), ("completed_rps", "answered req/s"),
-                          ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("failed", "not OK"),
-                          ("send_lag_p99_ms", "send lag p99 ms"), ("host_steal_s", "host steal s"),
-                          ("sustainable", "sustainable"), ("why_not", "why not")])
-          + "\n\n![latency vs offered load](s7_open_loop.png)\n")
-    return _finish(ctx, "s7_open_loop", {"scenario": 7, "title": "tail latency under open-loop load",
-                                         "tail_mode": asdict(tm), "configs": configs, "rows": rows, "targets": targets,
-                                         "loadavg_at_end": list(load)}, md)
+    cols = [
+        ("config", "config"),
+        ("max_rps", "max sustainable req/s"),
+        ("fraction", "share"),
+        ("offered", "offered req/s"),
+        ("completed", "answered req/s"),
+        ("p50", "p50 ms"),
+        ("p99", "p99 ms"),
+        ("p999", "p99.9 ms"),
+        ("max", "max ms"),
+        ("failed", "not OK"),
+        ("lag99", "send lag p99 ms"),
+        ("lagmax", "send lag max ms"),
+        ("steal", "host steal s"),
+    ]
+    md = (
+        f"# Scenario 7: tail latency under open-loop load (LeNet-5, ResNet-20; batching on / off)\n\n"
+        f"Open loop (bench/openloop.py): Poisson arrivals at a set rate, each request timed from its *scheduled* "
+        f"send time, so neither a slow server nor a late generator can hide latency. Maximum sustainable rate: "
+        f"doubling from {tm.start_rps:g}/s (halving if that fails), then {tm.bisect_steps} bisection steps, probes of {tm.probe_s:g} s after "
+        f"{tm.warmup_s:g} s warm-up; sustainable = every request answered OK, answers >= 95 % of the offered rate, "
+        f"p99 <= {tm.p99_limit_ms:g} ms; the rate found must then hold a {tm.confirm_s:g} s probe by the same rule "
+        f"(else {1 - CONFIRM_BACKOFF:.0%} lower, at most {tm.confirm_steps} times; phase `confirm` below). "
+        f"Then {tm.level_s:g} s windows at 10/50/80/95 % of it. "
+        f"{ctx.processes or 1} generator process(es) (separate from the server), 2 channels each. "
+        f"Send lag = actual minus scheduled send time (the generator's own delay, already inside the latencies). "
+        f"Host steal = CPU time the hypervisor ran something else while this VM's CPUs were ready (/proc/stat, all "
+        f"CPUs, over warm-up + window + drain). "
+        f"Mode `{ctx.mode.name}`; load average at the end {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (a shared "
+        f"machine: other work runs beside it).\n\n{env_markdown(ctx.env)}\n\n"
+        + report.table(rows, cols)
+        + "\n\n## Targets\n\n"
+        + report.targets_table(targets)
+        + "\n\n## Search probes\n\n"
+        + report.table(
+            [{"config": c["label"], **p} for c in configs for p in c["probes"]],
+            [
+                ("config", "config"),
+                ("phase", "phase"),
+                ("offered_rps", "offered req/s"),
+                ("completed_rps", "answered req/s"),
+                ("p50_ms", "p50 ms"),
+                ("p99_ms", "p99 ms"),
+                ("failed", "not OK"),
+                ("send_lag_p99_ms", "send lag p99 ms"),
+                ("host_steal_s", "host steal s"),
+                ("sustainable", "sustainable"),
+                ("why_not", "why not"),
+            ],
+        )
+        + "\n\n![latency vs offered load](s7_open_loop.png)\n"
+    )
+    return _finish(
+        ctx,
+        "s7_open_loop",
+        {
+            "scenario": 7,
+            "title": "tail latency under open-loop load",
+            "tail_mode": asdict(tm),
+            "configs": configs,
+            "rows": rows,
+            "targets": targets,
+            "loadavg_at_end": list(load),
+        },
+        md,
+    )
 
 
 def repeat(repo: Path, runs: int, out: Path, *, mode: str = "full", protocol: str = "grpc", label: str = "") -> dict:
@@ -304,25 +437,52 @@ def repeat(repo: Path, runs: int, out: Path, *, mode: str = "full", protocol: st
         (out / f"run{k}.json").write_text(json.dumps(c, indent=1) + "\n")
         results.append(c)
         lv = {p["fraction"]: p for p in c["levels"]}
-        confirms = ", ".join(f"{p['offered_rps']:.0f}/s {'ok' if p['sustainable'] else 'no'}"
-                             for p in c["probes"] if p["phase"] == "confirm")
+        confirms = ", ".join(
+            f"{p['offered_rps']:.0f}/s {'ok' if p['sustainable'] else 'no'}"
+            for p in c["probes"]
+            if p["phase"] == "confirm"
+        )
         ratio = (lv[0.8]["p99_ms"] / lv[0.1]["p50_ms"]) if lv else float("nan")
-        rows.append({"run": k, "at": t0 + " UTC", "confirm": confirms, "max": c["max_rps"],
-                     "p50_10": lv[0.1]["p50_ms"] if lv else None, "p99_80": lv[0.8]["p99_ms"] if lv else None,
-                     "ratio": f"{ratio:.2f}x", "lost_95": f"{lv[0.95]['failed']} of {lv[0.95]['scheduled']:,}" if lv else "",
-                     "p999_95": lv[0.95]["p99.9_ms"] if lv else None, "_ratio": ratio})
+        rows.append(
+            {
+                "run": k,
+                "at": t0 + " UTC",
+                "confirm": confirms,
+                "max": c["max_rps"],
+                "p50_10": lv[0.1]["p50_ms"] if lv else None,
+                "p99_80": lv[0.8]["p99_ms"] if lv else None,
+                "ratio": f"{ratio:.2f}x",
+                "lost_95": f"{lv[0.95]['failed']} of {lv[0.95]['scheduled']:,}" if lv else "",
+                "p999_95": lv[0.95]["p99.9_ms"] if lv else None,
+                "_ratio": ratio,
+            }
+        )
         print(f"run {k}: max {c['max_rps']:.0f}/s, p99 at 80 % / p50 at 10 % = {ratio:.2f}x", flush=True)
     ratios = sorted(r["_ratio"] for r in rows)
-    median = ratios[len(ratios) // 2] if len(ratios) % 2 else sum(ratios[len(ratios) // 2 - 1 : len(ratios) // 2 + 1]) / 2
-    md = (f"# Scenario 7, one configuration {runs} times: {label}\n\n"
-          f"`python -m bench.tail repeat`, mode `{mode}` (confirmation {tm.confirm_s:g} s, at most {tm.confirm_steps} "
-          f"tries, {1 - CONFIRM_BACKOFF:.0%} lower each), level windows {tm.level_s:g} s. Files: run1.json ... run{runs}.json.\n\n"
-          f"{env_markdown(describe({'repo': str(repo), 'server_cpus': os.environ.get('BENCH_SERVER_CPUS', 'any'), 'client_cpus': os.environ.get('BENCH_CLIENT_CPUS', 'any')}))}\n\n"
-          + report.table(rows, [("run", "run"), ("at", "started"), ("confirm", f"confirm probes ({tm.confirm_s:g} s)"),
-                                ("max", "max sustainable req/s"), ("p50_10", "p50 at 10 % ms"), ("p99_80", "p99 at 80 % ms"),
-                                ("ratio", "p99 at 80 % / p50 at 10 %"), ("lost_95", "not OK at 95 %"),
-                                ("p999_95", "p99.9 at 95 % ms")])
-          + f"\n\nMedian ratio over the {runs} runs: **{median:.2f}x** (target <= 5x).\n")
+    median = (
+        ratios[len(ratios) // 2] if len(ratios) % 2 else sum(ratios[len(ratios) // 2 - 1 : len(ratios) // 2 + 1]) / 2
+    )
+    md = (
+        f"# Scenario 7, one configuration {runs} times: {label}\n\n"
+        f"`python -m bench.tail repeat`, mode `{mode}` (confirmation {tm.confirm_s:g} s, at most {tm.confirm_steps} "
+        f"tries, {1 - CONFIRM_BACKOFF:.0%} lower each), level windows {tm.level_s:g} s. Files: run1.json ... run{runs}.json.\n\n"
+        f"{env_markdown(describe({'repo': str(repo), 'server_cpus': os.environ.get('BENCH_SERVER_CPUS', 'any'), 'client_cpus': os.environ.get('BENCH_CLIENT_CPUS', 'any')}))}\n\n"
+        + report.table(
+            rows,
+            [
+                ("run", "run"),
+                ("at", "started"),
+                ("confirm", f"confirm probes ({tm.confirm_s:g} s)"),
+                ("max", "max sustainable req/s"),
+                ("p50_10", "p50 at 10 % ms"),
+                ("p99_80", "p99 at 80 % ms"),
+                ("ratio", "p99 at 80 % / p50 at 10 %"),
+                ("lost_95", "not OK at 95 %"),
+                ("p999_95", "p99.9 at 95 % ms"),
+            ],
+        )
+        + f"\n\nMedian ratio over the {runs} runs: **{median:.2f}x** (target <= 5x).\n"
+    )
     (out / "runs.md").write_text(md)
     print(md)
     return {"runs": results, "median_ratio": median}

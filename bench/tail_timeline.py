@@ -74,11 +74,17 @@ def timeline(result, samples: list[tuple[float, float, float]], interval_s: floa
         m = result.window_mask(start, end)
         ok = m & (result.code == 0)
         lat = result.latency[ok] * 1e3
-        rows.append({"t_s": round(start - result.warmup_s, 3), "requests": int(m.sum()), "failed": int((m & ~ok).sum()),
-                     "p50_ms": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
-                     "p99_ms": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
-                     "steal_ms": round(float(np.interp(end, t, steal) - np.interp(start, t, steal)) * 1e3, 1),
-                     "server_cpu_ms": round(float(np.interp(end, t, cpu) - np.interp(start, t, cpu)) * 1e3, 1)})
+        rows.append(
+            {
+                "t_s": round(start - result.warmup_s, 3),
+                "requests": int(m.sum()),
+                "failed": int((m & ~ok).sum()),
+                "p50_ms": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
+                "p99_ms": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
+                "steal_ms": round(float(np.interp(end, t, steal) - np.interp(start, t, steal)) * 1e3, 1),
+                "server_cpu_ms": round(float(np.interp(end, t, cpu) - np.interp(start, t, cpu)) * 1e3, 1),
+            }
+        )
         start = end
     return rows
 
@@ -96,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the rows here too")
     args = ap.parse_args(argv)
     interval_s = args.interval_ms / 1e3
-    run = OpenLoopRun(args.address, model_infer_request(args.model, 1), args.rate, duration_s=args.duration,
-                      warmup_s=args.warmup)
+    run = OpenLoopRun(
+        args.address, model_infer_request(args.model, 1), args.rate, duration_s=args.duration, warmup_s=args.warmup
+    )
     sampler = Sampler(args.server_pid, parse_cpus(args.server_cpus), min(0.05, interval_s / 5))
     sampler.start()
     run.start()
@@ -106,23 +113,36 @@ def main(argv: list[str] | None = None) -> int:
     sampler.join()
     rows = timeline(result, sampler.samples, interval_s)
     s = result.summary()
-    print(f"offered {args.rate:g}/s for {args.duration:g} s: p50 {s['p50_ms']} p99 {s['p99_ms']} p99.9 {s['p99.9_ms']} ms, "
-          f"failed {s['failed']}, host steal (all CPUs) {s['host_steal_s']} s")
+    print(
+        f"offered {args.rate:g}/s for {args.duration:g} s: p50 {s['p50_ms']} p99 {s['p99_ms']} p99.9 {s['p99.9_ms']} ms, "
+        f"failed {s['failed']}, host steal (all CPUs) {s['host_steal_s']} s"
+    )
     print(f"{'t s':>7} {'req':>5} {'fail':>4} {'p50 ms':>7} {'p99 ms':>8} {'steal ms':>8} {'srv CPU ms':>10}")
     for r in rows:
-        print(f"{r['t_s']:7.2f} {r['requests']:5d} {r['failed']:4d} {r['p50_ms'] or 0:7.2f} {r['p99_ms'] or 0:8.2f} "
-              f"{r['steal_ms']:8.1f} {r['server_cpu_ms']:10.1f}")
+        print(
+            f"{r['t_s']:7.2f} {r['requests']:5d} {r['failed']:4d} {r['p50_ms'] or 0:7.2f} {r['p99_ms'] or 0:8.2f} "
+            f"{r['steal_ms']:8.1f} {r['server_cpu_ms']:10.1f}"
+        )
     worst = sorted(rows, key=lambda r: -(r["p99_ms"] or 0))[: max(1, len(rows) // 10)]
     rest = [r for r in rows if r not in worst]
     for name, part in (("slowest 10 % of intervals", worst), ("the other intervals", rest)):
         if part:
-            print(f"{name}: mean p99 {np.mean([r['p99_ms'] or 0 for r in part]):.2f} ms, mean steal "
-                  f"{np.mean([r['steal_ms'] for r in part]):.1f} ms, mean server CPU {np.mean([r['server_cpu_ms'] for r in part]):.1f} ms "
-                  f"per {args.interval_ms:g} ms")
+            print(
+                f"{name}: mean p99 {np.mean([r['p99_ms'] or 0 for r in part]):.2f} ms, mean steal "
+                f"{np.mean([r['steal_ms'] for r in part]):.1f} ms, mean server CPU {np.mean([r['server_cpu_ms'] for r in part]):.1f} ms "
+                f"per {args.interval_ms:g} ms"
+            )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"summary": {k: v for k, v in s.items() if k != "histogram"}, "interval_ms": args.interval_ms,
-                       "rows": rows}, f, indent=1)
+            json.dump(
+                {
+                    "summary": {k: v for k, v in s.items() if k != "histogram"},
+                    "interval_ms": args.interval_ms,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 

@@ -49,8 +49,13 @@ def host() -> dict:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": str(torch.__version__),
-            "python": platform.python_version(), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def _child_cpu() -> float:
@@ -72,16 +77,35 @@ def run_row(name: str, runs_dir: Path, epochs: int | None) -> dict:
     r = subprocess.run([sys.executable, "-m", "training.cli", *args], cwd=ROOT)
     wall, cpu = time.perf_counter() - t0, _child_cpu() - c0
     if r.returncode != 0:
-        return {"row": name, "model": model, "dataset": data, "recipe": recipe, "error": f"exit {r.returncode}",
-                "command": "cnn " + " ".join(args)}
+        return {
+            "row": name,
+            "model": model,
+            "dataset": data,
+            "recipe": recipe,
+            "error": f"exit {r.returncode}",
+            "command": "cnn " + " ".join(args),
+        }
     s = json.loads((out / "summary.json").read_text())
-    return {"row": name, "model": model, "dataset": data, "recipe": recipe, "epochs": s["epochs_run"],
-            "test_accuracy": s["test_accuracy"], "val_accuracy": s["val_accuracy"], "best_epoch": s["best_epoch"],
-            "target": target, "met": None if epochs is not None else s["test_accuracy"] >= target and wall <= budget,
-            "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "budget_seconds": budget,
-            "threads": s["threads"],
-            "smoke": epochs is not None, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "host": host(), "command": "cnn " + " ".join(args)}
+    return {
+        "row": name,
+        "model": model,
+        "dataset": data,
+        "recipe": recipe,
+        "epochs": s["epochs_run"],
+        "test_accuracy": s["test_accuracy"],
+        "val_accuracy": s["val_accuracy"],
+        "best_epoch": s["best_epoch"],
+        "target": target,
+        "met": None if epochs is not None else s["test_accuracy"] >= target and wall <= budget,
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
+        "budget_seconds": budget,
+        "threads": s["threads"],
+        "smoke": epochs is not None,
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "host": host(),
+        "command": "cnn " + " ".join(args),
+    }
 
 
 def record_row(name: str, run_dir: Path, cpu_seconds: float | None, command: str | None) -> dict:
@@ -94,19 +118,35 @@ def record_row(name: str, run_dir: Path, cpu_seconds: float | None, command: str
         raise SystemExit(f"{run_dir}: {s['model']} / {s['dataset']} / {s['recipe']} is not row {name}")
     wall = s["wall_seconds"]
     shown = os.path.relpath(run_dir, ROOT) if run_dir.resolve().is_relative_to(ROOT) else str(run_dir)
-    return {"row": name, "model": model, "dataset": data, "recipe": recipe, "epochs": s["epochs_run"],
-            "test_accuracy": s["test_accuracy"], "val_accuracy": s["val_accuracy"], "best_epoch": s["best_epoch"],
-            "target": target, "met": s["test_accuracy"] >= target and wall <= budget,
-            "wall_seconds": round(wall, 1), "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 1),
-            "budget_seconds": budget, "threads": s["threads"], "smoke": False, "recorded_from": shown,
-            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": host(),
-            "command": command or f"cnn train --model {model} --data {data} --out {shown}"}
+    return {
+        "row": name,
+        "model": model,
+        "dataset": data,
+        "recipe": recipe,
+        "epochs": s["epochs_run"],
+        "test_accuracy": s["test_accuracy"],
+        "val_accuracy": s["val_accuracy"],
+        "best_epoch": s["best_epoch"],
+        "target": target,
+        "met": s["test_accuracy"] >= target and wall <= budget,
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 1),
+        "budget_seconds": budget,
+        "threads": s["threads"],
+        "smoke": False,
+        "recorded_from": shown,
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "host": host(),
+        "command": command or f"cnn train --model {model} --data {data} --out {shown}",
+    }
 
 
 # ----------------------------------------------------------------------------- overhead
 
-def overhead(model_name: str = "lenet5", batch_size: int = 64, epochs: int = 1, rounds: int = 12,
-             threads: int = 1) -> dict:
+
+def overhead(
+    model_name: str = "lenet5", batch_size: int = 64, epochs: int = 1, rounds: int = 12, threads: int = 1
+) -> dict:
     """Seconds per epoch of training.loop.train_one_epoch vs a bare loop doing the same work (seeded
     permutation, uint8 gather, normalise, forward, cross-entropy, backward, SGD step), alternating.
     Timed in process CPU seconds with one thread, so neighbours on a shared machine do not skew it."""
@@ -138,7 +178,7 @@ def overhead(model_name: str = "lenet5", batch_size: int = 64, epochs: int = 1, 
         n = x.shape[0]
         perm = torch.randperm(n, generator=g)
         for i in range(steps_per_epoch(n, batch_size)):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
+            idx = perm[i * batch_size : (i + 1) * batch_size]
             loss = F.cross_entropy(m(norm(x[idx])), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -162,13 +202,23 @@ def overhead(model_name: str = "lenet5", batch_size: int = 64, epochs: int = 1, 
     b, o = min(times["bare"]), min(times["train_one_epoch"])
     bm, om = statistics.median(times["bare"]), statistics.median(times["train_one_epoch"])
     book = bookkeeping_us(create_model(model_name, num_classes=10, in_channels=1, input_size=28), batch_size, cfg)
-    return {"model": model_name, "batch_size": batch_size, "images_per_epoch": len(y), "threads": threads,
-            "clock": "process CPU time", "bare_s_per_epoch": round(b, 4), "train_one_epoch_s_per_epoch": round(o, 4),
-            "overhead_percent": round(100 * (o / b - 1), 1),
-            "median_overhead_percent": round(100 * (om / bm - 1), 1), "rounds": rounds,
-            "bookkeeping_us_per_step": round(book["bookkeeping_us"], 1), "step_us": round(book["step_us"], 1),
-            "bookkeeping_percent": round(100 * book["bookkeeping_us"] / book["step_us"], 2),
-            "host": host(), "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {
+        "model": model_name,
+        "batch_size": batch_size,
+        "images_per_epoch": len(y),
+        "threads": threads,
+        "clock": "process CPU time",
+        "bare_s_per_epoch": round(b, 4),
+        "train_one_epoch_s_per_epoch": round(o, 4),
+        "overhead_percent": round(100 * (o / b - 1), 1),
+        "median_overhead_percent": round(100 * (om / bm - 1), 1),
+        "rounds": rounds,
+        "bookkeeping_us_per_step": round(book["bookkeeping_us"], 1),
+        "step_us": round(book["step_us"], 1),
+        "bookkeeping_percent": round(100 * book["bookkeeping_us"] / book["step_us"], 2),
+        "host": host(),
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def bookkeeping_us(model, batch_size: int, cfg) -> dict:
@@ -189,6 +239,7 @@ def bookkeeping_us(model, batch_size: int, cfg) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     step()
     logits = model(x).detach()
     loss = F.cross_entropy(logits, y)
@@ -207,58 +258,82 @@ def bookkeeping_us(model, batch_size: int, cfg) -> dict:
 
 # ----------------------------------------------------------------------------- output
 
+
 def markdown(results: dict) -> str:
-    lines = ["# Training table", "",
-             "Generated by `python bench/train_table.py`. Held-out test accuracy of best.pt (selected on",
-             "validation). Wall-clock is the whole command: data loading, training, evaluation, plots; CPU is",
-             "its user + system CPU seconds (on a busy shared machine wall-clock overstates what a quiet",
-             "machine takes; a 1-thread run takes about its CPU seconds there). `met` compares the test",
-             "accuracy with the target and the wall-clock with the budget.", "",
-             "| row | model | dataset | recipe | epochs | test acc | target | wall-clock | CPU | budget | met | command |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Training table",
+        "",
+        "Generated by `python bench/train_table.py`. Held-out test accuracy of best.pt (selected on",
+        "validation). Wall-clock is the whole command: data loading, training, evaluation, plots; CPU is",
+        "its user + system CPU seconds (on a busy shared machine wall-clock overstates what a quiet",
+        "machine takes; a 1-thread run takes about its CPU seconds there). `met` compares the test",
+        "accuracy with the target and the wall-clock with the budget.",
+        "",
+        "| row | model | dataset | recipe | epochs | test acc | target | wall-clock | CPU | budget | met | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in ROWS:
         r = results.get("rows", {}).get(name)
         model, data, recipe, target, budget = ROWS[name]
         if r is None or "error" in r:
             why = "not yet measured" if r is None else r["error"]
-            lines.append(f"| {name} | {model} | {data} | {recipe} | - | {why} | {target:.1%} | - | - | {budget} s | - | "
-                         f"`cnn train --model {model} --data {data} --recipe {recipe} --out runs/{name}` |")
+            lines.append(
+                f"| {name} | {model} | {data} | {recipe} | - | {why} | {target:.1%} | - | - | {budget} s | - | "
+                f"`cnn train --model {model} --data {data} --recipe {recipe} --out runs/{name}` |"
+            )
             continue
         smoke = " (smoke)" if r["smoke"] else ""
-        lines.append(f"| {name} | {model} | {data} | {recipe} | {r['epochs']}{smoke} | {r['test_accuracy']:.2%} | "
-                     f"{target:.1%} | {r['wall_seconds']:.1f} s | {r.get('cpu_seconds') or float('nan'):.1f} s | "
-                     f"{budget} s | {'smoke run' if r['met'] is None else 'yes' if r['met'] else 'no'} | "
-                     f"`{r['command']}` |")
+        lines.append(
+            f"| {name} | {model} | {data} | {recipe} | {r['epochs']}{smoke} | {r['test_accuracy']:.2%} | "
+            f"{target:.1%} | {r['wall_seconds']:.1f} s | {r.get('cpu_seconds') or float('nan'):.1f} s | "
+            f"{budget} s | {'smoke run' if r['met'] is None else 'yes' if r['met'] else 'no'} | "
+            f"`{r['command']}` |"
+        )
     ov = results.get("overhead")
     if ov:
-        lines += ["", "## Training-loop overhead", "",
-                  f"`train_one_epoch` vs a bare PyTorch loop, {ov['model']}, batch {ov['batch_size']}, "
-                  f"{ov['images_per_epoch']} images/epoch, {ov['threads']} thread(s), {ov.get('clock', 'wall')}, "
-                  f"best of {ov['rounds']} alternating runs: "
-                  f"{ov['train_one_epoch_s_per_epoch']:.3f} s vs {ov['bare_s_per_epoch']:.3f} s per epoch "
-                  f"= **{ov['overhead_percent']:+.1f} %** (target <= +10 %; the median is "
-                  f"{ov.get('median_overhead_percent', float('nan')):+.1f} %). What the loop adds per step "
-                  f"(scheduler step, loss and accuracy accumulation) costs "
-                  f"{ov.get('bookkeeping_us_per_step', float('nan')):.0f} us against a "
-                  f"{ov.get('step_us', float('nan')) / 1000:.1f} ms step "
-                  f"({ov.get('bookkeeping_percent', float('nan')):.2f} %)."]
+        lines += [
+            "",
+            "## Training-loop overhead",
+            "",
+            f"`train_one_epoch` vs a bare PyTorch loop, {ov['model']}, batch {ov['batch_size']}, "
+            f"{ov['images_per_epoch']} images/epoch, {ov['threads']} thread(s), {ov.get('clock', 'wall')}, "
+            f"best of {ov['rounds']} alternating runs: "
+            f"{ov['train_one_epoch_s_per_epoch']:.3f} s vs {ov['bare_s_per_epoch']:.3f} s per epoch "
+            f"= **{ov['overhead_percent']:+.1f} %** (target <= +10 %; the median is "
+            f"{ov.get('median_overhead_percent', float('nan')):+.1f} %). What the loop adds per step "
+            f"(scheduler step, loss and accuracy accumulation) costs "
+            f"{ov.get('bookkeeping_us_per_step', float('nan')):.0f} us against a "
+            f"{ov.get('step_us', float('nan')) / 1000:.1f} ms step "
+            f"({ov.get('bookkeeping_percent', float('nan')):.2f} %).",
+        ]
     for name, r in results.get("rows", {}).items():
         if "host" in r:
             h = r["host"]
-            lines.append(f"\n{name}: measured {r['measured']} on {h['cpu']}, {h['cores']} cores, torch {h['torch']}, "
-                         f"1-min load average {h['load_avg_1m']} at the end")
+            lines.append(
+                f"\n{name}: measured {r['measured']} on {h['cpu']}, {h['cores']} cores, torch {h['torch']}, "
+                f"1-min load average {h['load_avg_1m']} at the end"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run the training table.")
-    p.add_argument("--rows", nargs="*", default=["lenet5-digits"],
-                   help=f"rows to run: 'all' or names from {', '.join(ROWS)} (default: lenet5-digits)")
+    p.add_argument(
+        "--rows",
+        nargs="*",
+        default=["lenet5-digits"],
+        help=f"rows to run: 'all' or names from {', '.join(ROWS)} (default: lenet5-digits)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="override epochs: a smoke run, marked as such")
     p.add_argument("--overhead", action="store_true", help="also measure loop overhead vs a bare loop")
     p.add_argument("--no-train", action="store_true", help="skip the table rows (with --overhead)")
-    p.add_argument("--record", nargs=2, metavar=("ROW", "RUN_DIR"), default=None,
-                   help="record ROW from a finished run in RUN_DIR (its summary.json) instead of training")
+    p.add_argument(
+        "--record",
+        nargs=2,
+        metavar=("ROW", "RUN_DIR"),
+        default=None,
+        help="record ROW from a finished run in RUN_DIR (its summary.json) instead of training",
+    )
     p.add_argument("--cpu-seconds", type=float, default=None, help="with --record: the run's CPU seconds")
     p.add_argument("--command", default=None, help="with --record: the command that made the run")
     p.add_argument("--runs", default=str(ROOT / "runs" / "bench"), help="where the runs go")

@@ -19,11 +19,22 @@ from protos.cnn import classification_pb2_grpc as pb_grpc
 
 # Classification is idempotent: a call refused with UNAVAILABLE (a replica draining on SIGTERM, a full
 # queue, a connection reset behind a load balancer) is retried with backoff, within the call's deadline.
-RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
-    "name": [{"service": "cnn.v1.Classification"}],
-    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s", "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"]},
-}]})
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "cnn.v1.Classification"}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
 
 
 class ConnectError(ConnectionError):
@@ -40,25 +51,46 @@ class Prediction:
 class ClassificationClient:
     """`with ClassificationClient("127.0.0.1:8001") as c: c.classify([png_bytes], top_k=3)`."""
 
-    def __init__(self, address: str = "127.0.0.1:8001", timeout_s: float = 30.0,
-                 max_message_bytes: int = 16 * 1024 * 1024, *, token: str = "", tls_ca: bytes | None = None,
-                 tls_cert: bytes | None = None, tls_key: bytes | None = None, tls: bool = False,
-                 retry_unavailable: bool = True, tls_names: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        address: str = "127.0.0.1:8001",
+        timeout_s: float = 30.0,
+        max_message_bytes: int = 16 * 1024 * 1024,
+        *,
+        token: str = "",
+        tls_ca: bytes | None = None,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
+        tls: bool = False,
+        retry_unavailable: bool = True,
+        tls_names: dict[str, str] | None = None,
+    ) -> None:
         """`tls_ca` (PEM) or `tls=True` (system roots) switch to TLS; `tls_cert`/`tls_key` add a client
         certificate (mTLS); `token` is sent as `authorization: Bearer <token>`. `tls_names` (file names by
         'tls_ca' / 'tls_cert') are quoted in connection errors."""
         self.address = address
         self.timeout_s = timeout_s
         self.retry_unavailable = retry_unavailable
-        options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.enable_retries", int(retry_unavailable)), ("grpc.service_config", RETRY_SERVICE_CONFIG)]
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.enable_retries", int(retry_unavailable)),
+            ("grpc.service_config", RETRY_SERVICE_CONFIG),
+        ]
         if tls or tls_ca or tls_cert:
-            creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=tls_key, certificate_chain=tls_cert)
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=tls_ca, private_key=tls_key, certificate_chain=tls_cert
+            )
             self._channel = grpc.secure_channel(address, creds, options=options)
         else:
             self._channel = grpc.insecure_channel(address, options=options)
-        self._tls = {"tls": tls, "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key, "names": dict(tls_names or {})}
+        self._tls = {
+            "tls": tls,
+            "tls_ca": tls_ca,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+            "names": dict(tls_names or {}),
+        }
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._stub = pb_grpc.ClassificationStub(self._channel)
         self.last_model: tuple[str, str] = ("", "")
@@ -72,10 +104,13 @@ class ClassificationClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def classify(self, images: list[bytes], top_k: int = 3, model: str = "", version: str = "") -> list[list[Prediction]]:
+    def classify(
+        self, images: list[bytes], top_k: int = 3, model: str = "", version: str = ""
+    ) -> list[list[Prediction]]:
         """Encoded images (PNG/JPEG bytes) -> per image, the top-k predictions (most probable first)."""
-        req = pb.ClassifyRequest(model_name=model, model_version=version, top_k=top_k,
-                                 images=[pb.Image(encoded=b) for b in images])
+        req = pb.ClassifyRequest(
+            model_name=model, model_version=version, top_k=top_k, images=[pb.Image(encoded=b) for b in images]
+        )
         resp = self._call(self._stub.Classify, req)
         self.last_model = (resp.model_name, resp.model_version)
         return [[Prediction(p.label, p.index, p.probability) for p in r.top_k] for r in resp.results]
@@ -115,8 +150,10 @@ class ClassificationClient:
         finally:
             self._channel.unsubscribe(on_change)
         why = diagnose(self.address, **self._tls)
-        raise ConnectError(why or f"no connection to {self.address} within {timeout_s:g} s "
-                                  f"(the last state was {state.get('now', 'IDLE')})")
+        raise ConnectError(
+            why
+            or f"no connection to {self.address} within {timeout_s:g} s (the last state was {state.get('now', 'IDLE')})"
+        )
 
     def list_models(self) -> pb.ListModelsResponse:
         return self._call(self._stub.ListModels, pb.ListModelsRequest())
@@ -134,8 +171,11 @@ class ClassificationClient:
             try:
                 return method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
             except grpc.RpcError as e:
-                if (not self.retry_unavailable or e.code() != grpc.StatusCode.UNAVAILABLE
-                        or time.monotonic() + backoff >= deadline):
+                if (
+                    not self.retry_unavailable
+                    or e.code() != grpc.StatusCode.UNAVAILABLE
+                    or time.monotonic() + backoff >= deadline
+                ):
                     raise
             time.sleep(backoff)
             backoff = min(backoff * 2, 1.0)

@@ -26,8 +26,12 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 PROG = "cnn classify"
 
 _IMAGE_FIELD = re.compile(r"^images\[(\d+)\](?:\.\w+)?:\s*")
-_FIELD_FLAGS = {"'model_name'": "--model", "model_name:": "--model:", "'model_version'": "--version",
-                "model_version:": "--version:"}
+_FIELD_FLAGS = {
+    "'model_name'": "--model",
+    "model_name:": "--model:",
+    "'model_version'": "--version",
+    "model_version:": "--version:",
+}
 
 
 class UsageError(Exception):
@@ -36,30 +40,46 @@ class UsageError(Exception):
 
 def add_classify_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "classify", help="classify image files with a running server",
+        "classify",
+        help="classify image files with a running server",
         description="Send PNG/JPEG files to the server's Classification service; one line (or one JSON object with "
-                    "--json) per image.",
+        "--json) per image.",
         epilog="Exit codes: 0 every image classified; 1 no connection, a failed call, or some images could not be "
-               "read or decoded (each is named, the others are still classified); 2 a usage error.")
+        "read or decoded (each is named, the others are still classified); 2 a usage error.",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
-    p.add_argument("--server", default=os.environ.get("CNN_SERVER") or DEFAULT_SERVER, metavar="HOST:PORT",
-                   help=f"gRPC address of the server (default: $CNN_SERVER, else {DEFAULT_SERVER})")
+    p.add_argument(
+        "--server",
+        default=os.environ.get("CNN_SERVER") or DEFAULT_SERVER,
+        metavar="HOST:PORT",
+        help=f"gRPC address of the server (default: $CNN_SERVER, else {DEFAULT_SERVER})",
+    )
     p.add_argument("--model", default="", help="model name (default: the server's default model, or its only one)")
     p.add_argument("--version", default="", help="model version (default: the newest ready one)")
     p.add_argument("--top-k", type=int, default=3, help="how many labels per image (default 3)")
     p.add_argument("--batch-size", type=int, default=64, help="images per request (default 64)")
-    p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
-                   help=f"deadline of each request in seconds (default {DEFAULT_TIMEOUT_S:g})")
-    p.add_argument("--connect-timeout-s", type=float, default=DEFAULT_CONNECT_TIMEOUT_S,
-                   help=f"how long to wait for a connection before saying why there is none (default "
-                        f"{DEFAULT_CONNECT_TIMEOUT_S:g}; a refused connection fails at once)")
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"deadline of each request in seconds (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--connect-timeout-s",
+        type=float,
+        default=DEFAULT_CONNECT_TIMEOUT_S,
+        help=f"how long to wait for a connection before saying why there is none (default "
+        f"{DEFAULT_CONNECT_TIMEOUT_S:g}; a refused connection fails at once)",
+    )
     p.add_argument("--tls-ca", metavar="PEM", help="use TLS, trusting this CA (PEM file)")
     p.add_argument("--tls-cert", metavar="PEM", help="client certificate for mTLS (needs --tls-key)")
     p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
-    p.add_argument("--token", default=os.environ.get("CNN_TOKEN", ""),
-                   help="bearer token (default: $CNN_TOKEN)")
-    p.add_argument("--json", action="store_true",
-                   help='one JSON object per image: {"image", "model", "version", "top_k": [{"label", "index", "probability"}]}')
+    p.add_argument("--token", default=os.environ.get("CNN_TOKEN", ""), help="bearer token (default: $CNN_TOKEN)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per image: {"image", "model", "version", "top_k": [{"label", "index", "probability"}]}',
+    )
     p.set_defaults(func=run_classify)
 
 
@@ -72,7 +92,9 @@ def _check_flags(args) -> None:
         raise UsageError("--timeout-s and --connect-timeout-s must be positive")
     if bool(args.tls_cert) != bool(args.tls_key):
         given, missing = ("--tls-cert", "--tls-key") if args.tls_cert else ("--tls-key", "--tls-cert")
-        raise UsageError(f"{given} needs {missing} too (a client certificate and its private key go together, for mTLS)")
+        raise UsageError(
+            f"{given} needs {missing} too (a client certificate and its private key go together, for mTLS)"
+        )
 
 
 def _tls_files(args) -> tuple[dict[str, bytes], dict[str, str]]:
@@ -108,15 +130,20 @@ def _usage_from_status(e, args) -> str | None:
     if code == grpc.StatusCode.INVALID_ARGUMENT and "'model_name' is empty" in details:
         m = re.search(r"several models \(([^)]*)\)", details)
         if m:
-            return (f"the server at {args.server} serves several models ({m.group(1)}): choose one with --model NAME "
-                    f"(or start the server with --default-model NAME)")
+            return (
+                f"the server at {args.server} serves several models ({m.group(1)}): choose one with --model NAME "
+                f"(or start the server with --default-model NAME)"
+            )
         return f"the server at {args.server} has no ready model to default to: name one with --model NAME"
     if code == grpc.StatusCode.NOT_FOUND and ("model_name" in details or "model_version" in details):
         return f"{args.server}: {_flag_words(details)}"
     if code == grpc.StatusCode.UNAUTHENTICATED:
-        return (f"the server at {args.server} refused the call ({details}): pass --token TOKEN or set $CNN_TOKEN"
-                if args.token else f"the server at {args.server} needs a bearer token for inference calls: "
-                                   f"pass --token TOKEN or set $CNN_TOKEN")
+        return (
+            f"the server at {args.server} refused the call ({details}): pass --token TOKEN or set $CNN_TOKEN"
+            if args.token
+            else f"the server at {args.server} needs a bearer token for inference calls: "
+            f"pass --token TOKEN or set $CNN_TOKEN"
+        )
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return f"the server at {args.server} refused the token: {details}"
     return None
@@ -148,11 +175,14 @@ def _classify_chunk(client, items: list[tuple[Path, bytes]], args, failed: list[
             results = client.classify([b for _, b in pending], top_k=args.top_k, model=args.model, version=args.version)
         except grpc.RpcError as e:
             m = _IMAGE_FIELD.match(e.details() or "")
-            if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED) and m \
-                    and int(m.group(1)) < len(pending):
+            if (
+                e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+                and m
+                and int(m.group(1)) < len(pending)
+            ):
                 path, _ = pending.pop(int(m.group(1)))
                 failed.append(str(path))
-                print(f"{PROG}: {path}: {(e.details() or '')[m.end():]}", file=sys.stderr)
+                print(f"{PROG}: {path}: {(e.details() or '')[m.end() :]}", file=sys.stderr)
                 continue
             raise
         yield from zip((p for p, _ in pending), results)
@@ -186,11 +216,22 @@ def run_classify(args) -> int:
         try:
             c.wait_ready(args.connect_timeout_s)
             for start in range(0, len(items), args.batch_size):
-                for path, preds in _classify_chunk(c, items[start:start + args.batch_size], args, failed):
+                for path, preds in _classify_chunk(c, items[start : start + args.batch_size], args, failed):
                     if args.json:
-                        print(json.dumps({"image": str(path), "model": c.last_model[0], "version": c.last_model[1],
-                                          "top_k": [{"label": p.label, "index": p.index, "probability": round(p.probability, 6)}
-                                                    for p in preds]}), flush=True)
+                        print(
+                            json.dumps(
+                                {
+                                    "image": str(path),
+                                    "model": c.last_model[0],
+                                    "version": c.last_model[1],
+                                    "top_k": [
+                                        {"label": p.label, "index": p.index, "probability": round(p.probability, 6)}
+                                        for p in preds
+                                    ],
+                                }
+                            ),
+                            flush=True,
+                        )
                     else:
                         print(f"{path}: " + ", ".join(f"{p.label} ({p.probability:.3f})" for p in preds), flush=True)
         except ConnectError as e:

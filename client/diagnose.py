@@ -46,7 +46,9 @@ def check_key_pair(cert: bytes, key: bytes, cert_name: str, key_name: str) -> st
             ssl.create_default_context().load_cert_chain(c, k)
         except ssl.SSLError as e:
             reason = (e.reason or str(e)).replace("_", " ").lower()
-            return f"--tls-cert {cert_name} and --tls-key {key_name} do not load as a certificate and its key ({reason})"
+            return (
+                f"--tls-cert {cert_name} and --tls-key {key_name} do not load as a certificate and its key ({reason})"
+            )
     return None
 
 
@@ -62,8 +64,16 @@ def _tls_context(tls_ca: bytes | None, tls_cert: bytes | None, tls_key: bytes | 
     return ctx
 
 
-def diagnose(address: str, *, tls: bool = False, tls_ca: bytes | None = None, tls_cert: bytes | None = None,
-             tls_key: bytes | None = None, names: dict[str, str] | None = None, timeout_s: float = 3.0) -> str | None:
+def diagnose(
+    address: str,
+    *,
+    tls: bool = False,
+    tls_ca: bytes | None = None,
+    tls_cert: bytes | None = None,
+    tls_key: bytes | None = None,
+    names: dict[str, str] | None = None,
+    timeout_s: float = 3.0,
+) -> str | None:
     """One sentence saying why a channel to `address` with these settings cannot work, or None.
 
     `names` maps 'tls_ca' / 'tls_cert' to the file names to quote in the message."""
@@ -75,8 +85,10 @@ def diagnose(address: str, *, tls: bool = False, tls_ca: bytes | None = None, tl
     try:
         sock = socket.create_connection((host, port), timeout=timeout_s)
     except ConnectionRefusedError:
-        return (f"nothing is listening on {address} (connection refused): start the server (`cnn serve`, or "
-                f"scripts/run.sh) or point --server at the address it prints")
+        return (
+            f"nothing is listening on {address} (connection refused): start the server (`cnn serve`, or "
+            f"scripts/run.sh) or point --server at the address it prints"
+        )
     except socket.gaierror as e:
         return f"cannot resolve the host of {address}: {e.strerror}"
     except TimeoutError:
@@ -101,16 +113,33 @@ def diagnose(address: str, *, tls: bool = False, tls_ca: bytes | None = None, tl
                     return _client_certificate_refused(address, tls_cert is not None, names.get("tls_cert", ""))
         except ssl.SSLCertVerificationError as e:
             ca = f"--tls-ca {names['tls_ca']}" if names.get("tls_ca") else "the system's trusted CAs"
-            return (f"the server's certificate at {address} was refused: {e.verify_message}; "
-                    f"it is not signed by {ca}, or not issued for {host} (pass the CA that signed it with --tls-ca)")
+            return (
+                f"the server's certificate at {address} was refused: {e.verify_message}; "
+                f"it is not signed by {ca}, or not issued for {host} (pass the CA that signed it with --tls-ca)"
+            )
         except ssl.SSLError as e:
             reason = str(e.reason or e)
-            if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER_FAILURE" in reason or "PACKET_LENGTH_TOO_LONG" in reason:
-                return (f"the server at {address} does not speak TLS (it answered in plaintext): drop --tls-ca/"
-                        f"--tls-cert/--tls-key, or start the server with --tls-cert-file and --tls-key-file")
-            if "CERTIFICATE_REQUIRED" in reason or any(s in reason for s in (
-                    "UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "DECRYPT_ERROR", "ACCESS_DENIED",
-                    "UNSUPPORTED_CERTIFICATE", "HANDSHAKE_FAILURE")):
+            if (
+                "WRONG_VERSION_NUMBER" in reason
+                or "RECORD_LAYER_FAILURE" in reason
+                or "PACKET_LENGTH_TOO_LONG" in reason
+            ):
+                return (
+                    f"the server at {address} does not speak TLS (it answered in plaintext): drop --tls-ca/"
+                    f"--tls-cert/--tls-key, or start the server with --tls-cert-file and --tls-key-file"
+                )
+            if "CERTIFICATE_REQUIRED" in reason or any(
+                s in reason
+                for s in (
+                    "UNKNOWN_CA",
+                    "BAD_CERTIFICATE",
+                    "CERTIFICATE_UNKNOWN",
+                    "DECRYPT_ERROR",
+                    "ACCESS_DENIED",
+                    "UNSUPPORTED_CERTIFICATE",
+                    "HANDSHAKE_FAILURE",
+                )
+            ):
                 return _client_certificate_refused(address, tls_cert is not None, names.get("tls_cert", ""))
             if "NO_APPLICATION_PROTOCOL" in reason:
                 return f"the server at {address} speaks TLS but not HTTP/2 (ALPN h2): is it a gRPC server?"
@@ -135,13 +164,19 @@ def _plaintext_against_tls(sock: socket.socket, host: str, address: str) -> str 
             return None
     except OSError:
         return None
-    return (f"the server at {address} speaks TLS and this client does not: pass --tls-ca CA.pem (the CA that "
-            f"signed its certificate; add --tls-cert/--tls-key if it requires client certificates)")
+    return (
+        f"the server at {address} speaks TLS and this client does not: pass --tls-ca CA.pem (the CA that "
+        f"signed its certificate; add --tls-cert/--tls-key if it requires client certificates)"
+    )
 
 
 def _client_certificate_refused(address: str, sent: bool, cert_name: str) -> str:
     if not sent:
-        return (f"the server at {address} requires a client certificate (mutual TLS) and closed the connection: "
-                f"pass --tls-cert CERT.pem --tls-key KEY.pem, signed by the CA the server trusts")
-    return (f"the server at {address} refused the client certificate --tls-cert {cert_name} and closed the "
-            f"connection: it must be signed by the CA in the server's tls_client_ca_file")
+        return (
+            f"the server at {address} requires a client certificate (mutual TLS) and closed the connection: "
+            f"pass --tls-cert CERT.pem --tls-key KEY.pem, signed by the CA the server trusts"
+        )
+    return (
+        f"the server at {address} refused the client certificate --tls-cert {cert_name} and closed the "
+        f"connection: it must be signed by the CA in the server's tls_client_ca_file"
+    )

@@ -84,8 +84,7 @@ def _log_tail(log_path: Path) -> str:
         return f"(log unreadable: {e})"
 
 
-def wait_for_line(proc: subprocess.Popen, pattern: re.Pattern, log_path: Path, what: str,
-                  timeout_s: float) -> re.Match:
+def wait_for_line(proc: subprocess.Popen, pattern: re.Pattern, log_path: Path, what: str, timeout_s: float) -> re.Match:
     """Read `proc`'s stdout until a line matches `pattern`. On exit, timeout or no match: kill `proc` and
     raise RuntimeError with the last line and the tail of `log_path` (its stderr)."""
     expired = threading.Event()
@@ -114,13 +113,23 @@ def wait_for_line(proc: subprocess.Popen, pattern: re.Pattern, log_path: Path, w
         proc.kill()
         rc = proc.wait()
     why = f"no ready line within {timeout_s:g} s" if expired.is_set() else f"exited with code {rc}"
-    raise RuntimeError(f"{what} did not start: {why} (last line {line.strip()!r}); log {log_path}:\n{_log_tail(log_path)}")
+    raise RuntimeError(
+        f"{what} did not start: {why} (last line {line.strip()!r}); log {log_path}:\n{_log_tail(log_path)}"
+    )
 
 
-def start_server(repository: str | os.PathLike, *args: str, python: str = sys.executable,
-                 cwd: str | os.PathLike | None = None, env: dict | None = None, log_path: Path,
-                 timeout_s: float = 60, preexec_fn: Callable[[], None] | None = None,
-                 grpc_address: str = "127.0.0.1:0", launcher: Sequence[str] = ("-m", "client.cli")) -> ServerProcess:
+def start_server(
+    repository: str | os.PathLike,
+    *args: str,
+    python: str = sys.executable,
+    cwd: str | os.PathLike | None = None,
+    env: dict | None = None,
+    log_path: Path,
+    timeout_s: float = 60,
+    preexec_fn: Callable[[], None] | None = None,
+    grpc_address: str = "127.0.0.1:0",
+    launcher: Sequence[str] = ("-m", "client.cli"),
+) -> ServerProcess:
     """`python -m client.cli serve --repository REPO --grpc-address 127.0.0.1:0 --metrics-address 127.0.0.1:0 *args`.
 
     Returns once the ready line was printed, with the ports it bound. `env` is added to this process's
@@ -128,13 +137,31 @@ def start_server(repository: str | os.PathLike, *args: str, python: str = sys.ex
     takes the same `serve ...` arguments); `grpc_address` fixes the port. Raises RuntimeError, with the log's
     tail, if the server exits or prints no ready line within `timeout_s` seconds (the process is killed)."""
     log_path = Path(log_path)
-    cmd = [python, *launcher, "serve", "--repository", str(repository), "--grpc-address", grpc_address,
-           "--metrics-address", "127.0.0.1:0", *args]
+    cmd = [
+        python,
+        *launcher,
+        "serve",
+        "--repository",
+        str(repository),
+        "--grpc-address",
+        grpc_address,
+        "--metrics-address",
+        "127.0.0.1:0",
+        *args,
+    ]
     with open(log_path, "w") as log:
         t_spawn = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=preexec_fn,
-                                env={"CNN_SERVER_HTTP_ADDRESS": "127.0.0.1:0", **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            preexec_fn=preexec_fn,
+            env={"CNN_SERVER_HTTP_ADDRESS": "127.0.0.1:0", **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
     m = wait_for_line(proc, READY_LINE, log_path, f"server ({' '.join(cmd)})", timeout_s)
     metrics_url = f"http://{m.group(3)}:{m.group(4)}/metrics" if m.group(3) else None
-    return ServerProcess(proc, f"{m.group(1)}:{m.group(2)}", metrics_url, log_path, t_spawn, time.monotonic(),
-                         m.string.strip())
+    return ServerProcess(
+        proc, f"{m.group(1)}:{m.group(2)}", metrics_url, log_path, t_spawn, time.monotonic(), m.string.strip()
+    )

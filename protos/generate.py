@@ -41,10 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         fresh = _generated(tmp)
         if args.check:
             committed = _generated(ROOT)
-            stale = [str(p) for p in fresh if not (ROOT / p).exists() or not filecmp.cmp(tmp / p, ROOT / p, shallow=False)]
+            stale = [
+                str(p) for p in fresh if not (ROOT / p).exists() or not filecmp.cmp(tmp / p, ROOT / p, shallow=False)
+            ]
             stale += [f"{p} (no longer generated)" for p in committed if p not in fresh]
             if stale:
-                print("protobuf stubs are out of date; run `python -m protos.generate`:\n  " + "\n  ".join(stale), file=sys.stderr)
+                print(
+                    "protobuf stubs are out of date; run `python -m protos.generate`:\n  " + "\n  ".join(stale),
+                    file=sys.stderr,
+                )
                 return 1
             print(f"protobuf stubs in sync ({len(fresh)} files)")
             return 0

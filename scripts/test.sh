@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --system
 .venv/bin/python -m protos.generate --check
 # Code health ([tool.ruff] and [tool.mypy] in pyproject.toml): lint + format check + type check (mypy's
-# files: server/, export/, preprocessing/, and the training/ modules they import). Lint covers every Python
-# folder; the format check the serving side (the older folders keep their own layout for now).
-.venv/bin/ruff check server export preprocessing training client bench tests protos
-.venv/bin/ruff format --check server export preprocessing
+# files: server/, export/, preprocessing/, and the training/ modules they import). Lint and format check cover
+# every Python folder.
+PY_FOLDERS=(server export preprocessing training client bench tests protos)
+.venv/bin/ruff check "${PY_FOLDERS[@]}"
+.venv/bin/ruff format --check "${PY_FOLDERS[@]}"
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -29,10 +29,18 @@ MODEL_NAME = "lenet5-digits"
 
 def cnn(*args: str, timeout: float = 600, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the `cnn` command line in a subprocess (as a user would)."""
-    proc = subprocess.run([PY, "-m", "client.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [PY, "-m", "client.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"cnn {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(
+            f"cnn {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc
 
 
@@ -55,7 +63,12 @@ def model_repository(trained_run, tmp_path_factory) -> Path:
     cnn("export", str(trained_run / "best.pt"), "--repository", str(repo), "--name", MODEL_NAME)
     assert (repo / MODEL_NAME / "1" / "model.onnx").is_file()
     # readable by a server running as another user (the container's uid 10001 on a bind mount)
-    for path in (repo / MODEL_NAME, repo / MODEL_NAME / "1", repo / MODEL_NAME / "config.yaml", repo / MODEL_NAME / "1" / "model.onnx"):
+    for path in (
+        repo / MODEL_NAME,
+        repo / MODEL_NAME / "1",
+        repo / MODEL_NAME / "config.yaml",
+        repo / MODEL_NAME / "1" / "model.onnx",
+    ):
         assert path.stat().st_mode & 0o004, f"{path} is not world-readable"
     return repo
 
@@ -71,12 +84,14 @@ def repository_copy(model_repository, tmp_path) -> Path:
 RunningServer = ServerProcess  # a `cnn serve` subprocess: address, metrics_url, metrics_text(), log(), stop()
 
 
-def start_server(repository: Path, *args: str, env: dict | None = None, log_dir: Path | None = None,
-                 timeout_s: float = 60) -> ServerProcess:
+def start_server(
+    repository: Path, *args: str, env: dict | None = None, log_dir: Path | None = None, timeout_s: float = 60
+) -> ServerProcess:
     """`cnn serve` (this checkout) on free ports; returns once it printed its ready line."""
     log_path = (log_dir or repository.parent) / f"server-{time.monotonic_ns()}.log"
-    return client_testing.start_server(repository, *args, python=PY, cwd=ROOT, env=env, log_path=log_path,
-                                       timeout_s=timeout_s)
+    return client_testing.start_server(
+        repository, *args, python=PY, cwd=ROOT, env=env, log_path=log_path, timeout_s=timeout_s
+    )
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,10 @@ import logging
 
 log = logging.getLogger(__name__)
 
-_M_TRIM_THRESHOLD = -1   # mallopt parameter numbers from glibc's <malloc.h>
+_M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 32 << 20   # blocks below this come from the heap (glibc's ceiling on 64-bit)
-TRIM_THRESHOLD_BYTES = 1 << 30    # return heap top to the kernel only once this much is free
+MMAP_THRESHOLD_BYTES = 32 << 20  # blocks below this come from the heap (glibc's ceiling on 64-bit)
+TRIM_THRESHOLD_BYTES = 1 << 30  # return heap top to the kernel only once this much is free
 
 _applied = False
 
@@ -33,7 +33,7 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
-    except (OSError, AttributeError):   # musl, macOS, Windows: no mallopt, nothing to tune
+    except (OSError, AttributeError):  # musl, macOS, Windows: no mallopt, nothing to tune
         log.info("allocator: no glibc mallopt; allocator left as it is")
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

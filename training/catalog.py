@@ -39,7 +39,9 @@ def zoo() -> list[ZooEntry]:
     out = []
     for name in list_models():
         fn = _lookup(name)
-        args = {k: ("required" if p.default is p.empty else p.default) for k, p in inspect.signature(fn).parameters.items()}
+        args = {
+            k: ("required" if p.default is p.empty else p.default) for k, p in inspect.signature(fn).parameters.items()
+        }
         doc = (inspect.getdoc(fn) or "").strip().splitlines()
         out.append(ZooEntry(name, args, doc[0] if doc else ""))
     return out
@@ -52,8 +54,12 @@ def _header(text: str) -> str:
             break
         lines.append(line.lstrip("#").strip())
     words = " ".join(lines)
-    words = re.sub(r"\s*Every key is a TrainConfig field(?: \(training/config\.py\))?[.;]"
-                   r"(?:\s*anything left out keeps its default there\.)?", "", words)
+    words = re.sub(
+        r"\s*Every key is a TrainConfig field(?: \(training/config\.py\))?[.;]"
+        r"(?:\s*anything left out keeps its default there\.)?",
+        "",
+        words,
+    )
     return words.strip()
 
 
@@ -67,8 +73,11 @@ def _measured(train_table: Path) -> dict[str, list[dict[str, Any]]]:
         if row.get("smoke"):
             continue
         by_recipe.setdefault(row.get("recipe", ""), []).append(
-            {k: row.get(k) for k in ("model", "dataset", "epochs", "test_accuracy", "target", "met", "wall_seconds",
-                                     "measured")})
+            {
+                k: row.get(k)
+                for k in ("model", "dataset", "epochs", "test_accuracy", "target", "met", "wall_seconds", "measured")
+            }
+        )
     return by_recipe
 
 
@@ -95,8 +104,10 @@ def format_zoo(entries: list[ZooEntry]) -> str:
         args = ", ".join(f"{k}={v!r}" if v != "required" else k for k, v in e.arguments.items())
         lines.append(f"{e.name}: {e.summary}" if e.summary else e.name)
         lines.append(f"    arguments: {args}")
-    lines.append("Pass arguments in a recipe's [model] table or with --set model.KEY=VALUE "
-                 "(num_classes, in_channels and input_size come from the data).")
+    lines.append(
+        "Pass arguments in a recipe's [model] table or with --set model.KEY=VALUE "
+        "(num_classes, in_channels and input_size come from the data)."
+    )
     return "\n".join(lines)
 
 
@@ -108,11 +119,15 @@ def format_recipes(entries: list[RecipeEntry]) -> str:
         if e.description:
             lines.append(f"    {e.description}")
         for m in e.measured:
-            lines.append(f"    measured: {m['model']} on {m['dataset']}, {m['epochs']} epochs: test accuracy "
-                         f"{m['test_accuracy']:.2%} (target {m['target']:.1%}, {'met' if m['met'] else 'NOT met'}), "
-                         f"{m['wall_seconds']:,.0f} s wall-clock, {m['measured']} (bench/train_table.py)")
-    lines.append("Without --recipe, `cnn train` picks <model>_<dataset>, <model>_<kind>, default_<dataset> or "
-                 "default_<kind>, the first that exists.")
+            lines.append(
+                f"    measured: {m['model']} on {m['dataset']}, {m['epochs']} epochs: test accuracy "
+                f"{m['test_accuracy']:.2%} (target {m['target']:.1%}, {'met' if m['met'] else 'NOT met'}), "
+                f"{m['wall_seconds']:,.0f} s wall-clock, {m['measured']} (bench/train_table.py)"
+            )
+    lines.append(
+        "Without --recipe, `cnn train` picks <model>_<dataset>, <model>_<kind>, default_<dataset> or "
+        "default_<kind>, the first that exists."
+    )
     return "\n".join(lines)
 
 

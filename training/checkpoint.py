@@ -59,29 +59,49 @@ class Checkpoint:
     resume: dict[str, Any] = field(default_factory=dict)  # epoch, optimizer, scheduler, rng, history, ...
     mode_recorded: bool = False  # whether preprocessing named its `mode` (training leaves it to export)
 
-    REQUIRED: ClassVar[tuple[str, ...]] = ("format_version", "model_name", "model_kwargs", "state_dict", "labels",
-                                           "input_shape", "preprocessing")
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        "format_version",
+        "model_name",
+        "model_kwargs",
+        "state_dict",
+        "labels",
+        "input_shape",
+        "preprocessing",
+    )
     _TYPES: ClassVar[dict[str, tuple[type, ...]]] = {
-        "format_version": (int,), "model_name": (str,), "model_kwargs": (dict,), "state_dict": (dict,),
-        "labels": (list, tuple), "input_shape": (list, tuple), "preprocessing": (dict, Preprocessing),
-        "dataset": (str,), "metrics": (dict,), "recipe": (dict,), "recipe_name": (str,), "recipe_sha256": (str,),
-        "created": (str,), "torch_version": (str,)}
+        "format_version": (int,),
+        "model_name": (str,),
+        "model_kwargs": (dict,),
+        "state_dict": (dict,),
+        "labels": (list, tuple),
+        "input_shape": (list, tuple),
+        "preprocessing": (dict, Preprocessing),
+        "dataset": (str,),
+        "metrics": (dict,),
+        "recipe": (dict,),
+        "recipe_name": (str,),
+        "recipe_sha256": (str,),
+        "created": (str,),
+        "torch_version": (str,),
+    }
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "checkpoint") -> Checkpoint:
         """Validate a loaded checkpoint dict; CheckpointError names every missing key or the bad field."""
         if not isinstance(raw, dict):
-            raise CheckpointError(f"{where} is not a training checkpoint (it holds a {type(raw).__name__}, "
-                                  f"not a dict)")
+            raise CheckpointError(f"{where} is not a training checkpoint (it holds a {type(raw).__name__}, not a dict)")
         missing = [k for k in cls.REQUIRED if k not in raw]
         if missing:
             raise CheckpointError(f"{where} is not a training checkpoint (missing {', '.join(missing)})")
         if raw["format_version"] != FORMAT_VERSION:
-            raise CheckpointError(f"{where} has format_version {raw['format_version']}, this code reads {FORMAT_VERSION}")
+            raise CheckpointError(
+                f"{where} has format_version {raw['format_version']}, this code reads {FORMAT_VERSION}"
+            )
         for key, types in cls._TYPES.items():
             if key in raw and (not isinstance(raw[key], types) or isinstance(raw[key], bool)):
-                raise CheckpointError(f"{where}: '{key}' must be {' or '.join(t.__name__ for t in types)}, "
-                                      f"got {type(raw[key]).__name__}")
+                raise CheckpointError(
+                    f"{where}: '{key}' must be {' or '.join(t.__name__ for t in types)}, got {type(raw[key]).__name__}"
+                )
         shape = [int(d) for d in raw["input_shape"]]
         if len(shape) != 3 or min(shape) < 1:
             raise CheckpointError(f"{where}: 'input_shape' must be [C, H, W] of positive sizes, got {shape}")
@@ -90,13 +110,18 @@ class Checkpoint:
         except PreprocessingError as e:
             raise CheckpointError(f"{where}: {e}") from None
         if [pre.channels, pre.height, pre.width] != shape:
-            raise CheckpointError(f"{where}: 'preprocessing' gives {pre.color_mode} {pre.height}x{pre.width} but "
-                                  f"'input_shape' is {shape}")
+            raise CheckpointError(
+                f"{where}: 'preprocessing' gives {pre.color_mode} {pre.height}x{pre.width} but 'input_shape' is {shape}"
+            )
         names = {f.name for f in fields(cls)} - {"resume", "mode_recorded"}
         kw = {k: raw[k] for k in names if k in raw}
-        kw.update(labels=[str(x) for x in raw["labels"]], input_shape=shape, preprocessing=pre,
-                  mode_recorded=isinstance(raw["preprocessing"], Preprocessing) or "mode" in raw["preprocessing"],
-                  resume={k: v for k, v in raw.items() if k not in names})
+        kw.update(
+            labels=[str(x) for x in raw["labels"]],
+            input_shape=shape,
+            preprocessing=pre,
+            mode_recorded=isinstance(raw["preprocessing"], Preprocessing) or "mode" in raw["preprocessing"],
+            resume={k: v for k, v in raw.items() if k not in names},
+        )
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,8 +137,9 @@ class Checkpoint:
         recorded (what training writes) "digit" for digit data and "resize" otherwise."""
         if self.mode_recorded:
             return self.preprocessing
-        return serving_preprocessing({k: v for k, v in self.preprocessing.to_dict().items() if k != "mode"},
-                                     self.dataset, self.input_shape)
+        return serving_preprocessing(
+            {k: v for k, v in self.preprocessing.to_dict().items() if k != "mode"}, self.dataset, self.input_shape
+        )
 
 
 def as_checkpoint(ckpt: dict[str, Any] | Checkpoint, where: str = "checkpoint") -> Checkpoint:
@@ -149,13 +175,18 @@ def _read(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only refused an object: one line, not torch's advice wall
         m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        why = (f"it pickles Python objects ({m.group(1)}), which are not loaded: only tensors, numbers, strings, "
-               f"lists and dicts" if m else "not a PyTorch checkpoint file")
+        why = (
+            f"it pickles Python objects ({m.group(1)}), which are not loaded: only tensors, numbers, strings, "
+            f"lists and dicts"
+            if m
+            else "not a PyTorch checkpoint file"
+        )
         raise CheckpointError(f"{path} is not a readable checkpoint: {why}") from None
     except Exception as e:  # a torn or foreign file: zipfile, struct, EOF, OS and torch errors
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise CheckpointError(f"{path} is not a readable checkpoint: not a PyTorch checkpoint file "
-                              f"({first[:120]})") from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint: not a PyTorch checkpoint file ({first[:120]})"
+        ) from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -188,6 +219,7 @@ def build_model(ckpt: dict[str, Any] | Checkpoint) -> nn.Module:
 
 # ----------------------------------------------------------------------------- RNG state
 
+
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
     """Every RNG a run touches, in weights_only-loadable types."""
     np_state = np.random.get_state(legacy=True)
@@ -197,8 +229,13 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "generator": generator.get_state(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": [py_state[0], list(py_state[1]), py_state[2]],
     }
 
@@ -207,7 +244,8 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["generator"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p[0], tuple(p[1]), p[2]))

@@ -20,32 +20,57 @@ from training.errors import ConfigError, TrainingError
 
 def add_train_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train a CNN and write RUN_DIR/best.pt, last.pt, metrics and plots",
+        "train",
+        help="train a CNN and write RUN_DIR/best.pt, last.pt, metrics and plots",
         description="Train a model from the zoo. Without --recipe, the recommended recipe for the model "
-                    "and kind of data is used (training/recipes/). Writes best.pt (best on validation), "
-                    "last.pt, metrics.jsonl, summary.json, curves.png and confusion.png into --out.")
+        "and kind of data is used (training/recipes/). Writes best.pt (best on validation), "
+        "last.pt, metrics.jsonl, summary.json, curves.png and confusion.png into --out.",
+    )
     p.add_argument("--model", default=None, help="model name, e.g. lenet5, resnet20, mobilenet_v2 (default lenet5)")
-    p.add_argument("--data", default=None,
-                   help="digits (default) | mnist (the shipped data/mnist) | fashion-mnist | idx:DIR | folder:DIR")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="digits (default) | mnist (the shipped data/mnist) | fashion-mnist | idx:DIR | folder:DIR",
+    )
     p.add_argument("--out", default=None, metavar="RUN_DIR", help="output directory for checkpoints and reports")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
-    p.add_argument("--recipe", default=None, metavar="NAME_OR_PATH",
-                   help="recipe name in training/recipes/ or a path to a TOML recipe")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set lr=0.01 --set augment.rotate=10 (repeatable)")
-    p.add_argument("--resume", default=None, metavar="CKPT",
-                   help="continue RUN_DIR/last.pt exactly where it stopped (same recipe; --epochs may extend)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a run already in RUN_DIR (without it, cnn train refuses to write over one)")
-    p.add_argument("--device", default=None, choices=("cpu", "cuda", "auto"),
-                   help="train on cpu (default), cuda or auto (cuda when available); under torchrun each process "
-                        "takes cuda:LOCAL_RANK and the processes talk over NCCL (gloo on cpu)")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="recipe name in training/recipes/ or a path to a TOML recipe",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set lr=0.01 --set augment.rotate=10 (repeatable)",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="CKPT",
+        help="continue RUN_DIR/last.pt exactly where it stopped (same recipe; --epochs may extend)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in RUN_DIR (without it, cnn train refuses to write over one)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        choices=("cpu", "cuda", "auto"),
+        help="train on cpu (default), cuda or auto (cuda when available); under torchrun each process "
+        "takes cuda:LOCAL_RANK and the processes talk over NCCL (gloo on cpu)",
+    )
     p.set_defaults(func=run_train)
 
 
 def _prog() -> str:
-    """"cnn train", or "cnn train [rank N]" on a torchrun process other than rank 0."""
+    """ "cnn train", or "cnn train [rank N]" on a torchrun process other than rank 0."""
     import os
 
     rank = os.environ.get("RANK", "0")
@@ -103,8 +128,11 @@ def _train(args) -> None:
         ck = load_checkpoint(args.resume)
         if args.recipe or args.set:
             raise ConfigError("--resume continues the saved recipe; drop --recipe/--set")
-        for flag, given, saved in (("--model", args.model, ck["model_name"]), ("--data", args.data, ck["dataset"]),
-                                   ("--seed", args.seed, ck["recipe"].get("seed"))):
+        for flag, given, saved in (
+            ("--model", args.model, ck["model_name"]),
+            ("--data", args.data, ck["dataset"]),
+            ("--seed", args.seed, ck["recipe"].get("seed")),
+        ):
             if given is not None and given != saved:
                 raise ConfigError(f"{flag} {given} does not match the checkpoint's {saved}")
         model, data, recipe_name = ck["model_name"], ck["dataset"], ck.get("recipe_name", "")
@@ -132,8 +160,16 @@ def _train(args) -> None:
         recipe_name = Path(recipe_name).stem
         out = args.out
         refuse_existing_run(out, args.overwrite)
-    fit(model, data, cfg, out, recipe_name=recipe_name, resume=args.resume,
-        log=lambda s: print(s, flush=True), device=getattr(args, "device", None) or "cpu")
+    fit(
+        model,
+        data,
+        cfg,
+        out,
+        recipe_name=recipe_name,
+        resume=args.resume,
+        log=lambda s: print(s, flush=True),
+        device=getattr(args, "device", None) or "cpu",
+    )
 
 
 RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "summary.json")
@@ -143,8 +179,10 @@ def refuse_existing_run(out: str, overwrite: bool) -> None:
     """A run already in `out` is not written over without --overwrite (ConfigError naming the folder)."""
     found = [f for f in RUN_FILES if (Path(out) / f).exists()]
     if found and not overwrite:
-        raise ConfigError(f"{out} already holds a run ({', '.join(found)}); pass --overwrite to replace it, "
-                          f"--resume {Path(out) / 'last.pt'} to continue it, or choose another --out")
+        raise ConfigError(
+            f"{out} already holds a run ({', '.join(found)}); pass --overwrite to replace it, "
+            f"--resume {Path(out) / 'last.pt'} to continue it, or choose another --out"
+        )
 
 
 def finished_run(ck: dict, epochs: int, path: str) -> bool:
@@ -154,21 +192,29 @@ def finished_run(ck: dict, epochs: int, path: str) -> bool:
     acc = (ck.get("metrics") or {}).get("test_accuracy")
     scored = f"; test accuracy {acc:.2%}" if isinstance(acc, (int, float)) else ""
     if ck.get("early_stopped"):
-        print(f"{_prog()}: {path} already finished: it stopped early at epoch {done} of {epochs}{scored}; "
-              f"nothing to do (start a new run with --out to train again)", file=sys.stderr)
+        print(
+            f"{_prog()}: {path} already finished: it stopped early at epoch {done} of {epochs}{scored}; "
+            f"nothing to do (start a new run with --out to train again)",
+            file=sys.stderr,
+        )
         return True
     if done >= epochs:
-        print(f"{_prog()}: {path} already finished all {done} epochs{scored}; nothing to do "
-              f"(to train further: --resume {path} --epochs N with N > {done})", file=sys.stderr)
+        print(
+            f"{_prog()}: {path} already finished all {done} epochs{scored}; nothing to do "
+            f"(to train further: --resume {path} --epochs N with N > {done})",
+            file=sys.stderr,
+        )
         return True
     return False
 
 
 def add_recipes_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "recipes", help="list the training recipes and what they reach",
+        "recipes",
+        help="list the training recipes and what they reach",
         description="List the recipes in training/recipes/ with their main settings, what each is for, and the "
-                    "test accuracy bench/train_table.py measured with it (works without torch).")
+        "test accuracy bench/train_table.py measured with it (works without torch).",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_recipes)
 
@@ -183,9 +229,11 @@ def run_recipes(args) -> int:
 
 def add_inspect_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "inspect", help="draw the feature maps of every convolution stage for one image",
+        "inspect",
+        help="draw the feature maps of every convolution stage for one image",
         description="Run one image through a checkpoint and write a PNG grid with the feature maps of "
-                    "each convolution stage (first --channels maps per stage).")
+        "each convolution stage (first --channels maps per stage).",
+    )
     p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by `cnn train` (best.pt)")
     p.add_argument("image", metavar="IMAGE", help="a PNG/JPEG image")
     p.add_argument("--out", required=True, metavar="PNG", help="where to write the grid")

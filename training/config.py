@@ -34,45 +34,46 @@ AMP_MODES = ("off", "bf16")
 @dataclass
 class TrainConfig:
     # --- run
-    epochs: int = 30                 # passes over the training split
-    batch_size: int = 128            # training minibatch size
-    eval_batch_size: int = 1000      # minibatch size for validation / test (no grad)
-    seed: int = 0                    # seeds model init, shuffling, augmentation, dropout, val split
-    deterministic: bool = True       # torch.use_deterministic_algorithms(True): bit-repeatable CPU runs
-    threads: int = 0                 # torch intra-op threads; 0 = all CPU cores this process may use
-    channels_last: bool = False      # NHWC memory layout: faster CPU convs for ResNets/MobileNets, not LeNet
-    keep_freed_memory: bool = True   # glibc keeps freed buffers instead of unmapping them (~1.2x images/s
-                                     # on CPU; RSS stays at its peak; single-process runs only): allocator.py
-    amp: str = "off"                 # off | bf16: forward + loss under bfloat16 autocast (weights, optimiser,
-                                     # validation and test stay float32); ~1.7x for ResNet-20 on AMX CPUs
-    sync_bn: bool = False            # under torchrun on CUDA: SyncBatchNorm normalises over the whole batch
+    epochs: int = 30  # passes over the training split
+    batch_size: int = 128  # training minibatch size
+    eval_batch_size: int = 1000  # minibatch size for validation / test (no grad)
+    seed: int = 0  # seeds model init, shuffling, augmentation, dropout, val split
+    deterministic: bool = True  # torch.use_deterministic_algorithms(True): bit-repeatable CPU runs
+    threads: int = 0  # torch intra-op threads; 0 = all CPU cores this process may use
+    channels_last: bool = False  # NHWC memory layout: faster CPU convs for ResNets/MobileNets, not LeNet
+    keep_freed_memory: bool = True  # glibc keeps freed buffers instead of unmapping them (~1.2x images/s
+    # on CPU; RSS stays at its peak; single-process runs only): allocator.py
+    amp: str = "off"  # off | bf16: forward + loss under bfloat16 autocast (weights, optimiser,
+    # validation and test stay float32); ~1.7x for ResNet-20 on AMX CPUs
+    sync_bn: bool = False  # under torchrun on CUDA: SyncBatchNorm normalises over the whole batch
     # --- optimiser
-    optimizer: str = "sgd"           # sgd | adam | adamw
-    lr: float = 0.1                  # peak learning rate
-    momentum: float = 0.9            # SGD momentum (Adam/AdamW: beta1)
-    nesterov: bool = True            # Nesterov momentum (SGD only)
-    weight_decay: float = 5e-4       # L2 (sgd, adam) or decoupled (adamw) weight decay
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9  # SGD momentum (Adam/AdamW: beta1)
+    nesterov: bool = True  # Nesterov momentum (SGD only)
+    weight_decay: float = 5e-4  # L2 (sgd, adam) or decoupled (adamw) weight decay
     # --- learning-rate schedule (stepped every minibatch)
-    schedule: str = "cosine"         # constant | step | cosine | onecycle
-    warmup_epochs: float = 0.0       # linear warm-up from lr * warmup_start to lr (constant/step/cosine)
-    warmup_start: float = 0.1        # warm-up starting factor
-    step_epochs: int = 10            # step schedule: multiply lr by step_gamma every this many epochs
-    step_gamma: float = 0.1          # step schedule factor
-    min_lr_ratio: float = 0.0        # cosine / onecycle: final lr as a fraction of lr
-    onecycle_pct: float = 0.3        # onecycle: fraction of steps spent rising from lr/25 to lr
+    schedule: str = "cosine"  # constant | step | cosine | onecycle
+    warmup_epochs: float = 0.0  # linear warm-up from lr * warmup_start to lr (constant/step/cosine)
+    warmup_start: float = 0.1  # warm-up starting factor
+    step_epochs: int = 10  # step schedule: multiply lr by step_gamma every this many epochs
+    step_gamma: float = 0.1  # step schedule factor
+    min_lr_ratio: float = 0.0  # cosine / onecycle: final lr as a fraction of lr
+    onecycle_pct: float = 0.3  # onecycle: fraction of steps spent rising from lr/25 to lr
     # --- loss and regularisation
-    label_smoothing: float = 0.0     # cross-entropy label smoothing
-    grad_clip: float = 0.0           # clip the global gradient norm to this (0: off)
-    early_stop: int = 0              # stop after this many epochs without a better val accuracy (0: off)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    grad_clip: float = 0.0  # clip the global gradient norm to this (0: off)
+    early_stop: int = 0  # stop after this many epochs without a better val accuracy (0: off)
     # --- data
-    val_fraction: float = 0.1        # share of the training split held out for validation (not digits)
-    image_size: int = 32             # folder:DIR images are resized to image_size x image_size
-    color_mode: str = "auto"         # folder:DIR: auto (L if every image is grayscale) | L | RGB
+    val_fraction: float = 0.1  # share of the training split held out for validation (not digits)
+    image_size: int = 32  # folder:DIR images are resized to image_size x image_size
+    color_mode: str = "auto"  # folder:DIR: auto (L if every image is grayscale) | L | RGB
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # batched augmentation, see augment.py
     model: dict[str, Any] = field(default_factory=dict)  # extra create_model kwargs (activation, dropout, ...)
 
     def validate(self) -> TrainConfig:
         """Check value ranges; raise ConfigError naming the key."""
+
         def need(ok: bool, key: str, what: str) -> None:
             if not ok:
                 raise ConfigError(f"recipe key {key!r}: {what}, got {_get(self, key)!r}")
@@ -123,6 +124,7 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 # ----------------------------------------------------------------------------- dict -> dataclass
 
+
 def _check_type(key: str, value: Any, tp: Any) -> Any:
     """Coerce/validate one value against a field type; raise ConfigError naming the key."""
     if tp is bool:
@@ -151,8 +153,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     for k in data:
         if k not in fields:
-            raise ConfigError(f"unknown recipe key {prefix + k!r}; valid keys: "
-                              f"{', '.join(prefix + f for f in sorted(fields))}")
+            raise ConfigError(
+                f"unknown recipe key {prefix + k!r}; valid keys: {', '.join(prefix + f for f in sorted(fields))}"
+            )
     kwargs = {}
     for k, v in data.items():
         tp = hints[k]
@@ -171,6 +174,7 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 # ----------------------------------------------------------------------------- recipes
+
 
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
@@ -206,7 +210,7 @@ def recommended_recipe(model: str, dataset_key: str, kind: str) -> str:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """"key=value" -> (key, value); the value is read as a TOML literal, else kept as a string."""
+    """ "key=value" -> (key, value); the value is read as a TOML literal, else kept as a string."""
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     key, raw = (s.strip() for s in item.split("=", 1))
@@ -251,4 +255,3 @@ def recipe_sha256(recipe: dict[str, Any]) -> str:
     """Hex sha256 of the canonical JSON (sorted keys, no spaces) of a recipe dict."""
     blob = json.dumps(recipe, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-

@@ -35,8 +35,18 @@ import torch.nn.functional as F
 from training.errors import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where `apt-get install dataset-fashion-mnist` puts it
-FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                        "Bag", "Ankle boot"]
+FASHION_MNIST_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 MNIST_DIR = Path(__file__).resolve().parents[1] / "data" / "mnist"  # shipped with the repository
 MNIST_MD5 = {  # of the .gz files as distributed (data/mnist/README.md); checked on first read
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -52,14 +62,15 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 @dataclass
 class Dataset:
     """Three splits of uint8 images (N, C, H, W) and int64 labels (N,), plus class names."""
-    name: str                 # the spec it was loaded from, e.g. "digits", "idx:/data/mnist"
-    labels: list[str]         # class names in index order
-    train_x: torch.Tensor     # (N_train, C, H, W) uint8
-    train_y: torch.Tensor     # (N_train,) int64
-    val_x: torch.Tensor       # (N_val, C, H, W) uint8
-    val_y: torch.Tensor       # (N_val,) int64
-    test_x: torch.Tensor      # (N_test, C, H, W) uint8
-    test_y: torch.Tensor      # (N_test,) int64
+
+    name: str  # the spec it was loaded from, e.g. "digits", "idx:/data/mnist"
+    labels: list[str]  # class names in index order
+    train_x: torch.Tensor  # (N_train, C, H, W) uint8
+    train_y: torch.Tensor  # (N_train,) int64
+    val_x: torch.Tensor  # (N_val, C, H, W) uint8
+    val_y: torch.Tensor  # (N_val,) int64
+    test_x: torch.Tensor  # (N_test, C, H, W) uint8
+    test_y: torch.Tensor  # (N_test,) int64
 
     @property
     def input_shape(self) -> list[int]:
@@ -68,12 +79,12 @@ class Dataset:
 
     @property
     def color_mode(self) -> str:
-        """"L" for 1 channel, "RGB" for 3."""
+        """ "L" for 1 channel, "RGB" for 3."""
         return "L" if self.train_x.shape[1] == 1 else "RGB"
 
     def mean_std(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training images scaled to [0, 1]."""
-        x = self.train_x.double().div_(255.0)                # (N, C, H, W)
+        x = self.train_x.double().div_(255.0)  # (N, C, H, W)
         mean = x.mean(dim=(0, 2, 3))
         std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
         return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
@@ -96,8 +107,9 @@ def dataset_key(spec: str) -> str:
     return spec.split(":", 1)[0].replace("-", "_")
 
 
-def load_dataset(spec: str, *, seed: int = 0, val_fraction: float = 0.1, image_size: int = 32,
-                 color_mode: str = "auto") -> Dataset:
+def load_dataset(
+    spec: str, *, seed: int = 0, val_fraction: float = 0.1, image_size: int = 32, color_mode: str = "auto"
+) -> Dataset:
     """Load a dataset by spec (see the module docstring). Raises DataError with an actionable message."""
     kind = data_kind(spec)
     if spec == "digits":
@@ -106,20 +118,25 @@ def load_dataset(spec: str, *, seed: int = 0, val_fraction: float = 0.1, image_s
         return load_mnist()
     if spec == "fashion-mnist":
         if not Path(FASHION_MNIST_DIR).is_dir():
-            raise DataError(f"fashion-mnist not found at {FASHION_MNIST_DIR}: install Debian's package "
-                            f"dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist), or pass idx:DIR")
-        return load_idx_dir(FASHION_MNIST_DIR, name=spec, labels=FASHION_MNIST_LABELS, seed=seed,
-                            val_fraction=val_fraction)
+            raise DataError(
+                f"fashion-mnist not found at {FASHION_MNIST_DIR}: install Debian's package "
+                f"dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist), or pass idx:DIR"
+            )
+        return load_idx_dir(
+            FASHION_MNIST_DIR, name=spec, labels=FASHION_MNIST_LABELS, seed=seed, val_fraction=val_fraction
+        )
     path = spec.split(":", 1)[1]
     if not path:
         raise DataError(f"data {spec!r} names no directory")
     if kind == "gray28":
         return load_idx_dir(path, name=spec, seed=seed, val_fraction=val_fraction)
-    return load_folder(path, name=spec, image_size=image_size, color_mode=color_mode, seed=seed,
-                       val_fraction=val_fraction)
+    return load_folder(
+        path, name=spec, image_size=image_size, color_mode=color_mode, seed=seed, val_fraction=val_fraction
+    )
 
 
 # ----------------------------------------------------------------------------- splitting
+
 
 def stratified_split(y: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
     """Split indices per class by ``fractions`` (summing to 1), shuffled with ``seed``. Sorted indices."""
@@ -142,14 +159,15 @@ def _hold_out_val(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: i
 
 # ----------------------------------------------------------------------------- digits
 
+
 def digits_images() -> tuple[torch.Tensor, torch.Tensor]:
     """All 1797 scikit-learn digits as MNIST-style 28x28 uint8 (N, 1, 28, 28) and labels (N,)."""
     from sklearn.datasets import load_digits as sk_load_digits  # bundled with scikit-learn, no download
 
     d = sk_load_digits()
-    x = torch.from_numpy(d.images).float().mul_(255.0 / 16.0).unsqueeze(1)      # (N, 1, 8, 8) in 0..255
+    x = torch.from_numpy(d.images).float().mul_(255.0 / 16.0).unsqueeze(1)  # (N, 1, 8, 8) in 0..255
     x = F.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False, antialias=True)
-    x = F.pad(x, (4, 4, 4, 4))                                                    # (N, 1, 28, 28)
+    x = F.pad(x, (4, 4, 4, 4))  # (N, 1, 28, 28)
     x = x.round_().clamp_(0, 255).to(torch.uint8)
     return x, torch.from_numpy(d.target).long()
 
@@ -203,9 +221,11 @@ def verify_mnist(directory: str | os.PathLike | None = None) -> Path:
         else:
             _verified[key] = True
     if problems:
-        raise DataError(f"MNIST in {d}: {'; '.join(problems)}. The repository ships these files in data/mnist/ "
-                        f"(restore them with `git checkout -- data/mnist`), or point CNN_MNIST_DIR at a "
-                        f"folder holding the original files")
+        raise DataError(
+            f"MNIST in {d}: {'; '.join(problems)}. The repository ships these files in data/mnist/ "
+            f"(restore them with `git checkout -- data/mnist`), or point CNN_MNIST_DIR at a "
+            f"folder holding the original files"
+        )
     return d
 
 
@@ -221,8 +241,14 @@ def load_mnist(directory: str | os.PathLike | None = None) -> Dataset:
 
 # ----------------------------------------------------------------------------- IDX
 
-_IDX_DTYPES: dict[int, np.dtype] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
-                                    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -245,8 +271,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     count = int(np.prod(dims))
     if len(raw) - header != count * dtype.itemsize:
-        raise DataError(f"{path}: header says {dims} x {dtype.itemsize} bytes but the file holds "
-                        f"{len(raw) - header} bytes of data")
+        raise DataError(
+            f"{path}: header says {dims} x {dtype.itemsize} bytes but the file holds {len(raw) - header} bytes of data"
+        )
     return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -257,8 +284,10 @@ def _find_idx(directory: Path, split: str, what: str) -> Path:
     pattern = re.compile(rf"(^|[-_.])({'|'.join(splits)})[-_.]({'|'.join(kinds)})[-_.]idx\d[-_.]ubyte(\.gz)?$")
     hits = sorted(p for p in directory.iterdir() if p.is_file() and pattern.search(p.name.lower()))
     if not hits:
-        raise DataError(f"no {split} {what} IDX file (e.g. {splits[0]}-{what}-idx"
-                        f"{3 if what == 'images' else 1}-ubyte[.gz]) in {directory}")
+        raise DataError(
+            f"no {split} {what} IDX file (e.g. {splits[0]}-{what}-idx"
+            f"{3 if what == 'images' else 1}-ubyte[.gz]) in {directory}"
+        )
     return hits[0]
 
 
@@ -268,8 +297,9 @@ def load_idx_split(directory: str | os.PathLike, split: str) -> tuple[torch.Tens
     ip, lp = _find_idx(directory, split, "images"), _find_idx(directory, split, "labels")
     images, labels = read_idx(ip), read_idx(lp)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise DataError(f"{ip}: expected uint8 images of shape (N, H, W) or (N, H, W, C), "
-                        f"got {images.dtype} {images.shape}")
+        raise DataError(
+            f"{ip}: expected uint8 images of shape (N, H, W) or (N, H, W, C), got {images.dtype} {images.shape}"
+        )
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{lp}: expected a 1-D integer label array, got {labels.dtype} {labels.shape}")
     if len(images) != len(labels):
@@ -279,8 +309,14 @@ def load_idx_split(directory: str | os.PathLike, split: str) -> tuple[torch.Tens
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
-def load_idx_dir(directory: str | os.PathLike, *, name: str, labels: list[str] | None = None, seed: int = 0,
-                 val_fraction: float = 0.1) -> Dataset:
+def load_idx_dir(
+    directory: str | os.PathLike,
+    *,
+    name: str,
+    labels: list[str] | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+) -> Dataset:
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"data directory {directory} does not exist")
@@ -300,6 +336,7 @@ def load_idx_dir(directory: str | os.PathLike, *, name: str, labels: list[str] |
 
 
 # ----------------------------------------------------------------------------- folder
+
 
 def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -337,8 +374,15 @@ def _is_gray(root: Path) -> bool:
     return True
 
 
-def load_folder(directory: str | os.PathLike, *, name: str, image_size: int = 32, color_mode: str = "auto",
-                seed: int = 0, val_fraction: float = 0.1) -> Dataset:
+def load_folder(
+    directory: str | os.PathLike,
+    *,
+    name: str,
+    image_size: int = 32,
+    color_mode: str = "auto",
+    seed: int = 0,
+    val_fraction: float = 0.1,
+) -> Dataset:
     root = Path(directory)
     if not root.is_dir():
         raise DataError(f"data directory {root} does not exist")

@@ -38,13 +38,14 @@ DEVICES = ("cpu", "cuda", "auto")
 @dataclass
 class DistContext:
     """Where this process stands: its rank among ``world_size`` processes and the device it trains on."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1
     device: torch.device = torch.device("cpu")
-    backend: str = ""            # "gloo" | "nccl" once a process group is in use; "" for a single process
-    owns_group: bool = False     # True when setup() created the process group (and teardown() ends it)
+    backend: str = ""  # "gloo" | "nccl" once a process group is in use; "" for a single process
+    owns_group: bool = False  # True when setup() created the process group (and teardown() ends it)
 
     @property
     def enabled(self) -> bool:
@@ -76,7 +77,7 @@ def env_rank() -> int:
 
 
 def resolve_device(request: str, local_rank: int, distributed: bool) -> torch.device:
-    """"cpu" | "cuda" | "auto" -> a torch.device; under DDP each process takes cuda:LOCAL_RANK."""
+    """ "cpu" | "cuda" | "auto" -> a torch.device; under DDP each process takes cuda:LOCAL_RANK."""
     if request not in DEVICES:
         raise ConfigError(f"unknown device {request!r}; expected one of {', '.join(DEVICES)}")
     if request == "auto":
@@ -87,8 +88,10 @@ def resolve_device(request: str, local_rank: int, distributed: bool) -> torch.de
         raise ConfigError("--device cuda: no CUDA device is available to this process")
     if distributed:
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices; "
-                              f"start at most that many processes per node")
+            raise ConfigError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices; "
+                f"start at most that many processes per node"
+            )
         return torch.device("cuda", local_rank)
     return torch.device("cuda", torch.cuda.current_device())
 
@@ -124,8 +127,14 @@ def context(device: str = "cpu") -> DistContext:
         backend = "nccl" if dev.type == "cuda" else "gloo"
     if backend == "nccl" and dev.type != "cuda":
         raise ConfigError("the process group uses NCCL, which needs --device cuda")
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank, local_world_size=max(1, local_world),
-                       device=dev, backend=backend)
+    return DistContext(
+        rank=rank,
+        world_size=world,
+        local_rank=local_rank,
+        local_world_size=max(1, local_world),
+        device=dev,
+        backend=backend,
+    )
 
 
 def setup(ctx: DistContext) -> DistContext:
@@ -165,12 +174,16 @@ def check_config(cfg, ctx: DistContext) -> None:
         return
     if cfg.batch_size % ctx.world_size:
         lower = cfg.batch_size - cfg.batch_size % ctx.world_size
-        raise ConfigError(f"recipe key 'batch_size': {cfg.batch_size} is not divisible by the {ctx.world_size} "
-                          f"processes; batch_size is the effective (global) batch and each process takes "
-                          f"batch_size / world_size images per step (try --set batch_size={lower or ctx.world_size})")
+        raise ConfigError(
+            f"recipe key 'batch_size': {cfg.batch_size} is not divisible by the {ctx.world_size} "
+            f"processes; batch_size is the effective (global) batch and each process takes "
+            f"batch_size / world_size images per step (try --set batch_size={lower or ctx.world_size})"
+        )
     if cfg.sync_bn and ctx.device.type != "cuda":
-        raise ConfigError("recipe key 'sync_bn': torch's SyncBatchNorm runs on CUDA tensors only, not on CPU "
-                          "(gloo); drop it to normalise over each process's part of the batch, or use --device cuda")
+        raise ConfigError(
+            "recipe key 'sync_bn': torch's SyncBatchNorm runs on CUDA tensors only, not on CPU "
+            "(gloo); drop it to normalise over each process's part of the batch, or use --device cuda"
+        )
 
 
 def shard(idx: torch.Tensor, ctx: DistContext) -> torch.Tensor:
@@ -215,4 +228,4 @@ def broadcast_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
 def derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed from the run seed and labels such as ("augment", rank, epoch); stable across runs."""
     blob = ":".join(str(p) for p in (seed, *parts)).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & (2 ** 63 - 1)
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & (2**63 - 1)

@@ -50,8 +50,10 @@ def load_image(path: str | os.PathLike, pre: Preprocessing | dict[str, Any]) -> 
 def feature_maps(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, torch.Tensor]], torch.Tensor]:
     """Run x (1, C, H, W) through the model; -> ([(stage, maps (C', h, w))], logits (1, K))."""
     caught: list[tuple[str, torch.Tensor]] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: caught.append((n, o[0].detach().clone())))
-             for n, m in feature_stages(model)]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o, n=n: caught.append((n, o[0].detach().clone())))
+        for n, m in feature_stages(model)
+    ]
     try:
         logits = model(x)
     finally:
@@ -60,8 +62,9 @@ def feature_maps(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, tor
     return caught, logits
 
 
-def inspect_image(ckpt_path: str | os.PathLike, image_path: str | os.PathLike,
-                  out_path: str | os.PathLike, max_channels: int = 16) -> dict[str, Any]:
+def inspect_image(
+    ckpt_path: str | os.PathLike, image_path: str | os.PathLike, out_path: str | os.PathLike, max_channels: int = 16
+) -> dict[str, Any]:
     """Write the feature-map grid PNG; return the prediction."""
     from training.report import plot_feature_maps
 
@@ -75,6 +78,11 @@ def inspect_image(ckpt_path: str | os.PathLike, image_path: str | os.PathLike,
     k = int(probs.argmax())
     label = ckpt.labels[k]
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    plot_feature_maps(image, [(n, m.numpy()) for n, m in maps], out_path, max_channels=max_channels,
-                      title=f"{ckpt.model_name}: {Path(image_path).name} -> {label} ({float(probs[k]):.1%})")
+    plot_feature_maps(
+        image,
+        [(n, m.numpy()) for n, m in maps],
+        out_path,
+        max_channels=max_channels,
+        title=f"{ckpt.model_name}: {Path(image_path).name} -> {label} ({float(probs[k]):.1%})",
+    )
     return {"label": label, "index": k, "probability": float(probs[k]), "stages": [n for n, _ in maps]}

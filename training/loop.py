@@ -55,7 +55,7 @@ def setup_torch(cfg: TrainConfig, processes_per_node: int = 1, distributed: bool
     # ~15 % faster without it, with bit-identical weights (docs/training.md).
     torch.utils.deterministic.fill_uninitialized_memory = False
     if cfg.keep_freed_memory and not distributed:  # not in a process group: DDP runs on gloo aborted at exit
-        keep_freed_memory()                          # in 2 of 7 CI runs with it (docs/training.md)
+        keep_freed_memory()  # in 2 of 7 CI runs with it (docs/training.md)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
@@ -67,11 +67,23 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
     return n // batch_size + (1 if n % batch_size >= 2 * world_size else 0)
 
 
-def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x: torch.Tensor, y: torch.Tensor,
-                    transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor], g: torch.Generator,
-                    batch_size: int, label_smoothing: float = 0.0, grad_clip: float = 0.0, *,
-                    ctx: DistContext | None = None, aug_generator: torch.Generator | None = None,
-                    amp: str = "off", progress: str | None = None) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    g: torch.Generator,
+    batch_size: int,
+    label_smoothing: float = 0.0,
+    grad_clip: float = 0.0,
+    *,
+    ctx: DistContext | None = None,
+    aug_generator: torch.Generator | None = None,
+    amp: str = "off",
+    progress: str | None = None,
+) -> dict[str, float]:
     """One pass over (x uint8 (N, C, H, W), y (N,)) in a seeded random order. Returns loss/accuracy/speed.
 
     ``g`` draws the permutation (and the augmentation, unless ``aug_generator`` is given). Under DDP
@@ -85,23 +97,26 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x: torc
     dev_type = y.device.type
     ctx = ctx or DistContext()
     n = x.shape[0]
-    perm = torch.randperm(n, generator=g)                      # (N,)
+    perm = torch.randperm(n, generator=g)  # (N,)
     ag = g if aug_generator is None else aug_generator
     loss_sum = torch.zeros((), dtype=torch.float64, device=y.device)
     correct = torch.zeros((), dtype=torch.int64, device=y.device)
     seen = 0
     steps = steps_per_epoch(n, batch_size, ctx.world_size)
-    bar = Progress(steps, progress, "batch", unit_scale=batch_size, rate_unit="img",
-                   plain_final=False) if progress else None
+    bar = (
+        Progress(steps, progress, "batch", unit_scale=batch_size, rate_unit="img", plain_final=False)
+        if progress
+        else None
+    )
     t0 = time.perf_counter()
     for i in range(steps):
-        idx = perm[i * batch_size:(i + 1) * batch_size]        # (B,) the global batch
+        idx = perm[i * batch_size : (i + 1) * batch_size]  # (B,) the global batch
         global_n = len(idx)
-        idx = distributed.shard(idx, ctx)                      # (B / world_size,) this rank's part
-        xb = transform(x[idx], ag)                             # (b, C, H, W) float32, normalised
-        yb = y[idx]                                            # (b,)
+        idx = distributed.shard(idx, ctx)  # (B / world_size,) this rank's part
+        xb = transform(x[idx], ag)  # (b, C, H, W) float32, normalised
+        yb = y[idx]  # (b,)
         with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-            logits = model(xb)                                 # (b, num_classes)
+            logits = model(xb)  # (b, num_classes)
             loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         # DDP averages the ranks' gradients; weight uneven parts (a last partial batch) by their size so
@@ -122,30 +137,43 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x: torc
     dt = time.perf_counter() - t0
     if ctx.enabled:
         loss_total, correct_total, seen_total = distributed.all_reduce_sum([loss_sum, correct, seen], ctx)
-        return {"loss": loss_total / seen_total, "accuracy": correct_total / seen_total,
-                "images_per_s": seen_total / dt, "seconds": dt}
-    return {"loss": float(loss_sum) / seen, "accuracy": int(correct) / seen, "images_per_s": seen / dt,
-            "seconds": dt}
+        return {
+            "loss": loss_total / seen_total,
+            "accuracy": correct_total / seen_total,
+            "images_per_s": seen_total / dt,
+            "seconds": dt,
+        }
+    return {"loss": float(loss_sum) / seen, "accuracy": int(correct) / seen, "images_per_s": seen / dt, "seconds": dt}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor],
-             batch_size: int = 1000) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 1000,
+) -> dict[str, Any]:
     """Loss, accuracy and predictions (N,) of ``model`` on uint8 images x (N, C, H, W)."""
     model.eval()
     preds, loss_sum = [], 0.0
     for i in range(0, x.shape[0], batch_size):
-        logits = model(normalize(x[i:i + batch_size]))        # (b, num_classes)
-        loss_sum += float(F.cross_entropy(logits, y[i:i + batch_size], reduction="sum"))
+        logits = model(normalize(x[i : i + batch_size]))  # (b, num_classes)
+        loss_sum += float(F.cross_entropy(logits, y[i : i + batch_size], reduction="sum"))
         preds.append(logits.argmax(1))
-    p = torch.cat(preds)                                       # (N,)
+    p = torch.cat(preds)  # (N,)
     return {"loss": loss_sum / len(y), "accuracy": float((p == y).double().mean()), "preds": p}
 
 
 @torch.no_grad()
-def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     normalize: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
-                     ctx: DistContext) -> dict[str, float]:
+def evaluate_sharded(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    ctx: DistContext,
+) -> dict[str, float]:
     """Loss and accuracy over all of x, each rank scoring its contiguous share; sums and counts are
     all-reduced, so every rank gets the same numbers. A single process falls back to ``evaluate``."""
     if not ctx.enabled:
@@ -155,8 +183,8 @@ def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     xs, ys = x.tensor_split(ctx.world_size)[ctx.rank], y.tensor_split(ctx.world_size)[ctx.rank]
     loss_sum, correct = 0.0, 0
     for i in range(0, len(ys), batch_size):
-        logits = model(normalize(xs[i:i + batch_size]))       # (b, num_classes)
-        yb = ys[i:i + batch_size]
+        logits = model(normalize(xs[i : i + batch_size]))  # (b, num_classes)
+        yb = ys[i : i + batch_size]
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
     loss_total, correct_total, n = distributed.all_reduce_sum([loss_sum, correct, len(ys)], ctx)
@@ -165,17 +193,18 @@ def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def confusion_matrix(y: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(num_classes, num_classes) counts, rows = true class, columns = predicted class."""
-    return torch.bincount(y * num_classes + preds, minlength=num_classes ** 2).view(num_classes, num_classes)
+    return torch.bincount(y * num_classes + preds, minlength=num_classes**2).view(num_classes, num_classes)
 
 
 # ----------------------------------------------------------------------------- fit
+
 
 def build(model_name: str, data: Dataset, cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
     C, H, W = data.input_shape
     if H != W:
         raise DataError(f"{data.name}: images are {H}x{W}; the models take square inputs")
     kwargs = {"num_classes": len(data.labels), "in_channels": C, "input_size": H, **cfg.model}
-    model = create_model(model_name, **kwargs)           # names a bad argument before anything else
+    model = create_model(model_name, **kwargs)  # names a bad argument before anything else
     return model, resolved_arguments(model_name, **kwargs)  # the checkpoint records defaults too
 
 
@@ -200,9 +229,17 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-def fit(model_name: str, data_spec: str, cfg: TrainConfig, out_dir: str | os.PathLike, *,
-        recipe_name: str = "", resume: str | os.PathLike | None = None,
-        log: Callable[[str], None] = print, device: str = "cpu") -> dict[str, Any]:
+def fit(
+    model_name: str,
+    data_spec: str,
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    recipe_name: str = "",
+    resume: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Train ``model_name`` on ``data_spec`` with ``cfg``; write best.pt, last.pt, metrics.jsonl,
     summary.json, curves.png and confusion.png into ``out_dir``. Returns the summary.
 
@@ -213,21 +250,39 @@ def fit(model_name: str, data_spec: str, cfg: TrainConfig, out_dir: str | os.Pat
     distributed.check_config(cfg, ctx)
     distributed.setup(ctx)
     try:
-        return _fit(model_name, data_spec, cfg, Path(out_dir), ctx, recipe_name=recipe_name, resume=resume,
-                    log=log if ctx.is_main else (lambda _msg: None))
+        return _fit(
+            model_name,
+            data_spec,
+            cfg,
+            Path(out_dir),
+            ctx,
+            recipe_name=recipe_name,
+            resume=resume,
+            log=log if ctx.is_main else (lambda _msg: None),
+        )
     finally:
         distributed.teardown(ctx)
 
 
-def _fit(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, ctx: DistContext, *,
-         recipe_name: str, resume: str | os.PathLike | None, log: Callable[[str], None]) -> dict[str, Any]:
+def _fit(
+    model_name: str,
+    data_spec: str,
+    cfg: TrainConfig,
+    out: Path,
+    ctx: DistContext,
+    *,
+    recipe_name: str,
+    resume: str | os.PathLike | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     wall0 = time.perf_counter()
     dev = ctx.device
     if dev.type == "cuda" and cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     setup_torch(cfg, ctx.local_world_size if ctx.enabled else 1, distributed=ctx.enabled)
-    data = load_dataset(data_spec, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size,
-                        color_mode=cfg.color_mode)
+    data = load_dataset(
+        data_spec, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size, color_mode=cfg.color_mode
+    )
     model, model_kwargs = build(model_name, data, cfg)
     mean, std = data.mean_std()
     normalize = Normalize(mean, std)
@@ -255,24 +310,38 @@ def _fit(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, ctx: Dist
     recipe = cfg.to_dict()
     _, H, W = data.input_shape
     static = {
-        "format_version": ckpt_io.FORMAT_VERSION, "model_name": model_name, "model_kwargs": model_kwargs,
-        "labels": list(data.labels), "input_shape": data.input_shape,
+        "format_version": ckpt_io.FORMAT_VERSION,
+        "model_name": model_name,
+        "model_kwargs": model_kwargs,
+        "labels": list(data.labels),
+        "input_shape": data.input_shape,
         "preprocessing": ckpt_io.preprocessing(data.color_mode, H, W, mean, std),
-        "dataset": data_spec, "recipe": recipe, "recipe_name": recipe_name,
-        "recipe_sha256": recipe_sha256(recipe), "torch_version": str(torch.__version__),
+        "dataset": data_spec,
+        "recipe": recipe,
+        "recipe_name": recipe_name,
+        "recipe_sha256": recipe_sha256(recipe),
+        "torch_version": str(torch.__version__),
     }
     if ctx.enabled:
-        static["distributed"] = {"world_size": ctx.world_size, "backend": ctx.backend,
-                                 "per_rank_batch_size": cfg.batch_size // ctx.world_size}
+        static["distributed"] = {
+            "world_size": ctx.world_size,
+            "backend": ctx.backend,
+            "per_rank_batch_size": cfg.batch_size // ctx.world_size,
+        }
     history: list[dict[str, Any]] = []
     best = {"val_accuracy": -1.0, "val_loss": float("inf"), "epoch": 0}
     bad_epochs, start = 0, 1
     if resume is not None:  # every rank reads the file (it must be visible to all of them) and restores it
         ck = ckpt_io.load_checkpoint(resume)
-        if ck.get("model_name") != model_name or ck.get("dataset") != data_spec or \
-                not _same_recipe(recipe, ck.get("recipe", {})):
-            raise ConfigError(f"{resume} was trained with a different model, data or recipe; "
-                              f"--resume continues the saved run (only --epochs may change)")
+        if (
+            ck.get("model_name") != model_name
+            or ck.get("dataset") != data_spec
+            or not _same_recipe(recipe, ck.get("recipe", {}))
+        ):
+            raise ConfigError(
+                f"{resume} was trained with a different model, data or recipe; "
+                f"--resume continues the saved run (only --epochs may change)"
+            )
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -286,14 +355,18 @@ def _fit(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, ctx: Dist
         log(f"resuming {resume} at epoch {start}/{cfg.epochs}")
         planned = int(ck.get("recipe", {}).get("epochs", cfg.epochs))
         if planned != cfg.epochs:
-            log(f"note: the run was planned for {planned} epochs, now {cfg.epochs}: the {cfg.schedule} schedule is "
+            log(
+                f"note: the run was planned for {planned} epochs, now {cfg.epochs}: the {cfg.schedule} schedule is "
                 f"recomputed over {cfg.epochs} epochs, so the learning rate goes from {saved_lr:.2e} to "
-                f"{opt.param_groups[0]['lr']:.2e} at this step")
+                f"{opt.param_groups[0]['lr']:.2e} at this step"
+            )
         saved_world = int(ck.get("distributed", {}).get("world_size", 1))
         if saved_world != ctx.world_size:
-            log(f"note: {resume} was trained by {saved_world} process(es), this run has {ctx.world_size}: "
+            log(
+                f"note: {resume} was trained by {saved_world} process(es), this run has {ctx.world_size}: "
                 f"same data order and effective batch, but other augmentation/dropout draws, so the result is "
-                f"not bit-identical to an uninterrupted run")
+                f"not bit-identical to an uninterrupted run"
+            )
     train_model: nn.Module = model
     if ctx.enabled:  # broadcasts rank 0's parameters and buffers; averages gradients during backward
         from torch.nn.parallel import DistributedDataParallel
@@ -307,39 +380,76 @@ def _fit(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, ctx: Dist
             f.writelines(json.dumps(h) + "\n" for h in history)
 
     def snapshot(epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        snap = {**static, "state_dict": model.state_dict(), "metrics": metrics, "created": ckpt_io.utc_now(),
-                "epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": ckpt_io.rng_state(g), "history": history, "best": best, "bad_epochs": bad_epochs}
+        snap = {
+            **static,
+            "state_dict": model.state_dict(),
+            "metrics": metrics,
+            "created": ckpt_io.utc_now(),
+            "epoch": epoch,
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": ckpt_io.rng_state(g),
+            "history": history,
+            "best": best,
+            "bad_epochs": bad_epochs,
+        }
         return snap if dev.type == "cpu" else _to_cpu(snap)
 
-    log(f"training {model_name} on {data_spec}: {n_train} train / {len(data.val_y)} val / "
+    log(
+        f"training {model_name} on {data_spec}: {n_train} train / {len(data.val_y)} val / "
         f"{len(data.test_y)} test images {data.input_shape}, recipe {recipe_name or '(custom)'}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, {torch.get_num_threads()} threads"
-        f"{'' if dev.type == 'cpu' else f', {dev}'}")
+        f"{'' if dev.type == 'cpu' else f', {dev}'}"
+    )
     if ctx.enabled:
         rest = n_train % cfg.batch_size
-        log(f"distributed: {ctx.world_size} processes ({ctx.backend}), {cfg.batch_size // ctx.world_size} images "
+        log(
+            f"distributed: {ctx.world_size} processes ({ctx.backend}), {cfg.batch_size // ctx.world_size} images "
             f"per process per step (effective batch {cfg.batch_size}), BatchNorm "
             f"{'synchronised' if cfg.sync_bn else 'per process'}"
-            + (f"; the last {rest} images of each epoch's order are left out (fewer than 2 per process)"
-               if 2 <= rest < 2 * ctx.world_size else ""))
+            + (
+                f"; the last {rest} images of each epoch's order are left out (fewer than 2 per process)"
+                if 2 <= rest < 2 * ctx.world_size
+                else ""
+            )
+        )
     stopped_early = False
     for epoch in range(start, cfg.epochs + 1):
         if ctx.enabled:  # per-rank streams, derived from (seed, rank, epoch): an exact resume needs no rank state
             aug_g.manual_seed(distributed.derive_seed(cfg.seed, "augment", ctx.rank, epoch))
             torch.manual_seed(distributed.derive_seed(cfg.seed, "torch", ctx.rank, epoch))  # dropout
         lr = opt.param_groups[0]["lr"]
-        tr = train_one_epoch(train_model, opt, sched, data.train_x, train_y, transform, g, cfg.batch_size,
-                             cfg.label_smoothing, cfg.grad_clip, ctx=ctx, aug_generator=aug_g, amp=cfg.amp,
-                             progress=f"epoch {epoch}/{cfg.epochs}" if ctx.is_main else None)
+        tr = train_one_epoch(
+            train_model,
+            opt,
+            sched,
+            data.train_x,
+            train_y,
+            transform,
+            g,
+            cfg.batch_size,
+            cfg.label_smoothing,
+            cfg.grad_clip,
+            ctx=ctx,
+            aug_generator=aug_g,
+            amp=cfg.amp,
+            progress=f"epoch {epoch}/{cfg.epochs}" if ctx.is_main else None,
+        )
         if ctx.enabled:
             distributed.broadcast_buffers(model, ctx)  # every rank evaluates the model rank 0 saves
             va = evaluate_sharded(model, data.val_x, val_y, normalize, cfg.eval_batch_size, ctx)
         else:
             va = evaluate(model, data.val_x, val_y, normalize, cfg.eval_batch_size)
-        row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-               "val_loss": va["loss"], "val_accuracy": va["accuracy"], "images_per_s": tr["images_per_s"],
-               "epoch_seconds": tr["seconds"]}
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": tr["loss"],
+            "train_accuracy": tr["accuracy"],
+            "val_loss": va["loss"],
+            "val_accuracy": va["accuracy"],
+            "images_per_s": tr["images_per_s"],
+            "epoch_seconds": tr["seconds"],
+        }
         history.append(row)
         # the metrics are reduced over the ranks, so every rank takes the same decisions here
         improved = (va["accuracy"], -va["loss"]) > (best["val_accuracy"], -best["val_loss"])
@@ -351,9 +461,11 @@ def _fit(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, ctx: Dist
         if ctx.is_main:
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-        log(f"epoch {epoch:3d}/{cfg.epochs}  loss {tr['loss']:.4f}  acc {tr['accuracy']:.2%}  |  "
+        log(
+            f"epoch {epoch:3d}/{cfg.epochs}  loss {tr['loss']:.4f}  acc {tr['accuracy']:.2%}  |  "
             f"val loss {va['loss']:.4f}  val acc {va['accuracy']:.2%}{' *' if improved else '  '}  |  "
-            f"lr {lr:.2e}  {tr['images_per_s']:,.0f} img/s  {tr['seconds']:.1f}s")
+            f"lr {lr:.2e}  {tr['images_per_s']:,.0f} img/s  {tr['seconds']:.1f}s"
+        )
         metrics = {"val_accuracy": va["accuracy"], "best_epoch": best["epoch"]}
         snap = snapshot(epoch, metrics) if ctx.is_main else {}
         if improved and ctx.is_main:
@@ -374,8 +486,16 @@ def _fit(model_name: str, data_spec: str, cfg: TrainConfig, out: Path, ctx: Dist
     return distributed.broadcast_object(summary, ctx)
 
 
-def finish(out: Path, data: Dataset, normalize: Normalize, cfg: TrainConfig, log: Callable[[str], None],
-           wall0: float, stopped_early: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def finish(
+    out: Path,
+    data: Dataset,
+    normalize: Normalize,
+    cfg: TrainConfig,
+    log: Callable[[str], None],
+    wall0: float,
+    stopped_early: bool,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Score best.pt and last.pt on the test split, store it in both, write the summary and plots."""
     from training import report
 
@@ -384,23 +504,46 @@ def finish(out: Path, data: Dataset, normalize: Normalize, cfg: TrainConfig, log
         ck = ckpt_io.load_checkpoint(out / f"{name}.pt")
         model = ckpt_io.build_model(ck)
         te = evaluate(model, data.test_x, data.test_y, normalize, cfg.eval_batch_size)
-        val = ck["history"][ck["best"]["epoch"] - 1]["val_accuracy"] if name == "best" else \
-            ck["history"][-1]["val_accuracy"]
-        ck["metrics"] = {"test_accuracy": te["accuracy"], "test_loss": te["loss"], "val_accuracy": val,
-                         "best_epoch": ck["best"]["epoch"], "epoch": ck["epoch"]}
+        val = (
+            ck["history"][ck["best"]["epoch"] - 1]["val_accuracy"]
+            if name == "best"
+            else ck["history"][-1]["val_accuracy"]
+        )
+        ck["metrics"] = {
+            "test_accuracy": te["accuracy"],
+            "test_loss": te["loss"],
+            "val_accuracy": val,
+            "best_epoch": ck["best"]["epoch"],
+            "epoch": ck["epoch"],
+        }
         ckpt_io.save_checkpoint(ck, out / f"{name}.pt")
         results[name] = (ck, te)
     ck, te = results["best"]
     cm = confusion_matrix(data.test_y, te["preds"], len(data.labels))
     report.plot_curves(results["last"][0]["history"], out / "curves.png")  # last.pt has the full history
-    report.plot_confusion(cm, data.labels, out / "confusion.png",
-                          title=f"{ck['model_name']} on {data.name}: test accuracy {te['accuracy']:.2%}")
-    summary = {"model": ck["model_name"], "dataset": data.name, "recipe": ck["recipe_name"],
-               "recipe_sha256": ck["recipe_sha256"], **ck["metrics"],
-               "last_test_accuracy": results["last"][1]["accuracy"], "epochs_run": results["last"][0]["epoch"],
-               "early_stopped": stopped_early, "wall_seconds": time.perf_counter() - wall0,
-               "threads": torch.get_num_threads(), **(extra or {}), "confusion_matrix": cm.tolist()}
+    report.plot_confusion(
+        cm,
+        data.labels,
+        out / "confusion.png",
+        title=f"{ck['model_name']} on {data.name}: test accuracy {te['accuracy']:.2%}",
+    )
+    summary = {
+        "model": ck["model_name"],
+        "dataset": data.name,
+        "recipe": ck["recipe_name"],
+        "recipe_sha256": ck["recipe_sha256"],
+        **ck["metrics"],
+        "last_test_accuracy": results["last"][1]["accuracy"],
+        "epochs_run": results["last"][0]["epoch"],
+        "early_stopped": stopped_early,
+        "wall_seconds": time.perf_counter() - wall0,
+        "threads": torch.get_num_threads(),
+        **(extra or {}),
+        "confusion_matrix": cm.tolist(),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log(f"best epoch {summary['best_epoch']}: val acc {summary['val_accuracy']:.2%}, "
-        f"test acc {summary['test_accuracy']:.2%}  ({summary['wall_seconds']:.1f}s) -> {out}/best.pt")
+    log(
+        f"best epoch {summary['best_epoch']}: val acc {summary['val_accuracy']:.2%}, "
+        f"test acc {summary['test_accuracy']:.2%}  ({summary['wall_seconds']:.1f}s) -> {out}/best.pt"
+    )
     return summary

@@ -25,7 +25,7 @@ MODES = ("auto", "bar", "lines", "off")
 
 
 def progress_mode(stream: IO[str] | None = None) -> str:
-    """"bar", "lines" or "off" for ``stream`` (default stderr), from ``CNN_PROGRESS`` and whether it is a TTY."""
+    """ "bar", "lines" or "off" for ``stream`` (default stderr), from ``CNN_PROGRESS`` and whether it is a TTY."""
     mode = os.environ.get("CNN_PROGRESS", "auto").strip().lower() or "auto"
     if mode not in MODES:
         raise ValueError(f"CNN_PROGRESS must be one of {', '.join(MODES)}, got {mode!r}")
@@ -45,10 +45,21 @@ def _fmt(v: Any) -> str:
 class Progress:
     """A progress display for ``total`` steps (None: unknown). See the module docstring."""
 
-    def __init__(self, total: int | None, desc: str, unit: str = "it", *, stream: IO[str] | None = None,
-                 mode: str | None = None, leave: bool = False, plain_every: float = 0.25,
-                 plain_final: bool = True, plain_interval_s: float = 10.0, unit_scale: int = 1,
-                 rate_unit: str = ""):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        unit: str = "it",
+        *,
+        stream: IO[str] | None = None,
+        mode: str | None = None,
+        leave: bool = False,
+        plain_every: float = 0.25,
+        plain_final: bool = True,
+        plain_interval_s: float = 10.0,
+        unit_scale: int = 1,
+        rate_unit: str = "",
+    ):
         self.stream = stream if stream is not None else sys.stderr
         self.mode = mode or progress_mode(self.stream)
         self.total, self.desc, self.unit = total, desc, unit
@@ -63,8 +74,16 @@ class Progress:
         if self.mode == "bar":
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, leave=leave,
-                             dynamic_ncols=True, mininterval=0.25, smoothing=0.1)
+            self._bar = tqdm(
+                total=total,
+                desc=desc,
+                unit=unit,
+                file=self.stream,
+                leave=leave,
+                dynamic_ncols=True,
+                mininterval=0.25,
+                smoothing=0.1,
+            )
 
     def update(self, n: int = 1, **postfix: Any) -> None:
         self.n += n
@@ -92,9 +111,14 @@ class Progress:
 
     def _line(self, now: float) -> None:
         elapsed = now - self._t0
-        done = f"{100 * self.n / self.total:3.0f}% ({self.n:,}/{self.total:,} {self.unit})" if self.total \
+        done = (
+            f"{100 * self.n / self.total:3.0f}% ({self.n:,}/{self.total:,} {self.unit})"
+            if self.total
             else f"{self.n:,} {self.unit}"
-        rate = f", {self.n * self.unit_scale / elapsed:,.0f} {self.rate_unit}/s" if elapsed > 0 and self.rate_unit else ""
+        )
+        rate = (
+            f", {self.n * self.unit_scale / elapsed:,.0f} {self.rate_unit}/s" if elapsed > 0 and self.rate_unit else ""
+        )
         post = "".join(f", {k} {_fmt(v)}" for k, v in self.postfix.items())
         print(f"{self.desc}: {done}, {elapsed:.1f}s{rate}{post}", file=self.stream, flush=True)
 

@@ -46,15 +46,27 @@ def plot_confusion(cm, labels: Sequence[str], path: str | os.PathLike, title: st
     for i in range(n):
         for j in range(n):
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if cm[i, j] > hi / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if cm[i, j] > hi / 2 else "black",
+                )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def plot_feature_maps(image: np.ndarray, stages: list[tuple[str, np.ndarray]], path: str | os.PathLike,
-                      title: str = "", max_channels: int = 16) -> None:
+def plot_feature_maps(
+    image: np.ndarray,
+    stages: list[tuple[str, np.ndarray]],
+    path: str | os.PathLike,
+    title: str = "",
+    max_channels: int = 16,
+) -> None:
     """One row per stage: the first ``max_channels`` feature maps (each min-max scaled), after the input.
 
     image: (H, W) or (H, W, 3) in [0, 1]; stages: (name, maps (C, h, w)).
@@ -71,8 +83,7 @@ def plot_feature_maps(image: np.ndarray, stages: list[tuple[str, np.ndarray]], p
         for c in range(min(cols, c_total)):
             m = maps[c]
             lo, hi = float(m.min()), float(m.max())
-            axes[r, c].imshow((m - lo) / (hi - lo) if hi > lo else np.zeros_like(m), cmap="viridis",
-                              vmin=0, vmax=1)
+            axes[r, c].imshow((m - lo) / (hi - lo) if hi > lo else np.zeros_like(m), cmap="viridis", vmin=0, vmax=1)
         axes[r, 0].set_title(f"{name} {c_total}x{maps.shape[1]}x{maps.shape[2]}", fontsize=7, loc="left")
     if title:
         fig.suptitle(title, fontsize=9)

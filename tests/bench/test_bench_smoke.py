@@ -18,22 +18,46 @@ import pytest
 from tests.conftest import ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-STEMS = {1: "s1_tiny_vs_echo", 2: "s2_compute_vs_raw", 3: "s3_client_batches", 4: "s4_batching", 5: "s5_workers",
-         6: "s6_memory_cold_start"}
+STEMS = {
+    1: "s1_tiny_vs_echo",
+    2: "s2_compute_vs_raw",
+    3: "s3_client_batches",
+    4: "s4_batching",
+    5: "s5_workers",
+    6: "s6_memory_cold_start",
+}
 PNGS = {6: "s6_memory"}
 
 
 def _bench(*args: str, timeout: float = 540) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 @pytest.fixture(scope="module")
 def smoke_run(model_repository, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "run"
-    proc = _bench("run", "--smoke", "--out", str(out), "--lenet-repo", str(model_repository),
-                  "--resnet-repo", str(model_repository), "--compare-root", str(ROOT))  # B = the same tree
-    assert proc.returncode == 0, f"bench exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    proc = _bench(
+        "run",
+        "--smoke",
+        "--out",
+        str(out),
+        "--lenet-repo",
+        str(model_repository),
+        "--resnet-repo",
+        str(model_repository),
+        "--compare-root",
+        str(ROOT),
+    )  # B = the same tree
+    assert proc.returncode == 0, (
+        f"bench exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    )
     return out
 
 
@@ -104,8 +128,22 @@ def test_s3_to_s6_have_their_measures(smoke_run):
 
 
 def test_ab_compares_two_trees_in_one_run(model_repository, tmp_path):
-    proc = _bench("ab", "--b", str(ROOT), "--repo", str(model_repository), "--concurrency", "2", "--rounds", "1",
-                  "--duration", "0.3", "--out", str(tmp_path), timeout=240)
+    proc = _bench(
+        "ab",
+        "--b",
+        str(ROOT),
+        "--repo",
+        str(model_repository),
+        "--concurrency",
+        "2",
+        "--rounds",
+        "1",
+        "--duration",
+        "0.3",
+        "--out",
+        str(tmp_path),
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads((tmp_path / "ab.json").read_text())["rows"]
     assert len(rows) == 1 and rows[0]["A_rps"] > 0 and rows[0]["B_rps"] > 0 and rows[0]["B_cpu_us"] > 0
@@ -113,18 +151,55 @@ def test_ab_compares_two_trees_in_one_run(model_repository, tmp_path):
 
 
 def test_inproc_measures_the_handler_without_grpc(model_repository):
-    proc = subprocess.run([sys.executable, "-m", "bench.inproc", "--repo", str(model_repository), "--concurrency", "1,4",
-                           "--requests", "200", "--rounds", "1", "--deadline", "--json"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.inproc",
+            "--repo",
+            str(model_repository),
+            "--concurrency",
+            "1,4",
+            "--requests",
+            "200",
+            "--rounds",
+            "1",
+            "--deadline",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
     assert set(res) == {"1", "4"} and all(v["cpu_us"] > 0 for v in res.values())
 
 
 def test_inproc_telemetry_ab_alternates_both_services_in_one_process(model_repository):
-    proc = subprocess.run([sys.executable, "-m", "bench.inproc", "--repo", str(model_repository), "--concurrency", "4",
-                           "--requests", "200", "--rounds", "3", "--telemetry", "ab", "--json"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.inproc",
+            "--repo",
+            str(model_repository),
+            "--concurrency",
+            "4",
+            "--requests",
+            "200",
+            "--rounds",
+            "3",
+            "--telemetry",
+            "ab",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])["results"]["4"]
     assert len(r["off"]["rounds"]) == len(r["on"]["rounds"]) == len(r["ratios"]) == 3
@@ -133,8 +208,13 @@ def test_inproc_telemetry_ab_alternates_both_services_in_one_process(model_repos
 
 
 def test_telemetry_tap_times_the_tap_per_answer():
-    proc = subprocess.run([sys.executable, "-m", "bench.telemetry_tap", "--answers", "2000", "--rounds", "2"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.telemetry_tap", "--answers", "2000", "--rounds", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     per = [float(x) for x in proc.stdout.split(":", 1)[1].split(";")[0].split(",")]
     assert len(per) == 2 and all(0 < x < 1000 for x in per) and "median" in proc.stdout
@@ -144,10 +224,17 @@ def test_digit_crops_reports_every_case(model_repository):
     from bench.digit_crops import CASES
 
     onnx_path = model_repository / "lenet5-digits" / "1" / "model.onnx"
-    proc = subprocess.run([sys.executable, "-m", "bench.digit_crops", "--model", str(onnx_path), "--n", "20"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.digit_crops", "--model", str(onnx_path), "--n", "20"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| MNIST test") or ln.startswith("| examples/photos")]
+    rows = [
+        ln for ln in proc.stdout.splitlines() if ln.startswith("| MNIST test") or ln.startswith("| examples/photos")
+    ]
     assert len(rows) == len(CASES) + 1
     for ln in rows:
         acc = float(ln.split("|")[3].strip().rstrip(" %"))
@@ -173,10 +260,23 @@ def test_http_floor_answers_what_onnxruntime_computes(model_repository, mode):
     proc, port = start_serving(["-m", "bench.http_floor", "serve", "--model", str(model), "--mode", mode])
 
     def post(x: np.ndarray) -> list[np.ndarray]:
-        header = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                         "parameters": {"binary_data_size": x.nbytes}}]}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/lenet5-digits/infer", header + x.tobytes(),
-                                     {BINARY_HEADER: str(len(header)), "Content-Type": "application/octet-stream"})
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": list(x.shape),
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ]
+            }
+        ).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v2/models/lenet5-digits/infer",
+            header + x.tobytes(),
+            {BINARY_HEADER: str(len(header)), "Content-Type": "application/octet-stream"},
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             body, n = r.read(), int(r.headers[BINARY_HEADER])
         outs, at = [], n
@@ -201,10 +301,34 @@ def test_http_floor_answers_what_onnxruntime_computes(model_repository, mode):
 
 
 def test_http_infer_runs_every_arm_pinned(model_repository, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench.http_infer", "--repo", str(model_repository), "--floor",
-                           "--mlserver-venv", str(tmp_path / "none"), "--rounds", "1", "--duration", "0.5",
-                           "--concurrency", "4", "--server-cpus", "0", "--client-cpus", "0", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.http_infer",
+            "--repo",
+            str(model_repository),
+            "--floor",
+            "--mlserver-venv",
+            str(tmp_path / "none"),
+            "--rounds",
+            "1",
+            "--duration",
+            "0.5",
+            "--concurrency",
+            "4",
+            "--server-cpus",
+            "0",
+            "--client-cpus",
+            "0",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads((tmp_path / "infer.json").read_text())
     assert set(r["summary"]) == {"server binary", "bare aiohttp", "server JSON", "floor inline", "floor batched"}
@@ -215,10 +339,19 @@ def test_http_infer_runs_every_arm_pinned(model_repository, tmp_path):
 
 def test_http_floor_model_cost_bounds_the_ratio(model_repository):
     model = model_repository / "lenet5-digits" / "1" / "model.onnx"
-    proc = subprocess.run([sys.executable, "-m", "bench.http_floor", "model-cost", "--model", str(model), "--bare-us", "50"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.http_floor", "model-cost", "--model", str(model), "--bare-us", "50"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    per_row = {int(ln.split()[1].rstrip(":")): float(ln.split()[2]) for ln in proc.stdout.splitlines() if ln.startswith("batch")}
+    per_row = {
+        int(ln.split()[1].rstrip(":")): float(ln.split()[2])
+        for ln in proc.stdout.splitlines()
+        if ln.startswith("batch")
+    }
     assert sorted(per_row) == [1, 4, 16, 32, 64] and all(v > 0 for v in per_row.values())
     bound = float(proc.stdout.split(" = ")[1].split()[0])
     assert bound == pytest.approx(50 / (50 + min(per_row.values())), abs=0.006)

@@ -57,7 +57,8 @@ class StallServer:
         self._stop = asyncio.Event()
         server = grpc.aio.server()
         handler = grpc.method_handlers_generic_handler(
-            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(self._handle)})
+            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(self._handle)}
+        )
         server.add_generic_rpc_handlers((handler,))
         self.port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -168,24 +169,42 @@ def test_http_requests_scheduled_during_a_stall_are_charged_the_stall():
     server = HttpStallServer(stall_at=100, stall_s=0.2)
     try:
         rate = 500.0
-        r = run_open_loop(server.address, b"x", rate, duration_s=2.0, warmup_s=0.0, arrival="constant",
-                          headers={"Inference-Header-Content-Length": "1"})
+        r = run_open_loop(
+            server.address,
+            b"x",
+            rate,
+            duration_s=2.0,
+            warmup_s=0.0,
+            arrival="constant",
+            headers={"Inference-Header-Content-Length": "1"},
+        )
         assert server.seen_headers.get("Inference-Header-Content-Length") == "1"
         _assert_stall_charged(server, r, rate)
     finally:
         server.close()
 
 
-@pytest.mark.parametrize("make,refused", [(StallServer, "RESOURCE_EXHAUSTED"), (HttpStallServer, "HTTP_429")],
-                         ids=["grpc", "http"])
+@pytest.mark.parametrize(
+    "make,refused", [(StallServer, "RESOURCE_EXHAUSTED"), (HttpStallServer, "HTTP_429")], ids=["grpc", "http"]
+)
 def test_errors_lost_and_dropped_requests_are_counted_not_timed(make, refused):
     server = make()
     try:
         r = run_open_loop(server.address, b"fail", 200.0, duration_s=0.5, warmup_s=0.0, arrival="constant")
         assert r.ok == 0 and r.outcomes() == {refused: r.scheduled} and r.failed == r.scheduled == 100
         assert r.histogram().count == 0 and r.error_samples and "told to fail" in r.error_samples[0]
-        r = run_open_loop(server.address, b"hang", 200.0, duration_s=0.25, warmup_s=0.0, arrival="constant",
-                          max_in_flight=20, drain_s=0.3, timeout_s=60, preflight=False)
+        r = run_open_loop(
+            server.address,
+            b"hang",
+            200.0,
+            duration_s=0.25,
+            warmup_s=0.0,
+            arrival="constant",
+            max_in_flight=20,
+            drain_s=0.3,
+            timeout_s=60,
+            preflight=False,
+        )
         assert (r.code == LOST).sum() == 20 and (r.code == DROPPED).sum() == r.scheduled - 20
         assert r.outcomes() == {"LOST": 20, "DROPPED_BY_GENERATOR": r.scheduled - 20}
     finally:

@@ -30,10 +30,33 @@ def _finite(v) -> bool:
 def run_dir(model_repository, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench21") / "run"
     repo = str(model_repository)
-    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--smoke", "--scenarios", "7-9", "--out", str(out),
-                           "--lenet-repo", repo, "--resnet-repo", repo, "--vgg-repo", repo],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.returncode == 0, f"bench exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--smoke",
+            "--scenarios",
+            "7-9",
+            "--out",
+            str(out),
+            "--lenet-repo",
+            repo,
+            "--resnet-repo",
+            repo,
+            "--vgg-repo",
+            repo,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, (
+        f"bench exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    )
     return out
 
 
@@ -57,8 +80,11 @@ def test_summary_lists_the_three_scenarios(run_dir):
 
 def test_s7_finds_a_max_rate_and_measures_every_level_open_loop(run_dir):
     r = _load(run_dir, "s7_open_loop")
-    assert [c["label"] for c in r["configs"]] == ["LeNet-5, batching on", "LeNet-5, batching off",
-                                                  "LeNet-5, batching on, HTTP"]
+    assert [c["label"] for c in r["configs"]] == [
+        "LeNet-5, batching on",
+        "LeNet-5, batching off",
+        "LeNet-5, batching on, HTTP",
+    ]
     assert [c["protocol"] for c in r["configs"]] == ["grpc", "grpc", "http"]
     assert r["configs"][1]["dynamic_batching"] is None and r["configs"][0]["dynamic_batching"] is not None
     assert r["configs"][2]["dynamic_batching"] == r["configs"][0]["dynamic_batching"]
@@ -81,7 +107,7 @@ def test_s7_finds_a_max_rate_and_measures_every_level_open_loop(run_dir):
 
 def test_s8_compares_every_memory_setting_and_soaks_the_server(run_dir):
     r = _load(run_dir, "s8_memory_batches")
-    (model, raw), = r["raw"].items()
+    ((model, raw),) = r["raw"].items()
     assert set(raw) == set(SETTINGS) and r["chosen"][model] in SETTINGS
     for res in raw.values():
         assert res["runs"] == r["mem_mode"]["raw_runs"]["resnet20"] and res["images_per_s"] > 0

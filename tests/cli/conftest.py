@@ -32,8 +32,14 @@ class Result:
 def cnn(*args: str, timeout: float = 300, env: dict | None = None, cwd: Path = ROOT) -> Result:
     """`cnn ARGS...` in a subprocess (python -m client.cli, this checkout), output captured."""
     t0 = time.monotonic()
-    p = subprocess.run([PY, "-m", "client.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    p = subprocess.run(
+        [PY, "-m", "client.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
     return Result(p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
 
 

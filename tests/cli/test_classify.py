@@ -20,17 +20,37 @@ FAST_S = 15
 def _clean(err: str) -> None:
     assert "Traceback" not in err, err
     assert "ssl_transport_security" not in err and "E0000" not in err and "I0000" not in err, err
-    assert not any(line[:1] in "IWE" and line[1:5].isdigit() for line in err.splitlines()), f"gRPC core log line:\n{err}"
+    assert not any(line[:1] in "IWE" and line[1:5].isdigit() for line in err.splitlines()), (
+        f"gRPC core log line:\n{err}"
+    )
 
 
 @pytest.fixture(scope="module")
 def tls_servers(model_repository, pki, tmp_path_factory):
     """A TLS server and a mutual-TLS server on the session's repository."""
     logs = tmp_path_factory.mktemp("tls-logs")
-    tls = start_server(model_repository, "--poll-interval-s", "0", "--tls-cert-file", str(pki / "server.pem"),
-                       "--tls-key-file", str(pki / "server.key"), log_dir=logs)
-    mtls = start_server(model_repository, "--poll-interval-s", "0", "--tls-cert-file", str(pki / "server.pem"),
-                        "--tls-key-file", str(pki / "server.key"), "--tls-client-ca-file", str(pki / "ca.pem"), log_dir=logs)
+    tls = start_server(
+        model_repository,
+        "--poll-interval-s",
+        "0",
+        "--tls-cert-file",
+        str(pki / "server.pem"),
+        "--tls-key-file",
+        str(pki / "server.key"),
+        log_dir=logs,
+    )
+    mtls = start_server(
+        model_repository,
+        "--poll-interval-s",
+        "0",
+        "--tls-cert-file",
+        str(pki / "server.pem"),
+        "--tls-key-file",
+        str(pki / "server.key"),
+        "--tls-client-ca-file",
+        str(pki / "ca.pem"),
+        log_dir=logs,
+    )
     yield tls, mtls
     tls.stop()
     mtls.stop()
@@ -91,8 +111,18 @@ def test_mtls_without_a_client_certificate_says_one_is_required(tls_servers, pki
 
 def test_mtls_with_a_certificate_from_another_ca_is_refused_by_name(tls_servers, pki):
     _, mtls = tls_servers
-    r = cnn("classify", str(digit_examples()[0]), "--server", mtls.address, "--tls-ca", str(pki / "ca.pem"),
-            "--tls-cert", str(pki / "rogue-client.pem"), "--tls-key", str(pki / "rogue-client.key"))
+    r = cnn(
+        "classify",
+        str(digit_examples()[0]),
+        "--server",
+        mtls.address,
+        "--tls-ca",
+        str(pki / "ca.pem"),
+        "--tls-cert",
+        str(pki / "rogue-client.pem"),
+        "--tls-key",
+        str(pki / "rogue-client.key"),
+    )
     assert r.rc == 1, r
     assert f"refused the client certificate --tls-cert {pki / 'rogue-client.pem'}" in r.err, r
     _clean(r.err)
@@ -101,8 +131,20 @@ def test_mtls_with_a_certificate_from_another_ca_is_refused_by_name(tls_servers,
 def test_mtls_with_the_right_certificate_classifies(tls_servers, pki):
     _, mtls = tls_servers
     image = digit_examples()[0]
-    r = cnn("classify", str(image), "--server", mtls.address, "--tls-ca", str(pki / "ca.pem"),
-            "--tls-cert", str(pki / "client.pem"), "--tls-key", str(pki / "client.key"), "--top-k", "1")
+    r = cnn(
+        "classify",
+        str(image),
+        "--server",
+        mtls.address,
+        "--tls-ca",
+        str(pki / "ca.pem"),
+        "--tls-cert",
+        str(pki / "client.pem"),
+        "--tls-key",
+        str(pki / "client.key"),
+        "--top-k",
+        "1",
+    )
     assert r.rc == 0, r
     assert r.out.startswith(f"{image}: "), r
 
@@ -110,16 +152,34 @@ def test_mtls_with_the_right_certificate_classifies(tls_servers, pki):
 @pytest.mark.parametrize("given, missing", [("--tls-cert", "--tls-key"), ("--tls-key", "--tls-cert")])
 def test_half_a_client_certificate_is_a_usage_error_not_a_native_abort(pki, given, missing):
     file = pki / ("client.pem" if given == "--tls-cert" else "client.key")
-    r = cnn("classify", str(digit_examples()[0]), "--server", f"127.0.0.1:{free_port()}", "--tls-ca",
-            str(pki / "ca.pem"), given, str(file))
+    r = cnn(
+        "classify",
+        str(digit_examples()[0]),
+        "--server",
+        f"127.0.0.1:{free_port()}",
+        "--tls-ca",
+        str(pki / "ca.pem"),
+        given,
+        str(file),
+    )
     assert r.rc == 2, r  # was 134 (SIGABRT in gRPC core) for --tls-cert alone
     assert f"{given} needs {missing}" in r.err, r
     _clean(r.err)
 
 
 def test_a_certificate_with_the_wrong_key_is_a_usage_error(pki):
-    r = cnn("classify", str(digit_examples()[0]), "--server", f"127.0.0.1:{free_port()}", "--tls-ca",
-            str(pki / "ca.pem"), "--tls-cert", str(pki / "client.pem"), "--tls-key", str(pki / "server.key"))
+    r = cnn(
+        "classify",
+        str(digit_examples()[0]),
+        "--server",
+        f"127.0.0.1:{free_port()}",
+        "--tls-ca",
+        str(pki / "ca.pem"),
+        "--tls-cert",
+        str(pki / "client.pem"),
+        "--tls-key",
+        str(pki / "server.key"),
+    )
     assert r.rc == 2, r
     assert f"--tls-cert {pki / 'client.pem'} and --tls-key {pki / 'server.key'} do not load" in r.err, r
 

@@ -33,8 +33,10 @@ def test_bash_completion_completes_a_subcommand():
     if not shutil.which("bash"):
         pytest.fail("bash is needed for this test")
     script = cnn("completion", "bash").out
-    probe = (script + '\nCOMP_WORDS=(cnn cla); COMP_CWORD=1; COMP_LINE="cnn cla"; COMP_POINT=${#COMP_LINE}\n'
-             '_shtab_cnn cnn cla cnn; printf "%s\\n" "${COMPREPLY[@]}"\n')
+    probe = (
+        script + '\nCOMP_WORDS=(cnn cla); COMP_CWORD=1; COMP_LINE="cnn cla"; COMP_POINT=${#COMP_LINE}\n'
+        '_shtab_cnn cnn cla cnn; printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
     p = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "classify" in p.stdout.split(), p.stdout
@@ -81,16 +83,44 @@ def test_export_models_list_and_serve_share_the_default_repository(trained_run, 
     r = cnn("models", "list", cwd=tmp_path)
     assert r.rc == 0 and MODEL_NAME in r.out, r
     other = tmp_path / "elsewhere"
-    r = cnn("export", str(trained_run / "best.pt"), "-q", *FAST_EXPORT, cwd=tmp_path, env={"CNN_SERVER_REPOSITORY": str(other)})
+    r = cnn(
+        "export",
+        str(trained_run / "best.pt"),
+        "-q",
+        *FAST_EXPORT,
+        cwd=tmp_path,
+        env={"CNN_SERVER_REPOSITORY": str(other)},
+    )
     assert r.rc == 0 and (other / MODEL_NAME / "1").is_dir(), r
     # serve (same default) finds the model exported without --repository
     port = free_port()
-    p = subprocess.Popen([PY, "-m", "client.cli", "serve", "--grpc-address", f"127.0.0.1:{port}", "--metrics-address", "",
-                          "--http-address", "", "--poll-interval-s", "0"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    p = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "client.cli",
+            "serve",
+            "--grpc-address",
+            f"127.0.0.1:{port}",
+            "--metrics-address",
+            "",
+            "--http-address",
+            "",
+            "--poll-interval-s",
+            "0",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         line = p.stdout.readline()
-        assert f"serving gRPC on 127.0.0.1:{port}" in line and MODEL_NAME in line, (line, p.stderr.read() if p.poll() else "")
+        assert f"serving gRPC on 127.0.0.1:{port}" in line and MODEL_NAME in line, (
+            line,
+            p.stderr.read() if p.poll() else "",
+        )
     finally:
         p.terminate()
         p.wait(30)
@@ -101,9 +131,16 @@ def test_a_closed_pipe_ends_quietly(model_repository, reader):
     """`cnn models list --json | head`: the reader is gone before the command writes (it exits at once,
     while the command takes a second to start): no BrokenPipe traceback, the exit status of a tool that
     SIGPIPE stopped."""
-    p = subprocess.run(f"set -o pipefail; {PY} -m client.cli models list --repository {model_repository} --json | {reader}",
-                       shell=True, executable="bash", cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    p = subprocess.run(
+        f"set -o pipefail; {PY} -m client.cli models list --repository {model_repository} --json | {reader}",
+        shell=True,
+        executable="bash",
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
     assert p.returncode == 141, (p.returncode, p.stderr)
 

@@ -28,18 +28,21 @@ def fenced_blocks(text: str) -> list[tuple[str, str, bool]]:
     """(language, body, marked) for every fenced block of a Markdown text."""
     out = []
     for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
-        before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1].strip()
+        before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1].strip()
         out.append((m.group(1), m.group(2), before == MARK))
     return out
 
 
 # ---------------------------------------------------------------------------------------- examples/server.yaml
 
+
 def test_example_server_yaml_loads_and_covers_every_key():
     path = ROOT / "examples" / "server.yaml"
     keys = set(yaml.safe_load(path.read_text()))
     fields = {f.name for f in dataclasses.fields(ServerConfig)}
-    assert keys == fields, f"missing from examples/server.yaml: {sorted(fields - keys)}; unknown: {sorted(keys - fields)}"
+    assert keys == fields, (
+        f"missing from examples/server.yaml: {sorted(fields - keys)}; unknown: {sorted(keys - fields)}"
+    )
     assert load_config(path, env={}) == ServerConfig(), "examples/server.yaml must show every default as it is"
     text = path.read_text()
     for key in fields:  # every key is explained on its line, once (YAML keeps the last of two silently)
@@ -51,13 +54,29 @@ def test_example_server_yaml_loads_and_covers_every_key():
 
 def test_cnn_serve_accepts_the_example_config():
     free = ["--grpc-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0"]
-    r = subprocess.run([PY, "-m", "client.cli", "serve", "--config", "examples/server.yaml", "--repository",
-                        "/nonexistent-repository", *free], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            PY,
+            "-m",
+            "client.cli",
+            "serve",
+            "--config",
+            "examples/server.yaml",
+            "--repository",
+            "/nonexistent-repository",
+            *free,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     # the config is valid: the start gets as far as the repository, which does not exist
     assert r.returncode == 2 and "/nonexistent-repository" in r.stderr and "config" not in r.stderr.lower(), r.stderr
 
 
 # ---------------------------------------------------------------------------------------- README: model config
+
 
 def _matches(doc, written, where: str) -> None:
     if isinstance(doc, dict):
@@ -82,14 +101,16 @@ def test_readme_model_config_example_is_what_export_writes(model_repository):
 
 # ---------------------------------------------------------------------------------------- security statements
 
+
 def test_docs_do_not_say_the_server_lacks_tls_or_authentication():
     for path in DOCS:
         text = " ".join(path.read_text().split())
         for claim in ("no TLS", "without TLS or authentication", "no authentication", "has no TLS"):
             for m in re.finditer(re.escape(claim), text):
-                context = text[max(0, m.start() - 200):m.end() + 200]
-                assert "default" in context or "off" in context or "starts the server without" in context, \
+                context = text[max(0, m.start() - 200) : m.end() + 200]
+                assert "default" in context or "off" in context or "starts the server without" in context, (
                     f"{path.name}: '{claim}' but the server has TLS and tokens (tls_cert_file, auth_tokens_file): {context}"
+                )
 
 
 def test_security_settings_named_in_the_docs_are_configuration_keys():
@@ -101,8 +122,9 @@ def test_security_settings_named_in_the_docs_are_configuration_keys():
     assert named <= fields, f"docs name settings that do not exist: {sorted(named - fields)}"
     for key in named:  # and each has the flag the docs and `cnn serve --help` give it
         flag = "--" + key.replace("_", "-")
-        help_text = subprocess.run([PY, "-m", "client.cli", "serve", "--help"], cwd=ROOT, capture_output=True,
-                                   text=True, timeout=60).stdout
+        help_text = subprocess.run(
+            [PY, "-m", "client.cli", "serve", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        ).stdout
         assert flag in help_text, flag
 
 
@@ -127,12 +149,20 @@ def test_rpc_groups_in_the_docs_are_the_servers():
 
 def test_readme_limits_table_shows_the_configured_defaults():
     c = ServerConfig()
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
-            for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("|")]
-    expected = {"grpc_address": c.grpc_address, "metrics_address": c.metrics_address,
-                "max_message_bytes": f"{c.max_message_bytes // 2**20} MiB", "max_image_pixels": f"{c.max_image_pixels:,}",
-                "max_images_per_request": str(c.max_images_per_request), "drain_grace_s": f"{c.drain_grace_s:g} s",
-                "allow_model_control": "off" if not c.allow_model_control else "on"}
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith("|")
+    ]
+    expected = {
+        "grpc_address": c.grpc_address,
+        "metrics_address": c.metrics_address,
+        "max_message_bytes": f"{c.max_message_bytes // 2**20} MiB",
+        "max_image_pixels": f"{c.max_image_pixels:,}",
+        "max_images_per_request": str(c.max_images_per_request),
+        "drain_grace_s": f"{c.drain_grace_s:g} s",
+        "allow_model_control": "off" if not c.allow_model_control else "on",
+    }
     for key, shown in expected.items():
         row = next((r for r in rows if len(r) >= 3 and f"`{key}`" in r[2]), None)
         assert row, f"README limits table has a row for {key}"
@@ -140,6 +170,7 @@ def test_readme_limits_table_shows_the_configured_defaults():
 
 
 # ---------------------------------------------------------------------------------------- README command blocks
+
 
 def _runnable(block: str, address: str) -> str:
     block = block.replace("127.0.0.1:8001", address)
@@ -166,6 +197,8 @@ def test_readme_marked_blocks_run(server):
         cmd = ["bash", "-c", "set -e\n" + code] if lang == "sh" else [PY, "-c", code]
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
         if p.returncode != 0 or "Traceback" in p.stderr:
-            failures.append(f"README block {index} ({lang}) exit {p.returncode}:\n{body}\nstdout:\n{p.stdout[-2000:]}\n"
-                            f"stderr:\n{p.stderr[-2000:]}")
+            failures.append(
+                f"README block {index} ({lang}) exit {p.returncode}:\n{body}\nstdout:\n{p.stdout[-2000:]}\n"
+                f"stderr:\n{p.stderr[-2000:]}"
+            )
     assert not failures, "\n\n".join(failures)

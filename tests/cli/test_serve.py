@@ -28,6 +28,7 @@ def taken_port():
 
 # ------------------------------------------------------------------------------------------- units
 
+
 def test_check_addresses_names_the_taken_address_setting_and_flag(taken_port):
     cfg = ServerConfig(grpc_address=f"127.0.0.1:{taken_port}", metrics_address="")
     with pytest.raises(AddressInUse) as e:
@@ -52,33 +53,49 @@ def test_summary_line_says_what_is_on_and_keeps_the_parsed_prefix():
     plain = summary_line("127.0.0.1", 8001, "off", "none", ServerConfig(), None)
     assert "TLS: off" in plain and "tokens: off" in plain
     cfg = ServerConfig(tls_cert_file="s.pem", tls_key_file="s.key", tls_client_ca_file="ca.pem")
-    line = summary_line("127.0.0.1", 8001, "http://127.0.0.1:8002/metrics",
-                        models_summary([(MODEL_NAME, ["1", "2"], "CPUExecutionProvider")]), cfg,
-                        {"inference": ["t" * 8], "repository": ["u" * 8]})
+    line = summary_line(
+        "127.0.0.1",
+        8001,
+        "http://127.0.0.1:8002/metrics",
+        models_summary([(MODEL_NAME, ["1", "2"], "CPUExecutionProvider")]),
+        cfg,
+        {"inference": ["t" * 8], "repository": ["u" * 8]},
+    )
     m = READY_LINE.search(line)
     assert m and m.groups() == ("127.0.0.1", "8001", "127.0.0.1", "8002"), line
     assert f"models: {MODEL_NAME} v1,2 [CPUExecutionProvider]" in line
     assert "TLS: mutual (client certificates required)" in line
     assert "tokens: inference, repository (open: health, metadata, statistics)" in line
-    assert "TLS: on (server certificate only)" in summary_line("h", 1, "off", "none",
-                                                              ServerConfig(tls_cert_file="a", tls_key_file="b"), None)
-    assert tokens_summary({g: ["x" * 8] for g in ("health", "metadata", "inference", "statistics", "repository")}) \
+    assert "TLS: on (server certificate only)" in summary_line(
+        "h", 1, "off", "none", ServerConfig(tls_cert_file="a", tls_key_file="b"), None
+    )
+    assert (
+        tokens_summary({g: ["x" * 8] for g in ("health", "metadata", "inference", "statistics", "repository")})
         == "tokens: health, metadata, inference, statistics, repository (every group)"
+    )
 
 
 # ------------------------------------------------------------------------------------------- the command
 
+
 def _serve(repo, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.monotonic()
-    p = subprocess.run([PY, "-m", "client.cli", "serve", "--repository", str(repo), "--poll-interval-s", "0", *args],
-                       cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+        [PY, "-m", "client.cli", "serve", "--repository", str(repo), "--poll-interval-s", "0", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return p, time.monotonic() - t0
 
 
 @pytest.mark.parametrize("which", ["grpc", "metrics"])
 def test_a_taken_port_is_one_line_exit_2_before_models_load(model_repository, taken_port, which):
-    addresses = {"grpc": ["--grpc-address", f"127.0.0.1:{taken_port}", "--metrics-address", "127.0.0.1:0"],
-                 "metrics": ["--grpc-address", "127.0.0.1:0", "--metrics-address", f"127.0.0.1:{taken_port}"]}
+    addresses = {
+        "grpc": ["--grpc-address", f"127.0.0.1:{taken_port}", "--metrics-address", "127.0.0.1:0"],
+        "metrics": ["--grpc-address", "127.0.0.1:0", "--metrics-address", f"127.0.0.1:{taken_port}"],
+    }
     p, _ = _serve(model_repository, *addresses[which])
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
@@ -91,9 +108,20 @@ def test_a_taken_port_is_one_line_exit_2_before_models_load(model_repository, ta
 def test_the_start_up_line_says_tls_tokens_models_and_providers(model_repository, pki, tmp_path):
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text("inference: [app-token-123]\nrepository: [admin-token-456]\n")
-    s = start_server(model_repository, "--poll-interval-s", "0", "--tls-cert-file", str(pki / "server.pem"),
-                     "--tls-key-file", str(pki / "server.key"), "--tls-client-ca-file", str(pki / "ca.pem"),
-                     "--auth-tokens-file", str(tokens), log_dir=tmp_path)
+    s = start_server(
+        model_repository,
+        "--poll-interval-s",
+        "0",
+        "--tls-cert-file",
+        str(pki / "server.pem"),
+        "--tls-key-file",
+        str(pki / "server.key"),
+        "--tls-client-ca-file",
+        str(pki / "ca.pem"),
+        "--auth-tokens-file",
+        str(tokens),
+        log_dir=tmp_path,
+    )
     line = s.ready_line
     s.stop()
     assert f"models: {MODEL_NAME} v1 [CPUExecutionProvider]" in line, line

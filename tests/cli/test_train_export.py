@@ -71,7 +71,9 @@ def test_resume_with_more_epochs_logs_the_learning_rate_it_trains_with(run_copy)
     assert rows[done]["epoch"] == done + 1 and rows[done]["lr"] == pytest.approx(expected, rel=1e-6), rows[done]
 
 
-@pytest.mark.parametrize("command", ["train --resume {f}", "inspect {f} {img} --out {tmp}/m.png", "export {f} -r {tmp}/repo"])
+@pytest.mark.parametrize(
+    "command", ["train --resume {f}", "inspect {f} {img} --out {tmp}/m.png", "export {f} -r {tmp}/repo"]
+)
 def test_a_wrong_file_as_a_checkpoint_is_one_line_naming_it(tmp_path, command):
     bad = tmp_path / "not-a-checkpoint.pt"
     bad.write_bytes(b"PK\x03\x04 this is no checkpoint" * 10)
@@ -87,7 +89,9 @@ def test_a_wrong_file_as_a_checkpoint_is_one_line_naming_it(tmp_path, command):
 
 def test_quantised_export_gets_its_own_name_and_says_what_is_served(trained_run, tmp_path):
     repo = tmp_path / "repo"
-    assert cnn("export", str(trained_run / "best.pt"), "-r", str(repo), "--name", MODEL_NAME, "-q", *FAST_EXPORT).rc == 0
+    assert (
+        cnn("export", str(trained_run / "best.pt"), "-r", str(repo), "--name", MODEL_NAME, "-q", *FAST_EXPORT).rc == 0
+    )
     r = cnn("export", str(trained_run / "best.pt"), "-r", str(repo), "--quantize", "fp16", "-q", *FAST_EXPORT, "--json")
     assert r.rc == 0, r
     res = json.loads(r.out)
@@ -102,10 +106,23 @@ def test_quantised_export_gets_its_own_name_and_says_what_is_served(trained_run,
         assert f"cnn export: warning: {w}" in r.err, r
 
     # Under the fp32 model's own name it becomes the served version, and the output says so plainly.
-    r = cnn("export", str(trained_run / "best.pt"), "-r", str(repo), "--name", MODEL_NAME, "--quantize", "fp16", "-q", *FAST_EXPORT)
+    r = cnn(
+        "export",
+        str(trained_run / "best.pt"),
+        "-r",
+        str(repo),
+        "--name",
+        MODEL_NAME,
+        "--quantize",
+        "fp16",
+        "-q",
+        *FAST_EXPORT,
+    )
     assert r.rc == 0, r
-    assert (f"note: {MODEL_NAME} version 2 (fp16) is now served by a server on {repo}" in r.err
-            and "replaces version 1 (fp32)" in r.err), r
+    assert (
+        f"note: {MODEL_NAME} version 2 (fp16) is now served by a server on {repo}" in r.err
+        and "replaces version 1 (fp32)" in r.err
+    ), r
 
 
 def test_export_quiet_still_prints_warnings(trained_run, tmp_path):

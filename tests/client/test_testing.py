@@ -20,8 +20,9 @@ def test_ready_line_with_and_without_metrics():
 
 
 def test_start_server_parses_the_ready_line_and_stops(model_repository, tmp_path):
-    s = start_server(model_repository, "--poll-interval-s", "0", python=PY, cwd=ROOT, log_path=tmp_path / "server.log",
-                     timeout_s=60)
+    s = start_server(
+        model_repository, "--poll-interval-s", "0", python=PY, cwd=ROOT, log_path=tmp_path / "server.log", timeout_s=60
+    )
     try:
         assert re.fullmatch(r"127\.0\.0\.1:\d+", s.address) and not s.address.endswith(":0")
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/metrics", s.metrics_url)
@@ -44,12 +45,20 @@ def test_a_server_that_fails_to_start_raises_with_the_log_tail(tmp_path):
 def test_no_ready_line_in_time_kills_the_process(tmp_path):
     # a "server" that prints nothing: start_server must not block on its silent stdout
     with pytest.raises(RuntimeError, match=r"no ready line within 1 s") as e:
-        start_server(tmp_path, python=PY, launcher=("-c", "import time; time.sleep(60)"), cwd=ROOT,
-                     log_path=tmp_path / "server.log", timeout_s=1)
+        start_server(
+            tmp_path,
+            python=PY,
+            launcher=("-c", "import time; time.sleep(60)"),
+            cwd=ROOT,
+            log_path=tmp_path / "server.log",
+            timeout_s=1,
+        )
     assert "did not start" in str(e.value)
 
 
 def test_importing_it_pulls_in_neither_torch_nor_pytest_nor_the_inference_stubs():
     code = "import sys, client.testing; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pytest', 'tests', 'bench') or m.startswith('protos.inference')))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip() == "[]", out.stdout

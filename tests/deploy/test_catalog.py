@@ -27,8 +27,16 @@ def catalog() -> dict[str, tuple[str, set[str]]]:
     m = Metrics(max_batch_size=64)
     m.preinitialise("m", "1", queue_capacity_rows=1024)
     m.model_loaded.labels("m", "1", "CPUExecutionProvider").set(1)
-    m.init_predictions("m", ["a", "b"], ["logits", "probabilities"], {  # a model with its test-split reference
-        "class_share": {"a": 0.5, "b": 0.5}, "confidence_quantiles": {"0.5": 0.9}, "confidence_histogram": [1.0]})
+    m.init_predictions(
+        "m",
+        ["a", "b"],
+        ["logits", "probabilities"],
+        {  # a model with its test-split reference
+            "class_share": {"a": 0.5, "b": 0.5},
+            "confidence_quantiles": {"0.5": 0.9},
+            "confidence_histogram": [1.0],
+        },
+    )
     types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", exposition(m), re.M))
     out: dict[str, tuple[str, set[str]]] = {}
     for fam in text_string_to_metric_families(exposition(m)):
@@ -61,10 +69,21 @@ def test_names_follow_prometheus_conventions():
         if "duration" in name or "wait" in name:
             assert typ == "histogram" and name.endswith("_seconds"), f"{name}: durations are histograms in seconds"
         assert not labels & {"id", "request_id", "instance", "job"}, f"{name}: label {labels} is unbounded or reserved"
-    for want in ("cnn_requests_total", "cnn_request_duration_seconds", "cnn_queue_wait_seconds",
-                 "cnn_compute_duration_seconds", "cnn_batch_size_rows", "cnn_queue_depth_rows",
-                 "cnn_requests_in_flight", "cnn_model_load_duration_seconds", "cnn_model_load_failures_total",
-                 "cnn_model_loaded_info", "cnn_build_info", "process_cpu_seconds_total", "process_resident_memory_bytes"):
+    for want in (
+        "cnn_requests_total",
+        "cnn_request_duration_seconds",
+        "cnn_queue_wait_seconds",
+        "cnn_compute_duration_seconds",
+        "cnn_batch_size_rows",
+        "cnn_queue_depth_rows",
+        "cnn_requests_in_flight",
+        "cnn_model_load_duration_seconds",
+        "cnn_model_load_failures_total",
+        "cnn_model_loaded_info",
+        "cnn_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ):
         assert want in cat, f"{want} missing from the catalog"
     assert cat["cnn_requests_total"][1] == {"rpc", "model", "version", "code"}
     assert cat["cnn_model_loaded_info"][1] == {"model", "version", "provider"}
@@ -88,8 +107,9 @@ def test_docs_table_matches_the_code():
             assert doc_type.split()[0] == typ, f"{name}: docs say {doc_type}, code says {typ}"
             assert doc_labels == labels, f"{name}: docs list labels {sorted(doc_labels)}, code has {sorted(labels)}"
         else:
-            assert name in docs or any(d.endswith("*") and name.startswith(d[:-1]) for d in docs), \
+            assert name in docs or any(d.endswith("*") and name.startswith(d[:-1]) for d in docs), (
                 f"{name} (collector) is not covered by the metric table of {DOCS.name}"
+            )
     for name in docs:
         if name.startswith("cnn_"):
             assert name in cat, f"{DOCS.name} documents {name}, which the server does not export"
@@ -114,7 +134,9 @@ def test_dashboard_and_alerts_use_only_catalogued_metrics():
             known |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     exprs = [(f"panel '{title}'", t["expr"]) for title, t in dashboard_targets()]
     exprs += [(f"alert {a}", e) for a, e in _alert_exprs()]
-    exprs += [(f"variable {v['name']}", v["definition"]) for v in dashboard()["templating"]["list"] if v.get("definition")]
+    exprs += [
+        (f"variable {v['name']}", v["definition"]) for v in dashboard()["templating"]["list"] if v.get("definition")
+    ]
     for where, expr in exprs:
         used = _used_metrics(expr)
         assert used, f"{where}: no metric found in {expr!r}"
@@ -129,8 +151,17 @@ def test_dashboard_panels_aggregate_over_replicas():
     names = {v["name"] for v in d["templating"]["list"]}
     assert {"datasource", "model", "instance"} <= names
     titles = " | ".join(p["title"].lower() for p in d["panels"])
-    for want in ("request rate", "error ratio", "latency", "queue wait", "compute", "batch size", "queue depth",
-                 "in flight", "loaded versions"):
+    for want in (
+        "request rate",
+        "error ratio",
+        "latency",
+        "queue wait",
+        "compute",
+        "batch size",
+        "queue depth",
+        "in flight",
+        "loaded versions",
+    ):
         assert want in titles, f"the dashboard has no '{want}' panel"
     for p in d["panels"]:
         if p["type"] == "row":
@@ -141,8 +172,9 @@ def test_dashboard_panels_aggregate_over_replicas():
         assert 0 <= g["x"] and g["x"] + g["w"] <= 24
     for title, t in dashboard_targets():
         expr = " ".join(t["expr"].split())
-        assert re.match(r"^(sum|max|count|min|avg|histogram_quantile)\b", expr), \
+        assert re.match(r"^(sum|max|count|min|avg|histogram_quantile)\b", expr), (
             f"panel '{title}': {expr!r} must aggregate over replicas (sum by / max by / histogram_quantile)"
+        )
         if expr.startswith("histogram_quantile"):
             assert re.search(r"sum by \((?:[a-z_, ]*, )?le\)", expr), f"panel '{title}': quantiles over sum by (le)"
         for window in re.findall(r"\[([^\]]+)\]", expr):
@@ -160,7 +192,9 @@ def test_series_exist_before_the_first_request(model_repository, tmp_path):
 
     def value(family: str, **labels) -> float:
         for sample in fams[family].samples:
-            if all(sample.labels.get(k) == v for k, v in labels.items()) and sample.name.endswith(("_total", "_count", family)):
+            if all(sample.labels.get(k) == v for k, v in labels.items()) and sample.name.endswith(
+                ("_total", "_count", family)
+            ):
                 return sample.value
         raise AssertionError(f"no {family} series with {labels} before the first request")
 
@@ -178,8 +212,9 @@ def test_series_exist_before_the_first_request(model_repository, tmp_path):
     assert value("cnn_compute_duration_seconds", model=MODEL_NAME, version="1") == 0
     assert value("cnn_inference_rows", model=MODEL_NAME, version="1") == 0
     assert value("cnn_queue_depth_rows", model=MODEL_NAME) == 0
-    assert value("cnn_queue_capacity_rows", model=MODEL_NAME) > 0, \
+    assert value("cnn_queue_capacity_rows", model=MODEL_NAME) > 0, (
         "cnn_queue_capacity_rows is not set: server/models.py must pass queue_capacity_rows to Metrics.preinitialise"
+    )
     assert value("cnn_model_loaded_info", model=MODEL_NAME, version="1") == 1
     assert value("cnn_build_info") == 1
 

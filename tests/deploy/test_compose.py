@@ -18,8 +18,13 @@ from tests.conftest import ROOT
 from tests.deploy.conftest import DEPLOY, dashboard
 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
-CI_ENV = {"CNN_CI_GRPC_PORT": "18001", "CNN_CI_METRICS_PORT": "18002", "CNN_CI_PROMETHEUS_PORT": "19090",
-          "CNN_CI_REPOSITORY": "/tmp/cnn-ci-models", "CNN_CI_PROMETHEUS_DIR": "/tmp/cnn-ci-prometheus"}
+CI_ENV = {
+    "CNN_CI_GRPC_PORT": "18001",
+    "CNN_CI_METRICS_PORT": "18002",
+    "CNN_CI_PROMETHEUS_PORT": "19090",
+    "CNN_CI_REPOSITORY": "/tmp/cnn-ci-models",
+    "CNN_CI_PROMETHEUS_DIR": "/tmp/cnn-ci-prometheus",
+}
 
 
 def compose_cmd() -> list[str]:
@@ -27,15 +32,23 @@ def compose_cmd() -> list[str]:
         return ["docker-compose"]
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         return ["docker", "compose"]
-    pytest.fail("neither docker-compose nor `docker compose` found: run scripts/setup.sh --system "
-                "(installs Debian's docker-compose package)")
+    pytest.fail(
+        "neither docker-compose nor `docker compose` found: run scripts/setup.sh --system "
+        "(installs Debian's docker-compose package)"
+    )
 
 
 def compose_config(*files: str, env: dict | None = None) -> dict:
     args = [a for f in files for a in ("-f", f)]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CNN_CI_")}
-    proc = subprocess.run([*compose_cmd(), *args, "config"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**environ, **(env or {})})
+    proc = subprocess.run(
+        [*compose_cmd(), *args, "config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environ, **(env or {})},
+    )
     assert proc.returncode == 0, f"docker-compose {' '.join(args)} config failed:\n{proc.stderr}"
     return yaml.safe_load(proc.stdout)
 
@@ -85,8 +98,12 @@ def test_prometheus_and_grafana_services():
     assert any(v.startswith(str(DEPLOY / "prometheus") + ":/etc/prometheus") for v in prom["volumes"])
     assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
     graf = services["grafana"]
-    assert any(v.startswith(str(DEPLOY / "grafana" / "provisioning") + ":/etc/grafana/provisioning") for v in graf["volumes"])
-    assert any(v.startswith(str(DEPLOY / "grafana" / "dashboards") + ":/var/lib/grafana/dashboards") for v in graf["volumes"])
+    assert any(
+        v.startswith(str(DEPLOY / "grafana" / "provisioning") + ":/etc/grafana/provisioning") for v in graf["volumes"]
+    )
+    assert any(
+        v.startswith(str(DEPLOY / "grafana" / "dashboards") + ":/var/lib/grafana/dashboards") for v in graf["volumes"]
+    )
     for s in services.values():
         for port in s.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), port
@@ -126,18 +143,23 @@ def _stages(dockerfile: str) -> list[str]:
 def test_dockerfile():
     text = DOCKERFILE.read_text()
     stages = _stages(text)
-    assert stages.index("build") < stages.index("server") < stages.index("trainer-build"), \
+    assert stages.index("build") < stages.index("server") < stages.index("trainer-build"), (
         "the classic builder builds every stage above --target: `server` must come before the torch stages"
+    )
     assert stages[-1] == "server-default", "the default target serves the default model"
     server = text.split("AS server\n")[1].split("\nFROM ")[0]
     assert re.search(r"^USER 10001", server, re.M), "the server image runs as a non-root user"
     assert "HEALTHCHECK" in server and "healthcheck.py" in server
     build = text.split("AS build\n")[1].split("\nFROM ")[0]
-    assert "[train]" not in build and 'import torch' in build, "the server's venv must not get torch"
+    assert "[train]" not in build and "import torch" in build, "the server's venv must not get torch"
     base = re.search(r"^ARG BASE_IMAGE=(\S+)", text, re.M).group(1)
     script = (ROOT / "scripts" / "ci_docker.sh").read_text()
-    assert re.search(rf"^BASE_TAG={re.escape(base)}\b", script, re.M), "CI must tag its base as the Dockerfile's BASE_IMAGE"
-    prom_base = re.search(r"^ARG BASE_IMAGE=(\S+)", (DEPLOY / "docker" / "prometheus-debian.Dockerfile").read_text(), re.M).group(1)
+    assert re.search(rf"^BASE_TAG={re.escape(base)}\b", script, re.M), (
+        "CI must tag its base as the Dockerfile's BASE_IMAGE"
+    )
+    prom_base = re.search(
+        r"^ARG BASE_IMAGE=(\S+)", (DEPLOY / "docker" / "prometheus-debian.Dockerfile").read_text(), re.M
+    ).group(1)
     assert re.search(rf"^DEBIAN_TAG={re.escape(prom_base)}\b", script, re.M)
 
 
@@ -153,11 +175,15 @@ def test_dockerignore_keeps_the_context_small():
 
 
 def test_grafana_provisioning_matches_the_dashboard():
-    ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ][0]
     assert ds["type"] == "prometheus" and ds["url"] == "http://prometheus:9090"
     variable = next(v for v in dashboard()["templating"]["list"] if v["name"] == "datasource")
     assert variable["current"]["value"] == ds["uid"]
-    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "cnn.yml").read_text())["providers"][0]
+    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "cnn.yml").read_text())[
+        "providers"
+    ][0]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
     prom_cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert ds["jsonData"]["timeInterval"] == prom_cfg["global"]["scrape_interval"]
@@ -174,8 +200,9 @@ def test_health_probe_against_a_real_server(server):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"
-    bad = subprocess.run([*probe, dead], capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "CNN_HEALTH_TIMEOUT_S": "1"})
+    bad = subprocess.run(
+        [*probe, dead], capture_output=True, text=True, timeout=30, env={**os.environ, "CNN_HEALTH_TIMEOUT_S": "1"}
+    )
     assert bad.returncode == 1 and "UNAVAILABLE" in bad.stdout, bad.stdout + bad.stderr
 
 

@@ -34,9 +34,15 @@ def test_compose_stack_in_docker(model_repository, tmp_path):
     log = tmp_path / "ci_docker.log"
     t0 = time.monotonic()
     with open(log, "w") as out:
-        proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "ci_docker.sh")], cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "CNN_CI_REPOSITORY": str(model_repository)})
+        proc = subprocess.Popen(
+            ["bash", str(ROOT / "scripts" / "ci_docker.sh")],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "CNN_CI_REPOSITORY": str(model_repository)},
+        )
         try:
             proc.wait(LIMIT_S)
         except subprocess.TimeoutExpired:
@@ -45,7 +51,8 @@ def test_compose_stack_in_docker(model_repository, tmp_path):
             _stop(proc)
     text = log.read_text(errors="replace")
     print(text[-6000:])  # the step timings, shown with -rP or on failure
-    assert proc.returncode == 0, \
+    assert proc.returncode == 0, (
         f"scripts/ci_docker.sh exited {proc.returncode} after {time.monotonic() - t0:.0f} s:\n{text[-8000:]}"
+    )
     for step in ("top-1:", 'sum(cnn_requests_total{rpc="Classify", model="lenet5-digits", code="OK"}) = 3', "PASSED"):
         assert step in text, f"ci_docker.sh output lacks {step!r}"

@@ -23,8 +23,13 @@ from tests.deploy.conftest import PROMETHEUS_DIR, dashboard, dashboard_targets, 
 
 # Grafana's variables as the dashboard would send them for one model over all replicas. The rate
 # window is one minute: wide enough to hold all of this test's traffic when the queries run.
-GRAFANA_VARS = {"$__rate_interval": "1m", "$__range": "5m", "$__interval": "15s", "$instance": ".*",
-                "$model": MODEL_NAME}
+GRAFANA_VARS = {
+    "$__rate_interval": "1m",
+    "$__range": "5m",
+    "$__interval": "15s",
+    "$instance": ".*",
+    "$model": MODEL_NAME,
+}
 
 
 def promtool_run(promtool: str, *args: str, cwd: Path = PROMETHEUS_DIR) -> str:
@@ -96,8 +101,10 @@ class Stack:
             if result and (want is None or float(result[0]["value"][1]) == want):
                 return result
             time.sleep(0.25)
-        raise AssertionError(f"{expr} did not become {want if want is not None else 'non-empty'} in {timeout:.0f} s "
-                             f"(last: {result})\nprometheus log:\n{self.log.read_text()[-2000:]}")
+        raise AssertionError(
+            f"{expr} did not become {want if want is not None else 'non-empty'} in {timeout:.0f} s "
+            f"(last: {result})\nprometheus log:\n{self.log.read_text()[-2000:]}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +116,17 @@ def stack(model_repository, prometheus_bin, tmp_path_factory):
     config = load_render().write(d / "config", [metrics_address], f"127.0.0.1:{port}", "1s")
     log = d / "prometheus.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={d / 'data'}",
-                                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                prometheus_bin,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={d / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     s = Stack(server, proc, f"http://127.0.0.1:{port}", log)
     try:
         s.wait_for('up{job="cnn-server"}', 1.0)
@@ -173,8 +188,10 @@ def test_scraped_request_counters_equal_what_the_clients_sent(stack, traffic):
         f'sum(cnn_requests_total{{rpc="Classify", model="{m}", code="INVALID_ARGUMENT"}})': traffic.classify_invalid,
         'sum(cnn_requests_total{rpc="Classify", model="", code="NOT_FOUND"})': traffic.classify_unknown_model,
         f'sum(cnn_requests_total{{rpc="ModelInfer", model="{m}", version="1", code="OK"}})': traffic.infer_ok,
-        'sum(cnn_requests_total{rpc=~"Classify|ModelInfer"})':
-            traffic.classify_ok + traffic.classify_invalid + traffic.classify_unknown_model + traffic.infer_ok,
+        'sum(cnn_requests_total{rpc=~"Classify|ModelInfer"})': traffic.classify_ok
+        + traffic.classify_invalid
+        + traffic.classify_unknown_model
+        + traffic.infer_ok,
         f'sum(cnn_inference_rows_total{{model="{m}", version="1"}})': traffic.classify_rows + traffic.infer_rows,
         f'sum(cnn_request_duration_seconds_count{{rpc="ModelInfer", model="{m}"}})': traffic.infer_ok,
         f'sum(cnn_batch_size_rows_sum{{model="{m}"}})': traffic.classify_rows + traffic.infer_rows,
@@ -183,7 +200,12 @@ def test_scraped_request_counters_equal_what_the_clients_sent(stack, traffic):
     for expr, want in expected.items():
         stack.wait_for(expr, float(want))
     # nothing counted twice, nothing on a wrong label
-    assert float(stack.query('sum(cnn_requests_total{rpc="Classify", code!~"OK|INVALID_ARGUMENT|NOT_FOUND"})')[0]["value"][1]) == 0
+    assert (
+        float(
+            stack.query('sum(cnn_requests_total{rpc="Classify", code!~"OK|INVALID_ARGUMENT|NOT_FOUND"})')[0]["value"][1]
+        )
+        == 0
+    )
 
 
 def _substitute(expr: str) -> str:
@@ -201,7 +223,9 @@ def _panel_ids() -> list[str]:
 def test_every_dashboard_query_returns_data(stack, traffic, target):
     title, t = target
     # wait until the traffic is in Prometheus, then ask the panel's question
-    stack.wait_for(f'sum(cnn_requests_total{{rpc="ModelInfer", model="{MODEL_NAME}", code="OK"}})', float(traffic.infer_ok))
+    stack.wait_for(
+        f'sum(cnn_requests_total{{rpc="ModelInfer", model="{MODEL_NAME}", code="OK"}})', float(traffic.infer_ok)
+    )
     expr = _substitute(t["expr"])
     deadline = time.monotonic() + 20
     result = stack.query(expr)
@@ -216,7 +240,9 @@ def test_every_dashboard_query_returns_data(stack, traffic, target):
 def test_dashboard_variables_have_values(stack, traffic):
     models = stack.api("/api/v1/label/model/values?" + urllib.parse.urlencode({"match[]": "cnn_model_loaded_info"}))
     assert MODEL_NAME in models
-    instances = stack.api("/api/v1/label/instance/values?" + urllib.parse.urlencode({"match[]": 'up{job="cnn-server"}'}))
+    instances = stack.api(
+        "/api/v1/label/instance/values?" + urllib.parse.urlencode({"match[]": 'up{job="cnn-server"}'})
+    )
     assert instances == [stack.server.metrics_url.split("//")[1].split("/")[0]]
     variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
     assert variables["model"]["definition"] == "label_values(cnn_model_loaded_info, model)"
@@ -226,8 +252,14 @@ def test_alert_rules_load_and_evaluate_quietly(stack, traffic):
     deadline = time.monotonic() + 30
     while True:
         rules = [r for g in stack.api("/api/v1/rules")["groups"] for r in g["rules"]]
-        if rules and all(r.get("lastEvaluation", "").startswith("2") and not r["lastEvaluation"].startswith("0001")
-                         for r in rules) or time.monotonic() > deadline:
+        if (
+            rules
+            and all(
+                r.get("lastEvaluation", "").startswith("2") and not r["lastEvaluation"].startswith("0001")
+                for r in rules
+            )
+            or time.monotonic() > deadline
+        ):
             break
         time.sleep(0.5)
     assert len(rules) == 13

@@ -33,11 +33,20 @@ def checkpoint_dict(name: str, model: nn.Module, kwargs: dict, data: Dataset, me
     mean, std = data.mean_std()
     recipe = {"seed": 0, "epochs": 0, "note": "tests/export"}
     return {
-        "format_version": FORMAT_VERSION, "model_name": name, "model_kwargs": kwargs,
-        "state_dict": model.state_dict(), "labels": list(data.labels), "input_shape": [c, h, w],
-        "preprocessing": preprocessing(data.color_mode, h, w, mean, std), "dataset": data.name,
-        "metrics": metrics or {}, "recipe": recipe, "recipe_name": "", "recipe_sha256": "0" * 64,
-        "created": utc_now(), "torch_version": str(torch.__version__),
+        "format_version": FORMAT_VERSION,
+        "model_name": name,
+        "model_kwargs": kwargs,
+        "state_dict": model.state_dict(),
+        "labels": list(data.labels),
+        "input_shape": [c, h, w],
+        "preprocessing": preprocessing(data.color_mode, h, w, mean, std),
+        "dataset": data.name,
+        "metrics": metrics or {},
+        "recipe": recipe,
+        "recipe_name": "",
+        "recipe_sha256": "0" * 64,
+        "created": utc_now(),
+        "torch_version": str(torch.__version__),
     }
 
 

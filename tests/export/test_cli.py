@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-BLOCKER = '''
+BLOCKER = """
 import sys, importlib.abc
 class _Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -24,12 +24,18 @@ class _Block(importlib.abc.MetaPathFinder):
             raise ImportError(name + " is blocked: not on the serving install")
         return None
 sys.meta_path.insert(0, _Block())
-'''
+"""
 
 
 def run(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "export.cli", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "export.cli", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture
@@ -43,8 +49,17 @@ def no_torch(tmp_path):
 
 
 def test_export_prints_path_and_numbers(trained_lenet5, tmp_path):
-    p = run("export", trained_lenet5, "--repository", tmp_path / "repo", "--parity-images", "32", "--quiet",
-            "--max-batch-size", "16")
+    p = run(
+        "export",
+        trained_lenet5,
+        "--repository",
+        tmp_path / "repo",
+        "--parity-images",
+        "32",
+        "--quiet",
+        "--max-batch-size",
+        "16",
+    )
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0] == str(tmp_path / "repo" / "lenet5-digits" / "1" / "model.onnx")
@@ -70,8 +85,12 @@ def test_export_user_errors_are_one_line_exit_2(case, trained_lenet5, tmp_path):
     assert p.returncode == 2, (p.stdout, p.stderr)
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cnn export: error: ") and "Traceback" not in p.stderr
-    named = {"missing checkpoint": "nope.pt", "not a checkpoint": "garbage.pt", "bad name": "bad/name",
-             "repository is a file": str(repo)}[case]
+    named = {
+        "missing checkpoint": "nope.pt",
+        "not a checkpoint": "garbage.pt",
+        "bad name": "bad/name",
+        "repository is a file": str(repo),
+    }[case]
     assert named in err[0]
     assert p.stdout == ""
 
@@ -79,8 +98,24 @@ def test_export_user_errors_are_one_line_exit_2(case, trained_lenet5, tmp_path):
 def test_gate_failure_exit_1_nothing_published(trained_lenet5, tmp_path):
     """--max-accuracy-drop -1 demands int8 beat fp32 by 100 points: the accuracy gate must refuse."""
     repo = tmp_path / "repo"
-    p = run("export", trained_lenet5, "--repository", repo, "--quantize", "int8", "--max-accuracy-drop", "-1",
-            "--parity-images", "16", "--calibration-images", "64", "--eval-images", "64", "--max-batch-size", "8")
+    p = run(
+        "export",
+        trained_lenet5,
+        "--repository",
+        repo,
+        "--quantize",
+        "int8",
+        "--max-accuracy-drop",
+        "-1",
+        "--parity-images",
+        "16",
+        "--calibration-images",
+        "64",
+        "--eval-images",
+        "64",
+        "--max-batch-size",
+        "8",
+    )
     assert p.returncode == 1, p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("cnn export: verification failed, nothing published: ") and "int8 test accuracy" in last
@@ -103,8 +138,10 @@ def test_models_list_table_and_json_without_torch(lenet5_published, tmp_path, no
     assert p.returncode == 0, p.stderr
     rows = p.stdout.splitlines()
     assert rows[0].split()[:3] == ["MODEL", "VERSION", "PRECISION"]
-    assert [r.split()[:5] for r in rows[1:]] == [["lenet5-digits", "1", "fp32", f"{lenet5_published.accuracy['fp32_test_accuracy']:.4f}", "1x28x28"],
-                                                 ["lenet5-digits", "2", "fp32", f"{lenet5_published.accuracy['fp32_test_accuracy']:.4f}", "1x28x28"]]
+    assert [r.split()[:5] for r in rows[1:]] == [
+        ["lenet5-digits", "1", "fp32", f"{lenet5_published.accuracy['fp32_test_accuracy']:.4f}", "1x28x28"],
+        ["lenet5-digits", "2", "fp32", f"{lenet5_published.accuracy['fp32_test_accuracy']:.4f}", "1x28x28"],
+    ]
     assert all(r.rstrip().endswith("ok") and "KiB" in r for r in rows[1:])
 
     p = run("models", "list", "--repository", repo, "--json", env=env)
@@ -138,7 +175,10 @@ def test_models_list_reports_broken_entries_by_file(lenet5_published, tmp_path, 
     assert p.returncode == 1
     rows = {tuple(r.split()[:2]): r for r in p.stdout.splitlines()[1:]}
     assert rows[("lenet5-digits", "1")].rstrip().endswith("ok")
-    assert f"{broken}: not a valid ONNX model" in rows[("lenet5-digits", "2")] and "truncated" in rows[("lenet5-digits", "2")]
+    assert (
+        f"{broken}: not a valid ONNX model" in rows[("lenet5-digits", "2")]
+        and "truncated" in rows[("lenet5-digits", "2")]
+    )
     assert f"{repo / 'no-config' / 'config.yaml'}: missing model config" in rows[("no-config", "1")]
     assert f"{broken}: not a valid ONNX model" in p.stderr
     assert f"{repo / 'no-config' / 'config.yaml'}: missing model config" in p.stderr
@@ -148,4 +188,7 @@ def test_models_list_reports_broken_entries_by_file(lenet5_published, tmp_path, 
 def test_models_list_missing_repository(tmp_path, no_torch):
     env, _ = no_torch
     p = run("models", "list", "--repository", tmp_path / "nope", env=env)
-    assert p.returncode == 2 and p.stderr.strip() == f"cnn models list: error: {tmp_path / 'nope'}: model repository folder does not exist"
+    assert (
+        p.returncode == 2
+        and p.stderr.strip() == f"cnn models list: error: {tmp_path / 'nope'}: model repository folder does not exist"
+    )

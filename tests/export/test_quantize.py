@@ -64,8 +64,9 @@ def test_models_list_shows_precisions(int8_repo):
 
 
 def test_int8_qdq_format(trained_lenet5, tmp_path):
-    res = export_checkpoint(trained_lenet5, tmp_path, quantize="int8", int8_format="qdq", parity_images=16,
-                            calibration_images=128)
+    res = export_checkpoint(
+        trained_lenet5, tmp_path, quantize="int8", int8_format="qdq", parity_images=16, calibration_images=128
+    )
     ops = {n.op_type for n in onnx.load(res.path).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "QLinearConv" not in ops
     assert res.quantization["format"] == "qdq"
@@ -74,8 +75,9 @@ def test_int8_qdq_format(trained_lenet5, tmp_path):
 
 def test_int8_accuracy_gate_refuses(trained_lenet5, tmp_path):
     with pytest.raises(VerificationError, match=r"int8 test accuracy .* below fp32"):
-        export_checkpoint(trained_lenet5, tmp_path, quantize="int8", max_accuracy_drop=-1.0, parity_images=16,
-                          calibration_images=64)
+        export_checkpoint(
+            trained_lenet5, tmp_path, quantize="int8", max_accuracy_drop=-1.0, parity_images=16, calibration_images=64
+        )
     assert os.listdir(tmp_path) == []
 
 

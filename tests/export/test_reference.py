@@ -27,7 +27,9 @@ def test_export_writes_the_reference_and_the_server_exposes_it(lenet5_published)
     md = read_model_metadata(lenet5_published.path)
     ref = md.reference
     assert ref["images"] == md.metrics["test_images"] == 359 and ref["split"] == md.extra["test_split"]
-    assert set(ref["class_share"]) == set(md.labels) and sum(ref["class_share"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert set(ref["class_share"]) == set(md.labels) and sum(ref["class_share"].values()) == pytest.approx(
+        1.0, abs=1e-4
+    )
     # a trained digit model answers every class and is mostly confident
     assert min(ref["class_share"].values()) > 0.03 and ref["confidence_quantiles"]["0.5"] > 0.8
     q = [ref["confidence_quantiles"][k] for k in ("0.01", "0.05", "0.1", "0.25", "0.5")]

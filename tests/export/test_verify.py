@@ -55,8 +55,14 @@ def _externalise(version_dir):
     Reshape's shape, stay inline as the exporters do: the checker's shape inference must read them)."""
     path = version_dir / "model.onnx"
     model = onnx.load(str(path))
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=1024,
+    )
     return path
 
 

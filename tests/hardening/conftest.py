@@ -33,13 +33,24 @@ def pixels_model() -> onnx.ModelProto:
     """(B, 1, 8, 8) grayscale -> (B, 10) logits: Flatten + MatMul with fixed weights."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((64, 10)).astype(np.float32), "w")
-    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["logits"])]
-    graph = helper.make_graph(nodes, "pixels", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], [w])
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pixels",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    md = ModelMetadata(labels=[str(i) for i in range(10)], input_shape=[1, 8, 8],
-                       preprocessing=Preprocessing(color_mode="L", height=8, width=8))
+    md = ModelMetadata(
+        labels=[str(i) for i in range(10)],
+        input_shape=[1, 8, 8],
+        preprocessing=Preprocessing(color_mode="L", height=8, width=8),
+    )
     model.metadata_props.add(key=METADATA_KEY, value=md.to_json())
     onnx.checker.check_model(model)
     return model
@@ -48,14 +59,28 @@ def pixels_model() -> onnx.ModelProto:
 def wide_model(width: int = 65536) -> onnx.ModelProto:
     """(B, 4) -> logits (B, 4) and output (B, width): every answer row is width * 4 bytes (Tile of the input)."""
     reps = numpy_helper.from_array(np.array([1, width // 4], dtype=np.int64), "reps")
-    nodes = [helper.make_node("Identity", ["input"], ["logits"]), helper.make_node("Tile", ["input", "reps"], ["output"])]
-    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4]),
-                               helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])], [reps])
+    nodes = [
+        helper.make_node("Identity", ["input"], ["logits"]),
+        helper.make_node("Tile", ["input", "reps"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "wide",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width]),
+        ],
+        [reps],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    md = ModelMetadata(labels=[f"c{i}" for i in range(4)], input_shape=[4], layout="NC",
-                       preprocessing=Preprocessing(color_mode="L", height=1, width=4))
+    md = ModelMetadata(
+        labels=[f"c{i}" for i in range(4)],
+        input_shape=[4],
+        layout="NC",
+        preprocessing=Preprocessing(color_mode="L", height=1, width=4),
+    )
     model.metadata_props.add(key=METADATA_KEY, value=md.to_json())
     onnx.checker.check_model(model)
     return model

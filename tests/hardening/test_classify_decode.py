@@ -40,8 +40,9 @@ def png8(side: int = SIDE) -> bytes:
 
 
 def classify(stubs: Stubs, images: list[bytes], timeout: float = 120):
-    return stubs.classify.Classify(cpb.ClassifyRequest(model_name="pixels", images=[cpb.Image(encoded=b) for b in images]),
-                                   timeout=timeout)
+    return stubs.classify.Classify(
+        cpb.ClassifyRequest(model_name="pixels", images=[cpb.Image(encoded=b) for b in images]), timeout=timeout
+    )
 
 
 def peak_rss(pid: int) -> int:

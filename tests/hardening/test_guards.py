@@ -25,8 +25,9 @@ from server.transport import certificate_warnings, grpc_options
 # --- YAML
 
 
-@pytest.mark.parametrize("text", ["a: &x 1\nb: *x\n", "a: &x [1]\n", "base: &b {k: 1}\nother:\n  <<: *b\n",
-                                  "a: [&x 1, *x]\n"])
+@pytest.mark.parametrize(
+    "text", ["a: &x 1\nb: *x\n", "a: &x [1]\n", "base: &b {k: 1}\nother:\n  <<: *b\n", "a: [&x 1, *x]\n"]
+)
 def test_anchors_and_aliases_are_refused_before_anything_is_built(text):
     with pytest.raises(yaml_safe.YamlRefused, match="anchors and aliases"):
         yaml_safe.load_bytes(text.encode(), "m/config.yaml")
@@ -36,8 +37,12 @@ def test_anchors_and_aliases_are_refused_before_anything_is_built(text):
 def test_both_loaders_refuse_the_same_bomb_quickly(monkeypatch, libyaml):
     if not libyaml:
         monkeypatch.setattr(yaml_safe, "_CLoader", None)
-    bomb = "a: &a [" + ",".join(['"x"'] * 9) + "]\n" + "".join(
-        f"{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+    bomb = (
+        "a: &a ["
+        + ",".join(['"x"'] * 9)
+        + "]\n"
+        + "".join(f"{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+    )
     t0 = time.perf_counter()
     with pytest.raises(yaml_safe.YamlRefused) as e:
         yaml_safe.load_bytes(bomb.encode(), "m/config.yaml")
@@ -83,7 +88,9 @@ def test_brief_never_walks_or_prints_a_large_value():
 # --- model names
 
 
-@pytest.mark.parametrize("name", ["/etc", "../x", "a/b", "a\\b", "..", ".", "", "a" * 129, "x..y", "-x", "\u00e9", "a\x00"])
+@pytest.mark.parametrize(
+    "name", ["/etc", "../x", "a/b", "a\\b", "..", ".", "", "a" * 129, "x..y", "-x", "\u00e9", "a\x00"]
+)
 def test_invalid_model_names_get_one_message(name):
     assert not is_model_name(name)
     with pytest.raises(InvalidInput) as e:
@@ -124,9 +131,14 @@ def test_containment_accepts_data_inside_and_refuses_everything_else(tmp_path):
     model.write_bytes(_model_with_external("w.bin"))
     check_model_containment(repo, model)  # inside: fine
     os.symlink(tmp_path / "outside.bin", folder / "link.bin")
-    for location, word in (("../../../outside.bin", "escapes"), (str(tmp_path / "outside.bin"), "absolute"),
-                           ("link.bin", "escapes"), ("", "names no location"), ("missing.bin", "missing"),
-                           ("sub/../../w.bin", "escapes")):
+    for location, word in (
+        ("../../../outside.bin", "escapes"),
+        (str(tmp_path / "outside.bin"), "absolute"),
+        ("link.bin", "escapes"),
+        ("", "names no location"),
+        ("missing.bin", "missing"),
+        ("sub/../../w.bin", "escapes"),
+    ):
         model.write_bytes(_model_with_external(location))
         with pytest.raises(RepositoryError, match=word):
             check_model_containment(repo, model)
@@ -183,11 +195,21 @@ def test_rate_limited_log_keeps_a_few_lines_per_key_and_counts_the_rest(caplog):
 
 
 def test_grpc_options_from_the_settings():
-    cfg = SimpleNamespace(max_concurrent_streams=256, max_connection_idle_s=300.0, max_connection_age_s=0.0,
-                          keepalive_time_s=60.0, keepalive_timeout_s=20.0, drain_grace_s=20.0)
+    cfg = SimpleNamespace(
+        max_concurrent_streams=256,
+        max_connection_idle_s=300.0,
+        max_connection_age_s=0.0,
+        keepalive_time_s=60.0,
+        keepalive_timeout_s=20.0,
+        drain_grace_s=20.0,
+    )
     opts = dict(grpc_options(cfg))
-    assert opts == {"grpc.max_concurrent_streams": 256, "grpc.max_connection_idle_ms": 300_000,
-                    "grpc.keepalive_time_ms": 60_000, "grpc.keepalive_timeout_ms": 20_000}
+    assert opts == {
+        "grpc.max_concurrent_streams": 256,
+        "grpc.max_connection_idle_ms": 300_000,
+        "grpc.keepalive_time_ms": 60_000,
+        "grpc.keepalive_timeout_ms": 20_000,
+    }
     cfg.max_connection_age_s = 600
     assert dict(grpc_options(cfg))["grpc.max_connection_age_grace_ms"] == 20_000
 

@@ -13,8 +13,22 @@ import pytest
 from tests.hardening.conftest import serve
 from tests.reliability.helpers import Stubs, pb
 
-INVALID = ["/etc", "/nonexistent-dir", "../scale", "scale/..", "..", ".", "a" * 300, "a/b", "", "scale\x00",
-           "C:\\Windows", "-dash", "x..y", "\u00e9t\u00e9"]
+INVALID = [
+    "/etc",
+    "/nonexistent-dir",
+    "../scale",
+    "scale/..",
+    "..",
+    ".",
+    "a" * 300,
+    "a/b",
+    "",
+    "scale\x00",
+    "C:\\Windows",
+    "-dash",
+    "x..y",
+    "\u00e9t\u00e9",
+]
 
 
 @pytest.fixture
@@ -34,6 +48,7 @@ def _answer(call, name: str) -> tuple[grpc.StatusCode, str]:
 
 def test_every_invalid_name_gets_the_same_answer(control):
     with Stubs(control.address) as s:
+
         def load(n: str):
             return s.infer.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=n), timeout=30)
 

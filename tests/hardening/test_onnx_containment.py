@@ -42,18 +42,25 @@ def _external(t: onnx.TensorProto, location: str) -> onnx.TensorProto:
 
 
 def _with_metadata(graph: onnx.GraphProto, functions=()) -> onnx.ModelProto:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
-                              functions=list(functions))
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)], functions=list(functions)
+    )
     model.ir_version = 8
-    md = ModelMetadata(labels=[f"c{i}" for i in range(4)], input_shape=[4], layout="NC",
-                       preprocessing=Preprocessing(color_mode="L", height=1, width=4))
+    md = ModelMetadata(
+        labels=[f"c{i}" for i in range(4)],
+        input_shape=[4],
+        layout="NC",
+        preprocessing=Preprocessing(color_mode="L", height=1, width=4),
+    )
     model.metadata_props.add(key=METADATA_KEY, value=md.to_json())
     return model
 
 
 def _io():
-    return ([helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-            [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])])
+    return (
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])],
+    )
 
 
 def sparse_initializer_model(location: str) -> onnx.ModelProto:
@@ -86,16 +93,26 @@ def subgraph_model(location: str) -> onnx.ModelProto:
     k = _external(helper.make_tensor("k", TensorProto.FLOAT, [4], [0.0] * 4), location)
     out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])]
     then_g = helper.make_graph([helper.make_node("Constant", [], ["y"], value=k)], "then", [], out)
-    else_g = helper.make_graph([helper.make_node("Constant", [], ["y"], value=helper.make_tensor("z", TensorProto.FLOAT, [4], [0.0] * 4))],
-                               "else", [], out)
+    else_g = helper.make_graph(
+        [helper.make_node("Constant", [], ["y"], value=helper.make_tensor("z", TensorProto.FLOAT, [4], [0.0] * 4))],
+        "else",
+        [],
+        out,
+    )
     cond = helper.make_tensor("c", TensorProto.BOOL, [], [True])
-    nodes = [helper.make_node("If", ["c"], ["k"], then_branch=then_g, else_branch=else_g),
-             helper.make_node("Add", ["input", "k"], ["output"])]
+    nodes = [
+        helper.make_node("If", ["c"], ["k"], then_branch=then_g, else_branch=else_g),
+        helper.make_node("Add", ["input", "k"], ["output"]),
+    ]
     return _with_metadata(helper.make_graph(nodes, "sub", *_io(), [cond]))
 
 
-BUILDERS = {"sparse_initializer": sparse_initializer_model, "sparse_attribute": sparse_attribute_model,
-            "function": function_model, "subgraph": subgraph_model}
+BUILDERS = {
+    "sparse_initializer": sparse_initializer_model,
+    "sparse_attribute": sparse_attribute_model,
+    "function": function_model,
+    "subgraph": subgraph_model,
+}
 
 
 def _publish(repo, name: str, model: onnx.ModelProto | bytes) -> None:

@@ -59,7 +59,9 @@ def test_bearer_scheme_is_case_insensitive(repo, tmp_path):
     try:
         with Stubs(s.address) as st:
             for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
-                r = st.infer.ModelInfer(scale_request(), timeout=10, metadata=[("authorization", f"{scheme} app-token-123")])
+                r = st.infer.ModelInfer(
+                    scale_request(), timeout=10, metadata=[("authorization", f"{scheme} app-token-123")]
+                )
                 assert r.outputs, scheme
             for header in ("Basic app-token-123", "Bearerapp-token-123", "bearer wrong-token-1"):
                 with pytest.raises(grpc.RpcError) as e:
@@ -72,12 +74,20 @@ def test_bearer_scheme_is_case_insensitive(repo, tmp_path):
 def _self_signed(tmp_path, name: str, before: datetime.datetime, after: datetime.datetime):
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server")])
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(before).not_valid_after(after)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(before)
+        .not_valid_after(after)
+        .sign(key, hashes.SHA256())
+    )
     (tmp_path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                             serialization.NoEncryption()))
+    (tmp_path / f"{name}.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
 
 

@@ -41,7 +41,9 @@ def test_no_call_is_cancelled_around_sigterm(repo):
             with lock:
                 codes[code] += 1
 
-    threads = [threading.Thread(target=client, args=(channels[i % len(channels)],), daemon=True) for i in range(CONCURRENCY)]
+    threads = [
+        threading.Thread(target=client, args=(channels[i % len(channels)],), daemon=True) for i in range(CONCURRENCY)
+    ]
     for t in threads:
         t.start()
     try:

@@ -25,8 +25,11 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x
 
 
 def _stream_call(channel: grpc.aio.Channel):
-    return channel.stream_stream(STREAM_METHOD, request_serializer=pb.ModelInferRequest.SerializeToString,
-                                 response_deserializer=pb.ModelStreamInferResponse.FromString)()
+    return channel.stream_stream(
+        STREAM_METHOD,
+        request_serializer=pb.ModelInferRequest.SerializeToString,
+        response_deserializer=pb.ModelStreamInferResponse.FromString,
+    )()
 
 
 def test_idle_streams_on_one_connection_are_capped(server):

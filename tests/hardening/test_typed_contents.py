@@ -34,7 +34,9 @@ def raw_request(rows: int = ROWS) -> pb.ModelInferRequest:
     return req
 
 
-def _p50_under(address: str, attack: pb.ModelInferRequest, attackers: int = 3, seconds: float = 4.0) -> tuple[float, int]:
+def _p50_under(
+    address: str, attack: pb.ModelInferRequest, attackers: int = 3, seconds: float = 4.0
+) -> tuple[float, int]:
     def flood(bg: Background) -> None:
         with Stubs(address) as s:
             while not bg.stop_event.is_set():
@@ -95,7 +97,9 @@ def test_row_limit_is_the_same_refusal_for_typed_and_raw_contents(server, rows, 
             s.infer.ModelInfer(raw, timeout=60)
     assert typed.value.code() == rawe.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     if datatype == "FP32":
-        assert "inputs[0].shape" in typed.value.details() and "max_batch_size" in typed.value.details(), typed.value.details()
+        assert "inputs[0].shape" in typed.value.details() and "max_batch_size" in typed.value.details(), (
+            typed.value.details()
+        )
     else:
         assert "inputs[0].datatype" in typed.value.details(), typed.value.details()
     assert typed.value.details() == rawe.value.details()

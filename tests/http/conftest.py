@@ -54,8 +54,14 @@ class Answer:
         return json.loads(self.body)
 
 
-def call(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None,
-         context: ssl.SSLContext | None = None, timeout: float = 30) -> Answer:
+def call(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict | None = None,
+    context: ssl.SSLContext | None = None,
+    timeout: float = 30,
+) -> Answer:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
@@ -71,7 +77,15 @@ def http_server(model_repository, tmp_path_factory):
     shutil.copytree(model_repository, repo)
     for dt in SCALE_DATATYPES:
         publish(repo, f"scale-{dt.lower()}", scale_model(dt), max_batch_size=8)
-    s = start_http_server(repo, "--poll-interval-s", "0", "--allow-model-control", "--default-model", MODEL_NAME,
-                          log_dir=repo.parent, env=LIMITS)
+    s = start_http_server(
+        repo,
+        "--poll-interval-s",
+        "0",
+        "--allow-model-control",
+        "--default-model",
+        MODEL_NAME,
+        log_dir=repo.parent,
+        env=LIMITS,
+    )
     yield s
     s.proc.stop()

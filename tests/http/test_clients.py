@@ -46,8 +46,10 @@ def test_tritonclient_http_infer(client, binary_in, binary_out):
     x = np.random.default_rng(3).random((4, 1, 28, 28), dtype=np.float32)
     inp = th.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary_in)
-    outs = [th.InferRequestedOutput("probabilities", binary_data=binary_out),
-            th.InferRequestedOutput("logits", binary_data=binary_out, class_count=3)]
+    outs = [
+        th.InferRequestedOutput("probabilities", binary_data=binary_out),
+        th.InferRequestedOutput("logits", binary_data=binary_out, class_count=3),
+    ]
     r = client.infer(MODEL_NAME, [inp], outputs=outs, request_id="t1")
     probs = r.as_numpy("probabilities")
     assert probs.shape == (4, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
@@ -97,8 +99,14 @@ def test_grpc_and_http_serve_the_same_models(http_server):
         h.close()
     text = s.metrics_text()
     for proto in ("grpc", "http"):
-        counts = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("cnn_protocol_requests_total{")
-                  and f'protocol="{proto}"' in line and 'rpc="ModelInfer"' in line and 'code="OK"' in line]
+        counts = [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("cnn_protocol_requests_total{")
+            and f'protocol="{proto}"' in line
+            and 'rpc="ModelInfer"' in line
+            and 'code="OK"' in line
+        ]
         assert sum(counts) >= 1, f"no {proto} ModelInfer count in /metrics"
 
 
@@ -112,9 +120,32 @@ def perf_analyzer_env() -> tuple[str, dict]:
 def test_perf_analyzer_over_http(http_server, tmp_path):
     pa, env = perf_analyzer_env()
     csv = tmp_path / "pa.csv"
-    proc = subprocess.run([pa, "-m", MODEL_NAME, "-u", http_server.hostport, "-i", "http", "--concurrency-range", "1:8:7",
-                           "--measurement-mode", "count_windows", "--measurement-request-count", "200", "-s", "80",
-                           "-f", str(csv)], check=False, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            pa,
+            "-m",
+            MODEL_NAME,
+            "-u",
+            http_server.hostport,
+            "-i",
+            "http",
+            "--concurrency-range",
+            "1:8:7",
+            "--measurement-mode",
+            "count_windows",
+            "--measurement-request-count",
+            "200",
+            "-s",
+            "80",
+            "-f",
+            str(csv),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     throughputs = [float(t) for t in re.findall(r"Throughput: ([\d.]+) infer/sec", proc.stdout)]
     assert len(throughputs) == 2 and all(t > 0 for t in throughputs), proc.stdout
@@ -134,7 +165,9 @@ def readme_curl_commands() -> list[str]:
 def test_readme_curl_commands(http_server):
     for cmd in readme_curl_commands():
         argv = [a.replace("127.0.0.1:8000", http_server.hostport) for a in shlex.split(cmd.split(" #")[0])]
-        p = subprocess.run([*argv, "--fail-with-body", "-sS"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [*argv, "--fail-with-body", "-sS"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
         assert p.returncode == 0, f"{cmd}\n{p.stdout}\n{p.stderr}"
         assert p.stdout.strip(), cmd
     # and the server is still there

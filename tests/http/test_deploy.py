@@ -27,7 +27,7 @@ def block(text: str, head: str) -> str:
     for j in range(i, len(text)):
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         if depth == 0:
-            return text[i + 1:j]
+            return text[i + 1 : j]
     raise AssertionError(head)
 
 
@@ -55,7 +55,9 @@ def test_replicas_and_balancer_route_http():
     grpc = [flag(services[r]["command"], "--grpc-address") for r in ("server-1", "server-2")]
     assert len(set(http)) == 2 and not set(http) & set(grpc) and all(a.startswith("127.0.0.1:") for a in http)
     conf = (ROOT / "deploy" / "nginx" / "nginx.compose.conf").read_text()
-    ups = [line.split()[1] for line in block(conf, "upstream cnn_http").splitlines() if line.strip().startswith("server ")]
+    ups = [
+        line.split()[1] for line in block(conf, "upstream cnn_http").splitlines() if line.strip().startswith("server ")
+    ]
     assert ups == http
     listen = re.findall(r"^\s*listen ([^;]+);", conf, re.M)
     assert listen == ["127.0.0.1:8000 http2", "127.0.0.1:8010"], "gRPC first (tests/scale reads its block), then HTTP"
@@ -64,9 +66,10 @@ def test_replicas_and_balancer_route_http():
     spec.loader.exec_module(render)
     text = render.render("127.0.0.1:8000", "/tmp", grpc, http_listen="127.0.0.1:8010", http_replicas=http)
     assert directives(block(text, "upstream cnn_http")) == directives(block(conf, "upstream cnn_http"))
-    http_part = lambda t: t[t.index("upstream cnn_http"):]  # noqa: E731
-    assert directives(block(http_part(text), "location /")) == directives(block(http_part(conf), "location /")), \
+    http_part = lambda t: t[t.index("upstream cnn_http") :]  # noqa: E731
+    assert directives(block(http_part(text), "location /")) == directives(block(http_part(conf), "location /")), (
         "the compose balancer's HTTP settings are the template's"
+    )
     assert "upstream cnn_http" not in render.render("127.0.0.1:8000", "/tmp", grpc), "HTTP balancing is opt-in"
 
 
@@ -77,10 +80,22 @@ def test_nginx_with_http_passes_nginx_t(tmp_path):
     render = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(render)
     conf = tmp_path / "nginx.conf"
-    conf.write_text(render.render("127.0.0.1:1", tmp_path, ["127.0.0.1:2"], http_listen="127.0.0.1:3",
-                                  http_replicas=["127.0.0.1:4", "127.0.0.1:5"]))
-    p = subprocess.run([nginx, "-t", "-e", "stderr", "-c", str(conf), "-p", str(tmp_path)], capture_output=True, text=True,
-                       timeout=30, check=False)
+    conf.write_text(
+        render.render(
+            "127.0.0.1:1",
+            tmp_path,
+            ["127.0.0.1:2"],
+            http_listen="127.0.0.1:3",
+            http_replicas=["127.0.0.1:4", "127.0.0.1:5"],
+        )
+    )
+    p = subprocess.run(
+        [nginx, "-t", "-e", "stderr", "-c", str(conf), "-p", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
 
 

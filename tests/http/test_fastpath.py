@@ -15,20 +15,28 @@ from server.http import codec, v2
 from tests.conftest import MODEL_NAME
 from tests.http.conftest import call
 
-HEADER = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                                 "parameters": {"binary_data_size": 3136}}],
-                     "parameters": {"binary_data_output": True}}).encode()
+HEADER = json.dumps(
+    {
+        "inputs": [
+            {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "parameters": {"binary_data_size": 3136}}
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+).encode()
 
 
 def response(rid: str = "", rows: int = 1, dtype=np.float32) -> InferResponse:
     rng = np.random.default_rng(rows)
-    outs = [InferOutput(n, "FP32" if dtype == np.float32 else "INT64", (rows, 10), rng.random((rows, 10)).astype(dtype))
-            for n in ("logits", "probabilities")]
+    outs = [
+        InferOutput(n, "FP32" if dtype == np.float32 else "INT64", (rows, 10), rng.random((rows, 10)).astype(dtype))
+        for n in ("logits", "probabilities")
+    ]
     return InferResponse(MODEL_NAME, "1", rid, outs)
 
 
-@pytest.mark.parametrize("rid,rows,dtype", [("", 1, np.float32), ("a", 1, np.float32), ("", 3, np.float32),
-                                            ("x", 2, np.int64)])
+@pytest.mark.parametrize(
+    "rid,rows,dtype", [("", 1, np.float32), ("a", 1, np.float32), ("", 3, np.float32), ("x", 2, np.int64)]
+)
 def test_binary_answers_equal_the_uncached_encoder_every_time(rid, rows, dtype):
     answers = codec.BinaryAnswers()
     want = codec.encode_infer_response(response(rid, rows, dtype), True)
@@ -55,9 +63,14 @@ def test_common_headers_match_the_uncached_check_and_stay_bounded():
     cache = v2.CommonHeaders(max_entries=3, max_header_bytes=400)
     assert cache.common(HEADER) == v2._common(json.loads(HEADER)) == ("input", "FP32", (1, 1, 28, 28), "", 3136, True)
     assert cache.common(HEADER) == cache.common(bytes(HEADER))
-    not_common = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                                         "parameters": {"binary_data_size": 3136}}],
-                             "outputs": [{"name": "logits"}]}).encode()
+    not_common = json.dumps(
+        {
+            "inputs": [
+                {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "parameters": {"binary_data_size": 3136}}
+            ],
+            "outputs": [{"name": "logits"}],
+        }
+    ).encode()
     assert cache.common(not_common) is None
     flag = json.loads(HEADER)
     flag["inputs"][0]["parameters"]["binary_data_size"] = True  # a bool is no size
@@ -91,5 +104,5 @@ def test_a_cached_header_does_not_skip_the_body_check(http_server):
     n = int(again.headers[codec.BINARY_HEADER])
     head = json.loads(again.body[:n])
     assert [o["parameters"]["binary_data_size"] for o in head["outputs"]] == [40, 40]
-    probs = np.frombuffer(again.body[n + 40:], np.float32)
+    probs = np.frombuffer(again.body[n + 40 :], np.float32)
     assert abs(probs.sum() - 1) < 1e-4

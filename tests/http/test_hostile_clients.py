@@ -31,7 +31,9 @@ CLASSIFY = f"/v1/models/{MODEL_NAME}/classify"
 @pytest.fixture(scope="module")
 def server(model_repository, tmp_path_factory):
     env = dict(LIMITS, CNN_SERVER_HTTP_READ_TIMEOUT_S=str(READ_TIMEOUT_S), CNN_SERVER_MAX_CONNECTION_IDLE_S=str(IDLE_S))
-    s = start_http_server(model_repository, "--poll-interval-s", "0", log_dir=tmp_path_factory.mktemp("hostile"), env=env)
+    s = start_http_server(
+        model_repository, "--poll-interval-s", "0", log_dir=tmp_path_factory.mktemp("hostile"), env=env
+    )
     yield s
     s.proc.stop()
 
@@ -121,12 +123,17 @@ def test_a_file_part_that_stops_midway_gets_408_naming_the_image(server):
 def test_a_content_length_over_the_limit_is_refused_before_the_body(server, path, ctype):
     s = connect(server)
     declared = 100 * 10**9
-    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {declared}\r\n\r\n".encode())
+    s.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {declared}\r\n\r\n".encode()
+    )
     t0 = time.monotonic()
     status, headers, body = read_answer(s)  # no byte of the body was sent
     assert time.monotonic() - t0 < READ_TIMEOUT_S, "answered from the header, not after a read timeout"
     assert status == 413
-    assert json.loads(body)["error"] == f"Content-Length: {declared} bytes is over the limit of {MAX_BODY} (max_message_bytes)"
+    assert (
+        json.loads(body)["error"]
+        == f"Content-Length: {declared} bytes is over the limit of {MAX_BODY} (max_message_bytes)"
+    )
     assert headers.get("connection") == "close"
     s.close()
     healthy(server)
@@ -165,7 +172,7 @@ def test_a_client_leaving_mid_body_is_cancelled_not_a_server_error(server):
     cancelled = counter(server, "ModelInfer", "CANCELLED")
     internal = counter(server, "ModelInfer", "INTERNAL")
     s = connect(server)
-    s.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"inputs\"")
+    s.sendall(b"POST " + INFER.encode() + b' HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"inputs"')
     time.sleep(0.3)
     s.close()
     deadline = time.monotonic() + 10
@@ -181,7 +188,9 @@ def test_json_nested_too_deeply_is_a_400(server):
     a = call(server.url + INFER, "POST", b"[" * 100_000 + b"]" * 100_000)
     assert a.status == 400
     assert a.json()["error"] == "request body: arrays or objects nested too deeply to parse"
-    a = call(server.url + INFER, "POST", b'{"inputs": [{"name": "input", "data": ' + b"[" * 50_000 + b"]" * 50_000 + b"}]}")
+    a = call(
+        server.url + INFER, "POST", b'{"inputs": [{"name": "input", "data": ' + b"[" * 50_000 + b"]" * 50_000 + b"}]}"
+    )
     assert a.status == 400
 
 
@@ -198,7 +207,9 @@ def test_non_finite_outputs_are_null_in_strict_json_and_exact_in_binary(server):
     assert a.status == 200
     outputs = {o["name"]: o["data"] for o in _strict(a.body)["outputs"]}
     assert None in outputs["logits"], outputs  # inf through the network gives NaN or inf: written as null
-    a = call(server.url + INFER, "POST", json.dumps({"inputs": [x], "parameters": {"binary_data_output": True}}).encode())
+    a = call(
+        server.url + INFER, "POST", json.dumps({"inputs": [x], "parameters": {"binary_data_output": True}}).encode()
+    )
     assert a.status == 200
     n = int(a.headers["Inference-Header-Content-Length"])
     head = _strict(a.body[:n])
@@ -214,7 +225,7 @@ def test_a_flood_of_refusals_and_unparsable_requests_leaves_a_few_log_lines(serv
         s.sendall(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_answer(s)[0] == 400
         s.close()
-    new = server.proc.log()[len(log_before):]
+    new = server.proc.log()[len(log_before) :]
     lines = [ln for ln in new.splitlines() if ln.strip()]
     assert "Traceback" not in new
     # 120 refusals: at most 5 lines per kind per 10 s (server/lograte.py), twice if the loop spans a new interval

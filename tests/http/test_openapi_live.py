@@ -35,8 +35,9 @@ def test_openapi_describes_exactly_the_routes():
     assert doc["openapi"].startswith("3.")
     described = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     registered = routes(HttpServer(NoService(), Metrics()).app)
-    assert registered == described, (f"not described: {sorted(registered - described)}; "
-                                     f"described but not served: {sorted(described - registered)}")
+    assert registered == described, (
+        f"not described: {sorted(registered - described)}; described but not served: {sorted(described - registered)}"
+    )
     ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
     assert len(ids) == len(set(ids))
     for ops in doc["paths"].values():  # every $ref resolves

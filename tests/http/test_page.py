@@ -20,8 +20,16 @@ from playwright.sync_api import sync_playwright
 from tests.conftest import MODEL_NAME, digit_examples
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # Strokes in pad coordinates (0..1): digits this model (LeNet-5 on the bundled digits) reads reliably when
 # drawn by a hand on the pad; the server normalises them as MNIST was (20x20 box, centre of mass).
 DIGITS = {
@@ -36,8 +44,14 @@ def browser():
     assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), "chromium is installed by scripts/setup.sh --system"
     profile = tempfile.mkdtemp(prefix="cnn-chromium-")
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                                                   viewport={"width": 1100, "height": 900}, offline=False)
+        ctx = p.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1100, "height": 900},
+            offline=False,
+        )
         yield ctx
         ctx.close()
     shutil.rmtree(profile, ignore_errors=True)
@@ -74,7 +88,10 @@ def top_answer(page) -> str:
 def test_draw_digits_and_see_them_recognised(http_server, browser, shots):
     page = browser.new_page()
     external: list[str] = []
-    page.on("request", lambda r: external.append(r.url) if not r.url.startswith((http_server.url, "data:", "blob:")) else None)
+    page.on(
+        "request",
+        lambda r: external.append(r.url) if not r.url.startswith((http_server.url, "data:", "blob:")) else None,
+    )
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(http_server.url + "/")
@@ -94,7 +111,9 @@ def test_draw_digits_and_see_them_recognised(http_server, browser, shots):
     # the explanation area: an overlay image or the 501 note, never an error
     page.wait_for_function("document.querySelector('#cam-caption').textContent.length > 0")
     caption = page.inner_text("#cam-caption")
-    assert "not available" in caption or not page.locator("#overlay").is_hidden() or not page.locator("#heat").is_hidden()
+    assert (
+        "not available" in caption or not page.locator("#overlay").is_hidden() or not page.locator("#heat").is_hidden()
+    )
     # the live panel reads the server's counters
     page.wait_for_function("document.querySelector('#live-total').textContent !== '–'", timeout=10_000)
     assert int(page.inner_text("#live-total")) >= len(DIGITS)

@@ -24,13 +24,30 @@ def post_json(url: str, doc) -> tuple[int, dict]:
 
 def lenet_json(rows: int = 1, **extra) -> dict:
     x = np.random.default_rng(rows).random((rows, 1, 28, 28), dtype=np.float32)
-    return {"inputs": [{"name": "input", "shape": [rows, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}], **extra}
+    return {
+        "inputs": [{"name": "input", "shape": [rows, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}],
+        **extra,
+    }
 
 
 def binary_request(x: np.ndarray, **params) -> tuple[bytes, dict]:
-    head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                   "parameters": {"binary_data_size": x.nbytes}}], "parameters": params}).encode()
-    return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": params,
+        }
+    ).encode()
+    return head + x.tobytes(), {
+        "Inference-Header-Content-Length": str(len(head)),
+        "Content-Type": "application/octet-stream",
+    }
 
 
 def test_health_metadata_and_repository(http_server):
@@ -48,7 +65,11 @@ def test_health_metadata_and_repository(http_server):
     nr = call(f"{u}/v2/models/{MODEL_NAME}/versions/7/ready")
     assert nr.status == 503 and "version 7" in nr.json()["error"]
     cfg = call(f"{u}/v2/models/{MODEL_NAME}/config").json()
-    assert cfg["max_batch_size"] == 64 and cfg["input"][0]["dims"] == [1, 28, 28] and cfg["input"][0]["data_type"] == "TYPE_FP32"
+    assert (
+        cfg["max_batch_size"] == 64
+        and cfg["input"][0]["dims"] == [1, 28, 28]
+        and cfg["input"][0]["data_type"] == "TYPE_FP32"
+    )
     assert cfg["parameters"]["labels"]["string_value"].split(",") == [str(i) for i in range(10)]
     assert call(f"{u}/v2/models/{MODEL_NAME}/versions/1/config").json() == cfg
     index = call(u + "/v2/repository/index", "POST", b'{"ready": true}').json()
@@ -62,8 +83,12 @@ def test_health_metadata_and_repository(http_server):
 def test_json_infer_with_classification_and_statistics(http_server):
     u = http_server.url
     before = call(f"{u}/v2/models/{MODEL_NAME}/stats").json()["model_stats"][0]
-    status, doc = post_json(f"{u}/v2/models/{MODEL_NAME}/infer", lenet_json(3, id="req-1", outputs=[
-        {"name": "probabilities", "parameters": {"classification": 2}}, {"name": "logits"}]))
+    status, doc = post_json(
+        f"{u}/v2/models/{MODEL_NAME}/infer",
+        lenet_json(
+            3, id="req-1", outputs=[{"name": "probabilities", "parameters": {"classification": 2}}, {"name": "logits"}]
+        ),
+    )
     assert status == 200, doc
     assert doc["id"] == "req-1" and doc["model_version"] == "1"
     cls, logits = doc["outputs"]
@@ -87,19 +112,37 @@ def test_binary_infer_matches_json(http_server):
     head = json.loads(a.body[:n])
     sizes = [o["parameters"]["binary_data_size"] for o in head["outputs"]]
     assert sizes == [80, 80] and len(a.body) == n + 160
-    probs_bin = np.frombuffer(a.body[n + 80:], dtype="<f4").reshape(2, 10)
-    status, doc = post_json(f"{u}/v2/models/{MODEL_NAME}/versions/1/infer",
-                            {"inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": x.tolist()}]})
+    probs_bin = np.frombuffer(a.body[n + 80 :], dtype="<f4").reshape(2, 10)
+    status, doc = post_json(
+        f"{u}/v2/models/{MODEL_NAME}/versions/1/infer",
+        {"inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": x.tolist()}]},
+    )
     assert status == 200, doc
     probs_json = np.array(doc["outputs"][1]["data"], dtype=np.float32).reshape(2, 10)
     np.testing.assert_allclose(probs_bin, probs_json, rtol=1e-6)
     # binary outputs only for the output that asks; JSON for the other
-    head2 = json.dumps({"inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32",
-                                    "parameters": {"binary_data_size": x.nbytes}}],
-                        "outputs": [{"name": "logits", "parameters": {"binary_data": False}},
-                                    {"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
-    a = call(f"{u}/v2/models/{MODEL_NAME}/infer", "POST", head2 + x.tobytes(),
-             {"Inference-Header-Content-Length": str(len(head2))})
+    head2 = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [2, 1, 28, 28],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [
+                {"name": "logits", "parameters": {"binary_data": False}},
+                {"name": "probabilities", "parameters": {"binary_data": True}},
+            ],
+        }
+    ).encode()
+    a = call(
+        f"{u}/v2/models/{MODEL_NAME}/infer",
+        "POST",
+        head2 + x.tobytes(),
+        {"Inference-Header-Content-Length": str(len(head2))},
+    )
     n = int(a.headers["Inference-Header-Content-Length"])
     outs = json.loads(a.body[:n])["outputs"]
     assert "data" in outs[0] and outs[1]["parameters"] == {"binary_data_size": 80}
@@ -114,15 +157,27 @@ def test_datatypes_json_and_binary(http_server, datatype, binary):
     url = f"{http_server.url}/v2/models/scale-{datatype.lower()}/infer"
     if binary:
         raw = x.astype(x.dtype.newbyteorder("<")).tobytes()
-        head = json.dumps({"inputs": [{"name": "input", "shape": [2, 4], "datatype": datatype,
-                                       "parameters": {"binary_data_size": len(raw)}}],
-                           "outputs": [{"name": "output", "parameters": {"binary_data": True}}]}).encode()
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [2, 4],
+                        "datatype": datatype,
+                        "parameters": {"binary_data_size": len(raw)},
+                    }
+                ],
+                "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+            }
+        ).encode()
         a = call(url, "POST", head + raw, {"Inference-Header-Content-Length": str(len(head))})
         assert a.status == 200, a.body
         n = int(a.headers["Inference-Header-Content-Length"])
         got = np.frombuffer(a.body[n:], dtype=np.dtype(NP[datatype]).newbyteorder("<")).reshape(2, 4)
     else:
-        status, doc = post_json(url, {"inputs": [{"name": "input", "shape": [2, 4], "datatype": datatype, "data": x.tolist()}]})
+        status, doc = post_json(
+            url, {"inputs": [{"name": "input", "shape": [2, 4], "datatype": datatype, "data": x.tolist()}]}
+        )
         assert status == 200, doc
         assert doc["outputs"][0]["datatype"] == datatype
         got = np.array(doc["outputs"][0]["data"], dtype=NP[datatype]).reshape(2, 4)
@@ -132,20 +187,31 @@ def test_datatypes_json_and_binary(http_server, datatype, binary):
 def test_classify_raw_and_multipart(http_server):
     u = http_server.url
     files = digit_examples()[:3]
-    a = call(f"{u}/v1/models/{MODEL_NAME}/classify?top_k=3", "POST", files[0].read_bytes(), {"Content-Type": "image/png"})
+    a = call(
+        f"{u}/v1/models/{MODEL_NAME}/classify?top_k=3", "POST", files[0].read_bytes(), {"Content-Type": "image/png"}
+    )
     assert a.status == 200, a.body
     doc = a.json()
     r = doc["results"][0]
     assert r["image"] == "body" and r["model"] == MODEL_NAME and r["version"] == "1" and len(r["top_k"]) == 3
     assert r["top_k"][0]["label"] == files[0].name.split("_")[0]
     assert set(r["top_k"][0]) == {"label", "index", "probability"} and "model_input" not in r
-    a = call(f"{u}/v1/models/{MODEL_NAME}/classify?return_input=true", "POST", files[0].read_bytes(),
-             {"Content-Type": "image/png"})
+    a = call(
+        f"{u}/v1/models/{MODEL_NAME}/classify?return_input=true",
+        "POST",
+        files[0].read_bytes(),
+        {"Content-Type": "image/png"},
+    )
     seen = a.json()["results"][0]["model_input"]
     assert seen["shape"] == [1, 28, 28] and len(seen["data"]) == 784 and max(seen["data"]) > min(seen["data"])
     boundary = "----cnnstack"
-    parts = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="f{i}"; filename="{f.name}"\r\n'
-                     f"Content-Type: image/png\r\n\r\n".encode() + f.read_bytes() + b"\r\n" for i, f in enumerate(files))
+    parts = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="f{i}"; filename="{f.name}"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + f.read_bytes()
+        + b"\r\n"
+        for i, f in enumerate(files)
+    )
     parts += f"--{boundary}--\r\n".encode()
     a = call(f"{u}/v1/classify", "POST", parts, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert a.status == 200, a.body
@@ -156,8 +222,12 @@ def test_classify_raw_and_multipart(http_server):
 
 
 def test_explain_answers_or_says_501(http_server):
-    a = call(f"{http_server.url}/v1/models/{MODEL_NAME}/explain", "POST", digit_examples()[0].read_bytes(),
-             {"Content-Type": "image/png"})
+    a = call(
+        f"{http_server.url}/v1/models/{MODEL_NAME}/explain",
+        "POST",
+        digit_examples()[0].read_bytes(),
+        {"Content-Type": "image/png"},
+    )
     if a.status == 501:
         assert "explain" in a.json()["error"]
         return
@@ -166,8 +236,13 @@ def test_explain_answers_or_says_501(http_server):
     assert len(hm["values"]) == hm["height"] * hm["width"]
 
 
-SHORT_HEAD = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": 3136}}]}).encode()
+SHORT_HEAD = json.dumps(
+    {
+        "inputs": [
+            {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "parameters": {"binary_data_size": 3136}}
+        ]
+    }
+).encode()
 SHORT_BINARY = SHORT_HEAD + bytes(100)  # the header promises 3,136 bytes; 100 follow
 
 
@@ -177,44 +252,120 @@ def png_bytes(w: int, h: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("path,method,body,headers,status,words", [
-    ("/v2/models/{m}/infer", "POST", b"{not json", {"Content-Type": "application/json"}, 400, "request body: not valid JSON"),
-    ("/v2/models/{m}/infer", "POST", b'{"inputs": []}', {}, 400, "'inputs' must be a non-empty list"),
-    ("/v2/models/{m}/infer", "POST", json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 27], "datatype": "FP32",
-                                                             "data": [0.0] * 756}]}).encode(), {}, 400, "inputs[0].shape"),
-    ("/v2/models/{m}/infer", "POST", json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP64",
-                                                             "data": [0.0] * 784}]}).encode(), {}, 400, "inputs[0].datatype"),
-    ("/v2/models/{m}/infer", "POST", json.dumps({"inputs": [{"name": "x", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                                                             "data": [0.0] * 784}]}).encode(), {}, 400, "inputs[0].name"),
-    ("/v2/models/{m}/infer", "POST", json.dumps(lenet_json(1, outputs=[{"name": "nope"}])).encode(), {}, 400, "outputs[0].name"),
-    ("/v2/models/{m}/infer", "POST", json.dumps(lenet_json(65)).encode(), {}, 400, "max_batch_size"),
-    ("/v2/models/{m}/infer", "POST", SHORT_BINARY, {"Inference-Header-Content-Length": str(len(SHORT_HEAD))}, 400,
-     "inputs[0].parameters.binary_data_size: 3136 bytes from offset 0, but the binary part of the body has 100 bytes"),
-    ("/v2/models/{m}/infer", "POST", b"{}", {"Inference-Header-Content-Length": "99"}, 400, "Inference-Header-Content-Length"),
-    ("/v2/models/{m}/infer", "POST", b"{}", {"Content-Type": "image/png"}, 415, "Content-Type"),
-    ("/v2/models/{m}/infer", "POST", bytes(MAX_BODY + 1), {}, 413, ""),
-    ("/v2/models/nope/infer", "POST", json.dumps(lenet_json()).encode(), {}, 404, "unknown model 'nope'"),
-    ("/v2/models/{m}/versions/9/infer", "POST", json.dumps(lenet_json()).encode(), {}, 404, "9"),
-    ("/v2/models/{m}/versions/x/infer", "POST", json.dumps(lenet_json()).encode(), {}, 404, "model_version"),
-    ("/v2/models/nope", "GET", None, {}, 404, "nope"),
-    ("/v2/models/nope/config", "GET", None, {}, 404, "nope"),
-    ("/v2/models/nope/stats", "GET", None, {}, 404, "nope"),
-    ("/v2/repository/index", "POST", b'{"ready": "yes"}', {}, 400, "ready"),
-    ("/v2/nothing", "GET", None, {}, 404, "no such endpoint"),
-    ("/v2/health/live", "DELETE", None, {}, 405, "Method Not Allowed"),
-    ("/v1/models/{m}/classify", "POST", b"GIF89a", {"Content-Type": "image/gif"}, 415, "Content-Type"),
-    ("/v1/models/{m}/classify", "POST", b"not an image", {"Content-Type": "image/png"}, 400, "images[0].encoded"),
-    ("/v1/models/{m}/classify", "POST", b"", {"Content-Type": "image/png"}, 400, "images[0].encoded: empty"),
-    ("/v1/models/{m}/classify", "POST", png_bytes(1001, 1000), {"Content-Type": "image/png"}, 413,
-     f"the limit is {MAX_PIXELS} pixels"),
-    ("/v1/models/{m}/classify", "POST", bytes(MAX_BODY + 1), {"Content-Type": "image/png"}, 413, ""),
-    ("/v1/models/{m}/classify?top_k=-1", "POST", b"x", {"Content-Type": "image/png"}, 400, "top_k"),
-    ("/v1/models/nope/classify", "POST", b"x", {"Content-Type": "image/png"}, 404, "nope"),
-    ("/v1/models/{m}/classify", "POST", b"--b--\r\n", {"Content-Type": "multipart/form-data; boundary=b"}, 400, "no file parts"),
-    ("/v1/classify", "POST", b"\xf2", {"Content-Type": "multipart/form-data; boundary=x"}, 400, "multipart/form-data"),
-    ("/v1/classify", "POST", b"--x\r\n", {"Content-Type": "multipart/form-data"}, 400, "multipart/form-data"),
-])
-def test_bad_input_gets_its_status_and_the_server_keeps_serving(http_server, path, method, body, headers, status, words):
+@pytest.mark.parametrize(
+    "path,method,body,headers,status,words",
+    [
+        (
+            "/v2/models/{m}/infer",
+            "POST",
+            b"{not json",
+            {"Content-Type": "application/json"},
+            400,
+            "request body: not valid JSON",
+        ),
+        ("/v2/models/{m}/infer", "POST", b'{"inputs": []}', {}, 400, "'inputs' must be a non-empty list"),
+        (
+            "/v2/models/{m}/infer",
+            "POST",
+            json.dumps(
+                {"inputs": [{"name": "input", "shape": [1, 1, 28, 27], "datatype": "FP32", "data": [0.0] * 756}]}
+            ).encode(),
+            {},
+            400,
+            "inputs[0].shape",
+        ),
+        (
+            "/v2/models/{m}/infer",
+            "POST",
+            json.dumps(
+                {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP64", "data": [0.0] * 784}]}
+            ).encode(),
+            {},
+            400,
+            "inputs[0].datatype",
+        ),
+        (
+            "/v2/models/{m}/infer",
+            "POST",
+            json.dumps(
+                {"inputs": [{"name": "x", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}
+            ).encode(),
+            {},
+            400,
+            "inputs[0].name",
+        ),
+        (
+            "/v2/models/{m}/infer",
+            "POST",
+            json.dumps(lenet_json(1, outputs=[{"name": "nope"}])).encode(),
+            {},
+            400,
+            "outputs[0].name",
+        ),
+        ("/v2/models/{m}/infer", "POST", json.dumps(lenet_json(65)).encode(), {}, 400, "max_batch_size"),
+        (
+            "/v2/models/{m}/infer",
+            "POST",
+            SHORT_BINARY,
+            {"Inference-Header-Content-Length": str(len(SHORT_HEAD))},
+            400,
+            "inputs[0].parameters.binary_data_size: 3136 bytes from offset 0, but the binary part of the body has 100 bytes",
+        ),
+        (
+            "/v2/models/{m}/infer",
+            "POST",
+            b"{}",
+            {"Inference-Header-Content-Length": "99"},
+            400,
+            "Inference-Header-Content-Length",
+        ),
+        ("/v2/models/{m}/infer", "POST", b"{}", {"Content-Type": "image/png"}, 415, "Content-Type"),
+        ("/v2/models/{m}/infer", "POST", bytes(MAX_BODY + 1), {}, 413, ""),
+        ("/v2/models/nope/infer", "POST", json.dumps(lenet_json()).encode(), {}, 404, "unknown model 'nope'"),
+        ("/v2/models/{m}/versions/9/infer", "POST", json.dumps(lenet_json()).encode(), {}, 404, "9"),
+        ("/v2/models/{m}/versions/x/infer", "POST", json.dumps(lenet_json()).encode(), {}, 404, "model_version"),
+        ("/v2/models/nope", "GET", None, {}, 404, "nope"),
+        ("/v2/models/nope/config", "GET", None, {}, 404, "nope"),
+        ("/v2/models/nope/stats", "GET", None, {}, 404, "nope"),
+        ("/v2/repository/index", "POST", b'{"ready": "yes"}', {}, 400, "ready"),
+        ("/v2/nothing", "GET", None, {}, 404, "no such endpoint"),
+        ("/v2/health/live", "DELETE", None, {}, 405, "Method Not Allowed"),
+        ("/v1/models/{m}/classify", "POST", b"GIF89a", {"Content-Type": "image/gif"}, 415, "Content-Type"),
+        ("/v1/models/{m}/classify", "POST", b"not an image", {"Content-Type": "image/png"}, 400, "images[0].encoded"),
+        ("/v1/models/{m}/classify", "POST", b"", {"Content-Type": "image/png"}, 400, "images[0].encoded: empty"),
+        (
+            "/v1/models/{m}/classify",
+            "POST",
+            png_bytes(1001, 1000),
+            {"Content-Type": "image/png"},
+            413,
+            f"the limit is {MAX_PIXELS} pixels",
+        ),
+        ("/v1/models/{m}/classify", "POST", bytes(MAX_BODY + 1), {"Content-Type": "image/png"}, 413, ""),
+        ("/v1/models/{m}/classify?top_k=-1", "POST", b"x", {"Content-Type": "image/png"}, 400, "top_k"),
+        ("/v1/models/nope/classify", "POST", b"x", {"Content-Type": "image/png"}, 404, "nope"),
+        (
+            "/v1/models/{m}/classify",
+            "POST",
+            b"--b--\r\n",
+            {"Content-Type": "multipart/form-data; boundary=b"},
+            400,
+            "no file parts",
+        ),
+        (
+            "/v1/classify",
+            "POST",
+            b"\xf2",
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            400,
+            "multipart/form-data",
+        ),
+        ("/v1/classify", "POST", b"--x\r\n", {"Content-Type": "multipart/form-data"}, 400, "multipart/form-data"),
+    ],
+)
+def test_bad_input_gets_its_status_and_the_server_keeps_serving(
+    http_server, path, method, body, headers, status, words
+):
     a = call(http_server.url + path.format(m=MODEL_NAME), method, body, headers)
     assert a.status == status, a.body[:300]
     assert a.headers["Content-Type"].startswith("application/json")
@@ -228,8 +379,10 @@ def test_load_and_unload(http_server):
     name = "scale-int64"
     assert call(f"{u}/v2/repository/models/{name}/unload", "POST", b"").status == 200
     assert call(f"{u}/v2/models/{name}/ready").status == 503
-    status, doc = post_json(f"{u}/v2/models/{name}/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT64",
-                                                                         "data": [1, 2, 3, 4]}]})
+    status, doc = post_json(
+        f"{u}/v2/models/{name}/infer",
+        {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]},
+    )
     assert status in (404, 503), doc
     assert call(f"{u}/v2/repository/models/{name}/load", "POST", b"{}").status == 200
     assert call(f"{u}/v2/models/{name}/ready").status == 200
@@ -254,16 +407,30 @@ def test_page_openapi_and_metrics_are_served(http_server):
 def test_bytes_output_length_prefixed(http_server):
     """Classification outputs over the binary extension: BYTES elements, each with a 4-byte length."""
     x = np.zeros((1, 1, 28, 28), dtype=np.float32)
-    head = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": x.nbytes}}],
-                       "outputs": [{"name": "probabilities", "parameters": {"classification": 2, "binary_data": True}}]}).encode()
-    a = call(f"{http_server.url}/v2/models/{MODEL_NAME}/infer", "POST", head + x.tobytes(),
-             {"Inference-Header-Content-Length": str(len(head))})
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 1, 28, 28],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 2, "binary_data": True}}],
+        }
+    ).encode()
+    a = call(
+        f"{http_server.url}/v2/models/{MODEL_NAME}/infer",
+        "POST",
+        head + x.tobytes(),
+        {"Inference-Header-Content-Length": str(len(head))},
+    )
     n = int(a.headers["Inference-Header-Content-Length"])
     blob = a.body[n:]
     items = []
     while blob:
         (k,) = struct.unpack_from("<I", blob)
-        items.append(blob[4:4 + k].decode())
-        blob = blob[4 + k:]
+        items.append(blob[4 : 4 + k].decode())
+        blob = blob[4 + k :]
     assert len(items) == 2 and all(i.count(":") == 2 for i in items)

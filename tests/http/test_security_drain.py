@@ -21,15 +21,23 @@ from tests.server.test_security import TOKENS, pki  # noqa: F401 - the module-sc
 
 
 def infer_body() -> bytes:
-    return json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                                   "data": [0.0] * 784}]}).encode()
+    return json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}
+    ).encode()
 
 
 def test_bearer_tokens_per_group_over_http(model_repository, tmp_path):
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(TOKENS)
-    s = start_http_server(model_repository, "--poll-interval-s", "0", "--auth-tokens-file", str(tokens),
-                          "--allow-model-control", log_dir=tmp_path)
+    s = start_http_server(
+        model_repository,
+        "--poll-interval-s",
+        "0",
+        "--auth-tokens-file",
+        str(tokens),
+        "--allow-model-control",
+        log_dir=tmp_path,
+    )
     u, image = s.url, digit_examples()[0].read_bytes()
     bearer = lambda t: {"Authorization": f"Bearer {t}"}  # noqa: E731
     try:
@@ -39,16 +47,36 @@ def test_bearer_tokens_per_group_over_http(model_repository, tmp_path):
             a = call(f"{u}/v1/classify", "POST", image, {"Content-Type": "image/png", **headers})
             assert a.status == status
         assert call(f"{u}/v2/models/{MODEL_NAME}/infer", "POST", infer_body(), bearer("app-token-123")).status == 200
-        assert call(f"{u}/v1/classify", "POST", image, {"Content-Type": "image/png", **bearer("app-token-123")}).status == 200
+        assert (
+            call(f"{u}/v1/classify", "POST", image, {"Content-Type": "image/png", **bearer("app-token-123")}).status
+            == 200
+        )
         # statistics and repository: the app token is known but not allowed -> 403; the admin token may
-        for path, method in ((f"/v2/models/{MODEL_NAME}/stats", "GET"), ("/v2/models/stats", "GET"),
-                             ("/v2/repository/index", "POST"), (f"/v2/repository/models/{MODEL_NAME}/load", "POST"),
-                             ("/v1/stats/live", "GET"), ("/metrics", "GET")):
-            assert call(u + path, method, b"" if method == "POST" else None, bearer("app-token-123")).status == 403, path
-            assert call(u + path, method, b"" if method == "POST" else None, bearer("admin-token-456")).status == 200, path
+        for path, method in (
+            (f"/v2/models/{MODEL_NAME}/stats", "GET"),
+            ("/v2/models/stats", "GET"),
+            ("/v2/repository/index", "POST"),
+            (f"/v2/repository/models/{MODEL_NAME}/load", "POST"),
+            ("/v1/stats/live", "GET"),
+            ("/metrics", "GET"),
+        ):
+            assert call(u + path, method, b"" if method == "POST" else None, bearer("app-token-123")).status == 403, (
+                path
+            )
+            assert call(u + path, method, b"" if method == "POST" else None, bearer("admin-token-456")).status == 200, (
+                path
+            )
         # health, metadata and the page stay open in this configuration
-        for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{MODEL_NAME}/ready", "/v2",
-                     f"/v2/models/{MODEL_NAME}", "/v1/models", "/", "/openapi.json"):
+        for path in (
+            "/v2/health/live",
+            "/v2/health/ready",
+            f"/v2/models/{MODEL_NAME}/ready",
+            "/v2",
+            f"/v2/models/{MODEL_NAME}",
+            "/v1/models",
+            "/",
+            "/openapi.json",
+        ):
             assert call(u + path).status == 200, path
         text = s.proc.metrics_text()
         assert 'cnn_protocol_requests_total{code="PERMISSION_DENIED",protocol="http",rpc="ModelStatistics"}' in text
@@ -59,8 +87,17 @@ def test_bearer_tokens_per_group_over_http(model_repository, tmp_path):
 
 def test_tls_and_mtls_over_http(model_repository, pki, tmp_path):  # noqa: F811
     ca = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-    s = start_http_server(model_repository, "--poll-interval-s", "0", "--tls-cert-file", str(pki / "server.pem"),
-                          "--tls-key-file", str(pki / "server.key"), log_dir=tmp_path, scheme="https")
+    s = start_http_server(
+        model_repository,
+        "--poll-interval-s",
+        "0",
+        "--tls-cert-file",
+        str(pki / "server.pem"),
+        "--tls-key-file",
+        str(pki / "server.key"),
+        log_dir=tmp_path,
+        scheme="https",
+    )
     try:
         assert call(s.url + "/v2/health/ready", context=ca).status == 200
         assert call(f"{s.url}/v2/models/{MODEL_NAME}/infer", "POST", infer_body(), context=ca).status == 200
@@ -68,9 +105,19 @@ def test_tls_and_mtls_over_http(model_repository, pki, tmp_path):  # noqa: F811
             call(s.url.replace("https://", "http://") + "/v2/health/live", timeout=5)
     finally:
         assert s.proc.stop() == 0
-    s = start_http_server(model_repository, "--poll-interval-s", "0", "--tls-cert-file", str(pki / "server.pem"),
-                          "--tls-key-file", str(pki / "server.key"), "--tls-client-ca-file", str(pki / "ca.pem"),
-                          log_dir=tmp_path, scheme="https")
+    s = start_http_server(
+        model_repository,
+        "--poll-interval-s",
+        "0",
+        "--tls-cert-file",
+        str(pki / "server.pem"),
+        "--tls-key-file",
+        str(pki / "server.key"),
+        "--tls-client-ca-file",
+        str(pki / "ca.pem"),
+        log_dir=tmp_path,
+        scheme="https",
+    )
     try:
         with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):  # no client certificate
             call(s.url + "/v2/health/live", context=ca, timeout=5)
@@ -97,8 +144,15 @@ def test_http_off_and_default_port_refused_when_taken(model_repository, tmp_path
     port = taken.getsockname()[1]
     try:
         with pytest.raises(RuntimeError) as e:
-            start_server(model_repository, "--poll-interval-s", "0", "--http-address", f"127.0.0.1:{port}",
-                         log_dir=tmp_path, timeout_s=60)
+            start_server(
+                model_repository,
+                "--poll-interval-s",
+                "0",
+                "--http-address",
+                f"127.0.0.1:{port}",
+                log_dir=tmp_path,
+                timeout_s=60,
+            )
         assert f"127.0.0.1:{port}" in str(e.value) and "--http-address" in str(e.value)
     finally:
         taken.close()
@@ -112,8 +166,9 @@ def test_sigterm_drains_http_requests(model_repository, tmp_path):
     s = start_http_server(repo, "--poll-interval-s", "0", "--drain-grace-s", "60", log_dir=tmp_path)
     n = 6
     results: list = [None] * n
-    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1024], "datatype": "FP32",
-                                   "data": np.ones(1024).tolist()}]}).encode()
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 1024], "datatype": "FP32", "data": np.ones(1024).tolist()}]}
+    ).encode()
 
     def one(i: int) -> None:
         try:

@@ -34,17 +34,29 @@ def rss_bytes(pid: int) -> int:
 
 def binary_request(rid: str | None = None, size_delta: int = 0) -> tuple[bytes, dict[str, str]]:
     raw = bytes(4 * 28 * 28)
-    doc: dict = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                             "parameters": {"binary_data_size": len(raw) + size_delta}}],
-                 "parameters": {"binary_data_output": True}}
+    doc: dict = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [1, 1, 28, 28],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": len(raw) + size_delta},
+            }
+        ],
+        "parameters": {"binary_data_output": True},
+    }
     if rid is not None:
         doc["id"] = rid
     head = json.dumps(doc).encode()
     return head + raw, {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
 
 
-JSON_BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}],
-                        "outputs": [{"name": "probabilities"}]}).encode()
+JSON_BODY = json.dumps(
+    {
+        "inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}],
+        "outputs": [{"name": "probabilities"}],
+    }
+).encode()
 INFER = f"/v2/models/{MODEL_NAME}/infer"
 
 
@@ -57,11 +69,24 @@ def request_for(i: int, png: bytes) -> tuple[str, str, bytes | None, dict[str, s
             ("POST", "/v2/models/no-such-model/infer", *binary_request(), 404, "unknown model"),
             ("POST", INFER, b"{}", {"Content-Type": "text/html"}, 415, "content type"),
             ("GET", INFER, None, {}, 405, "wrong method"),
-            ("POST", INFER, json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                                                    "data": [0.0] * 783}]}).encode(),
-             {"Content-Type": "application/json"}, 400, "JSON count"),
-            ("POST", f"/v1/models/{MODEL_NAME}/classify", b"\x89PNG\r\n\x1a\nbroken", {"Content-Type": "image/png"}, 400,
-             "broken PNG"),
+            (
+                "POST",
+                INFER,
+                json.dumps(
+                    {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 783}]}
+                ).encode(),
+                {"Content-Type": "application/json"},
+                400,
+                "JSON count",
+            ),
+            (
+                "POST",
+                f"/v1/models/{MODEL_NAME}/classify",
+                b"\x89PNG\r\n\x1a\nbroken",
+                {"Content-Type": "image/png"},
+                400,
+                "broken PNG",
+            ),
         ]
         return bad[(i // 10) % len(bad)]
     kind = i % 5
@@ -151,8 +176,10 @@ def test_http_soak_answers_every_request_right_and_memory_stays_flat(http_server
         assert not wrong, wrong[:5]
         total.update(tally)
         rss.append(rss_bytes(pid))
-    print(f"\nHTTP soak: {sum(total.values())} requests after {WARMUP} warm-up; "
-          f"RSS MiB {[round(r / 2**20, 1) for r in rss]}; answers {dict(sorted(total.items()))}")
+    print(
+        f"\nHTTP soak: {sum(total.values())} requests after {WARMUP} warm-up; "
+        f"RSS MiB {[round(r / 2**20, 1) for r in rss]}; answers {dict(sorted(total.items()))}"
+    )
     assert sum(total.values()) == REQUESTS
     assert sum(n for (_, status), n in total.items() if status >= 400) == REQUESTS // 10
     infer_ok = sum(n for (what, status), n in total.items() if status == 200 and "infer" in what)

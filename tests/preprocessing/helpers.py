@@ -22,10 +22,18 @@ def mnist_test(n: int = 200) -> tuple[np.ndarray, np.ndarray]:
     return _cache["x"][:n], _cache["y"][:n]
 
 
-def draw(digit: np.ndarray, frame: tuple[int, int] = (300, 300), height: float = 0.5,
-         centre: tuple[float, float] = (0.5, 0.5), ink: tuple[int, int, int] = (20, 20, 20),
-         paper: tuple[int, int, int] = (240, 240, 235), light: tuple[float, float] = (1.0, 1.0),
-         noise: float = 0.0, blur: float = 0.0, seed: int = 0) -> np.ndarray:
+def draw(
+    digit: np.ndarray,
+    frame: tuple[int, int] = (300, 300),
+    height: float = 0.5,
+    centre: tuple[float, float] = (0.5, 0.5),
+    ink: tuple[int, int, int] = (20, 20, 20),
+    paper: tuple[int, int, int] = (240, 240, 235),
+    light: tuple[float, float] = (1.0, 1.0),
+    noise: float = 0.0,
+    blur: float = 0.0,
+    seed: int = 0,
+) -> np.ndarray:
     """uint8 RGB (h, w, 3): `digit` (28x28 MNIST) as ink on paper; `height` = the digit's 20-pixel box as a
     fraction of the frame height; `centre` = where its field's centre lies (fractions of w, h);
     `light` = brightness at the left and right edge (a horizontal gradient)."""
@@ -36,7 +44,7 @@ def draw(digit: np.ndarray, frame: tuple[int, int] = (300, 300), height: float =
     alpha = np.zeros((h, w), np.float32)
     y0, x0 = int(centre[1] * h - size / 2), int(centre[0] * w - size / 2)
     ys, xs, ye, xe = max(0, y0), max(0, x0), min(h, y0 + size), min(w, x0 + size)
-    alpha[ys:ye, xs:xe] = a[ys - y0:ye - y0, xs - x0:xe - x0]
+    alpha[ys:ye, xs:xe] = a[ys - y0 : ye - y0, xs - x0 : xe - x0]
     img = np.ones((h, w, 3), np.float32) * np.float32(paper)
     img = img * (1 - alpha[..., None]) + np.float32(ink) * alpha[..., None]
     img *= np.linspace(light[0], light[1], w, dtype=np.float32)[None, :, None]

@@ -65,12 +65,21 @@ def train(epochs: int = EPOCHS, seed: int = 0, log=print) -> tuple[torch.nn.Modu
 def save(model: torch.nn.Module, path: str | Path, test_accuracy: float) -> None:
     from training.checkpoint import FORMAT_VERSION, preprocessing, save_checkpoint, utc_now
 
-    save_checkpoint({
-        "format_version": FORMAT_VERSION, "model_name": "lenet5", "model_kwargs": dict(MODEL_KWARGS),
-        "state_dict": model.state_dict(), "labels": [str(i) for i in range(10)], "input_shape": [1, 28, 28],
-        "preprocessing": preprocessing("L", 28, 28, [MEAN], [STD]), "dataset": "mnist",
-        "metrics": {"test_accuracy": test_accuracy}, "created": utc_now(),
-    }, path)
+    save_checkpoint(
+        {
+            "format_version": FORMAT_VERSION,
+            "model_name": "lenet5",
+            "model_kwargs": dict(MODEL_KWARGS),
+            "state_dict": model.state_dict(),
+            "labels": [str(i) for i in range(10)],
+            "input_shape": [1, 28, 28],
+            "preprocessing": preprocessing("L", 28, 28, [MEAN], [STD]),
+            "dataset": "mnist",
+            "metrics": {"test_accuracy": test_accuracy},
+            "created": utc_now(),
+        },
+        path,
+    )
 
 
 def logits(model: torch.nn.Module, x_uint8: np.ndarray) -> np.ndarray:

@@ -78,7 +78,7 @@ def test_specks_and_a_table_edge_are_ignored():
         rng = np.random.default_rng(i)
         for yy, xx in rng.integers(40, 260, (6, 2)):  # pen dots far from the digit
             if abs(xx - 165) > 70 or abs(yy - 150) > 70:
-                img[yy:yy + 3, xx:xx + 3] = 20
+                img[yy : yy + 3, xx : xx + 3] = 20
         sims.append(similarity(normalise_digit(d), _field(img)))
     assert float(np.mean(sims)) >= 0.93, np.round(sims, 2)
 
@@ -110,7 +110,9 @@ def _shifted(d: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """The digit moved by (dy, dx) pixels on a black field (no wrap-around)."""
     out = np.zeros_like(d)
     h, w = d.shape
-    out[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)] = d[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
+    out[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)] = d[
+        max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)
+    ]
     return out
 
 

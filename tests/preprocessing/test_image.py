@@ -36,20 +36,28 @@ def _png(chw: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("color_mode,size,resize", [
-    ("L", (28, 28), "bilinear"),     # RGB -> L and 45x61 -> 28x28
-    ("RGB", (32, 24), "bilinear"),   # resize only, non-square
-    ("L", (40, 40), "bicubic"),      # upscaling, another interpolation
-    ("RGB", (16, 16), "area"),
-])
+@pytest.mark.parametrize(
+    "color_mode,size,resize",
+    [
+        ("L", (28, 28), "bilinear"),  # RGB -> L and 45x61 -> 28x28
+        ("RGB", (32, 24), "bilinear"),  # resize only, non-square
+        ("L", (40, 40), "bicubic"),  # upscaling, another interpolation
+        ("RGB", (16, 16), "area"),
+    ],
+)
 def test_export_and_server_agree(color_mode, size, resize):
     c = 1 if color_mode == "L" else 3
-    pre = Preprocessing(color_mode=color_mode, height=size[0], width=size[1], resize=resize,
-                        mean=[0.2] * c, std=[0.3] * c).validate()
+    pre = Preprocessing(
+        color_mode=color_mode, height=size[0], width=size[1], resize=resize, mean=[0.2] * c, std=[0.3] * c
+    ).validate()
     x = _images(6, 45, 61)
     exported = export_preprocess(torch.from_numpy(x), pre.to_dict())  # what export gates and calibrates on
-    served = np.stack([server_input(decode(_png(img), "images[0]", ImageLimits()), pre, np.dtype(np.float32),
-                                    "images[0]") for img in x])
+    served = np.stack(
+        [
+            server_input(decode(_png(img), "images[0]", ImageLimits()), pre, np.dtype(np.float32), "images[0]")
+            for img in x
+        ]
+    )
     assert exported.shape == served.shape == (6, c, *size)
     np.testing.assert_allclose(exported, served, rtol=0, atol=1e-5)
     assert np.abs(exported).max() > 1  # the images are not trivially equal (normalised, not all zero)

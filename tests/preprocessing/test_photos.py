@@ -22,8 +22,12 @@ PHOTOS = Path(__file__).resolve().parents[2] / "examples" / "photos"
 def _accuracy(model, pre: Preprocessing) -> tuple[float, list[str]]:
     files = sorted(PHOTOS.glob("*.jpg"))
     assert len(files) >= 200, f"examples/photos holds {len(files)} images; regenerate with its generate.py"
-    x = np.stack([to_model_input(decode(f.read_bytes(), f.name, ImageLimits()), pre, np.dtype(np.float32), f.name)
-                  for f in files])
+    x = np.stack(
+        [
+            to_model_input(decode(f.read_bytes(), f.name, ImageLimits()), pre, np.dtype(np.float32), f.name)
+            for f in files
+        ]
+    )
     labels = np.array([int(f.stem.split("_")[1]) for f in files])
     with torch.no_grad():
         pred = model(torch.from_numpy(x)).argmax(1).numpy()

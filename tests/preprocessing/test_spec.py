@@ -11,8 +11,15 @@ from server.repository import ModelMetadata
 from server.repository import Preprocessing as ServerPreprocessing
 from training import checkpoint as ckpt_io
 
-OLD = {"color_mode": "L", "height": 28, "width": 28, "resize": "bilinear", "scale": 1 / 255, "mean": [0.5],
-       "std": [0.25]}
+OLD = {
+    "color_mode": "L",
+    "height": 28,
+    "width": 28,
+    "resize": "bilinear",
+    "scale": 1 / 255,
+    "mean": [0.5],
+    "std": [0.25],
+}
 
 
 def test_one_definition():
@@ -26,12 +33,19 @@ def test_old_dict_form_loads_as_resize():
     assert md.preprocessing == p
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("color_mode", "CMYK", "preprocessing.color_mode"), ("height", 0, "preprocessing.height"),
-    ("resize", "cubic", "preprocessing.resize"), ("mode", "sharpen", "preprocessing.mode"),
-    ("mean", [0.1, 0.2], "preprocessing.mean"), ("std", [0.0], "preprocessing.std"),
-    ("scale", float("nan"), "preprocessing.scale"), ("width", 32, None),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("color_mode", "CMYK", "preprocessing.color_mode"),
+        ("height", 0, "preprocessing.height"),
+        ("resize", "cubic", "preprocessing.resize"),
+        ("mode", "sharpen", "preprocessing.mode"),
+        ("mean", [0.1, 0.2], "preprocessing.mean"),
+        ("std", [0.0], "preprocessing.std"),
+        ("scale", float("nan"), "preprocessing.scale"),
+        ("width", 32, None),
+    ],
+)
 def test_validation_names_the_field(key, value, match):
     d = {**OLD, key: value}
     if match is None:
@@ -60,9 +74,17 @@ def test_digit_mode_is_chosen_for_digit_data_only():
 
 
 def _ckpt(**over):
-    d = {"format_version": ckpt_io.FORMAT_VERSION, "model_name": "lenet5", "model_kwargs": {}, "state_dict": {},
-         "labels": list("0123456789"), "input_shape": [1, 28, 28], "dataset": "mnist",
-         "preprocessing": ckpt_io.preprocessing("L", 28, 28, [0.1307], [0.3081]), "epoch": 3}
+    d = {
+        "format_version": ckpt_io.FORMAT_VERSION,
+        "model_name": "lenet5",
+        "model_kwargs": {},
+        "state_dict": {},
+        "labels": list("0123456789"),
+        "input_shape": [1, 28, 28],
+        "dataset": "mnist",
+        "preprocessing": ckpt_io.preprocessing("L", 28, 28, [0.1307], [0.3081]),
+        "epoch": 3,
+    }
     d.update(over)
     return d
 
@@ -78,13 +100,16 @@ def test_checkpoint_schema_round_trip_and_serving_mode(tmp_path):
     assert ckpt_io.load_checkpoint(tmp_path / "c.pt")["epoch"] == 3
 
 
-@pytest.mark.parametrize("over,match", [
-    ({"labels": "0123"}, "'labels' must be list or tuple"),
-    ({"input_shape": [1, 28]}, r"'input_shape' must be \[C, H, W\]"),
-    ({"input_shape": [3, 28, 28]}, "'preprocessing' gives L 28x28 but 'input_shape' is"),
-    ({"preprocessing": {**OLD, "color_mode": "HSV"}}, "preprocessing.color_mode"),
-    ({"format_version": 7}, "format_version 7"),
-])
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        ({"labels": "0123"}, "'labels' must be list or tuple"),
+        ({"input_shape": [1, 28]}, r"'input_shape' must be \[C, H, W\]"),
+        ({"input_shape": [3, 28, 28]}, "'preprocessing' gives L 28x28 but 'input_shape' is"),
+        ({"preprocessing": {**OLD, "color_mode": "HSV"}}, "preprocessing.color_mode"),
+        ({"format_version": 7}, "format_version 7"),
+    ],
+)
 def test_checkpoint_schema_names_the_bad_field(over, match):
     with pytest.raises(ckpt_io.CheckpointError, match=match):
         ckpt_io.Checkpoint.from_dict(_ckpt(**over), "x.pt")
@@ -98,8 +123,11 @@ def test_loader_messages_are_one_line(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     (tmp_path / "text.pt").write_text("hello, not a checkpoint")
     torch.save({"model_name": "lenet5"}, tmp_path / "partial.pt")
-    for name, match in (("evil.pt", "pickles Python objects"), ("text.pt", "not a PyTorch checkpoint file"),
-                        ("partial.pt", "missing format_version, model_kwargs, state_dict, labels")):
+    for name, match in (
+        ("evil.pt", "pickles Python objects"),
+        ("text.pt", "not a PyTorch checkpoint file"),
+        ("partial.pt", "missing format_version, model_kwargs, state_dict, labels"),
+    ):
         with pytest.raises(ckpt_io.CheckpointError, match=match) as e:
             ckpt_io.read_checkpoint(tmp_path / name)
         assert "\n" not in str(e.value) and "weights_only" not in str(e.value) and name in str(e.value)

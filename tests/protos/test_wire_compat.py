@@ -39,7 +39,10 @@ def _triton_dir() -> Path:
 
 OURS = _pool([ROOT / "protos/inference/model_config_pb2.py", ROOT / "protos/inference/grpc_service_pb2.py"])
 THEIRS = _pool([_triton_dir() / "model_config_pb2.py", _triton_dir() / "service_pb2.py"])
-OUR_FILES = [OURS.FindFileByName("protos/inference/model_config.proto"), OURS.FindFileByName("protos/inference/grpc_service.proto")]
+OUR_FILES = [
+    OURS.FindFileByName("protos/inference/model_config.proto"),
+    OURS.FindFileByName("protos/inference/grpc_service.proto"),
+]
 
 
 def _messages(desc):
@@ -63,7 +66,9 @@ def test_message_fields_match_triton(msg):
             assert f.message_type.full_name == t.message_type.full_name
         if f.enum_type:
             assert f.enum_type.full_name == t.enum_type.full_name
-            assert {v.name: v.number for v in f.enum_type.values}.items() <= {v.name: v.number for v in t.enum_type.values}.items()
+            assert {v.name: v.number for v in f.enum_type.values}.items() <= {
+                v.name: v.number for v in t.enum_type.values
+            }.items()
 
 
 def test_service_methods_match_triton():
@@ -80,5 +85,7 @@ def test_stubs_in_sync_with_protos():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "protos.generate", "--check"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "protos.generate", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr

@@ -22,14 +22,17 @@ def reliability_repo(model_repository, tmp_path_factory):
     shutil.copytree(model_repository, repo)
     publish(repo, "scale-fp32", scale_model("FP32"), max_batch_size=8)
     publish(repo, "scale-uint8", scale_model("UINT8"), max_batch_size=8)
-    publish(repo, "halfbroken", scale_model("FP32"), version=1, max_batch_size=8, version_policy=VersionPolicy(kind="all"))
+    publish(
+        repo, "halfbroken", scale_model("FP32"), version=1, max_batch_size=8, version_policy=VersionPolicy(kind="all")
+    )
     publish(repo, "halfbroken", b"not an onnx model", version=2)
     return repo
 
 
 @pytest.fixture(scope="session")
 def rel_server(reliability_repo):
-    s = start_server(reliability_repo, "--poll-interval-s", "0", "--default-model", MODEL_NAME,
-                     log_dir=reliability_repo.parent)
+    s = start_server(
+        reliability_repo, "--poll-interval-s", "0", "--default-model", MODEL_NAME, log_dir=reliability_repo.parent
+    )
     yield s
     s.stop()

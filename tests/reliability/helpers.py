@@ -25,19 +25,28 @@ from tests.conftest import MODEL_NAME, digit_examples
 
 LENET_SHAPE = (1, 28, 28)
 # What a client may see from this server, by the README and server/grpc/status.py (never INTERNAL/UNKNOWN).
-DOCUMENTED_CODES = frozenset({
-    grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.UNIMPLEMENTED,
-})
+DOCUMENTED_CODES = frozenset(
+    {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
 
 
 class Stubs:
     """One channel to a server, with the inference, classification and raw stubs on it."""
 
     def __init__(self, address: str, max_message_bytes: int = 64 * 1024 * 1024) -> None:
-        opts = [("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes)]
+        opts = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
         self.channel = grpc.insecure_channel(address, options=opts)
         self.infer = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.classify = cpb_grpc.ClassificationStub(self.channel)
@@ -149,13 +158,13 @@ def jpeg_with_components(n: int) -> bytes:
     while i < len(data):
         assert data[i] == 0xFF, "malformed JPEG marker walk"
         marker = data[i + 1]
-        seglen = struct.unpack(">H", data[i + 2:i + 4])[0]
+        seglen = struct.unpack(">H", data[i + 2 : i + 4])[0]
         if marker == 0xC0:  # SOF0: len, precision, height, width, Nf, Nf x (id, sampling, table)
-            seg = data[i + 4:i + 2 + seglen]
+            seg = data[i + 4 : i + 2 + seglen]
             precision, height, width, nf = seg[0], seg[1:3], seg[3:5], seg[5]
             assert nf == 1
             comps = b"".join(bytes([k + 1, 0x11, 0]) for k in range(n))
             new = bytes([precision]) + height + width + bytes([n]) + comps
-            return data[:i + 2] + struct.pack(">H", len(new) + 2) + new + data[i + 2 + seglen:]
+            return data[: i + 2] + struct.pack(">H", len(new) + 2) + new + data[i + 2 + seglen :]
         i += 2 + seglen
     raise AssertionError("no SOF0 in the JPEG")

@@ -36,21 +36,47 @@ CALL_TIMEOUT_S = 60.0  # far above any honest answer: hitting it means a hang
 SHORT_TIMEOUT_US = 200_000  # requests asking for less than this may legitimately end DEADLINE_EXCEEDED
 
 MODELS = [MODEL_NAME, "scale-fp32", "scale-uint8", "halfbroken"]
-DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
-             "BYTES"]
-ITEMSIZE = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "UINT32": 4, "INT32": 4, "FP32": 4,
-            "UINT64": 8, "INT64": 8, "FP64": 8, "BYTES": 1}
+DATATYPES = [
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+ITEMSIZE = {
+    "BOOL": 1,
+    "UINT8": 1,
+    "INT8": 1,
+    "UINT16": 2,
+    "INT16": 2,
+    "FP16": 2,
+    "UINT32": 4,
+    "INT32": 4,
+    "FP32": 4,
+    "UINT64": 8,
+    "INT64": 8,
+    "FP64": 8,
+    "BYTES": 1,
+}
 TYPED_FIELDS = {
     "bool_contents": st.booleans(),
-    "int_contents": st.integers(-2**31, 2**31 - 1),
-    "int64_contents": st.integers(-2**63, 2**63 - 1),
+    "int_contents": st.integers(-(2**31), 2**31 - 1),
+    "int64_contents": st.integers(-(2**63), 2**63 - 1),
     "uint_contents": st.integers(0, 2**32 - 1),
     "uint64_contents": st.integers(0, 2**64 - 1),
     "fp32_contents": st.floats(width=32),
     "fp64_contents": st.floats(),
     "bytes_contents": st.binary(max_size=16),
 }
-EDGE_DIMS = [0, 1, 2, 4, 8, 28, 64, 65, 2**31 - 1, 2**31, 2**32, 2**32 + 1, 2**62, 2**63 - 1, -1, -2**63]
+EDGE_DIMS = [0, 1, 2, 4, 8, 28, 64, 65, 2**31 - 1, 2**31, 2**32, 2**32 + 1, 2**62, 2**63 - 1, -1, -(2**63)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -60,10 +86,11 @@ EDGE_DIMS = [0, 1, 2, 4, 8, 28, 64, 65, 2**31 - 1, 2**31, 2**32, 2**32 + 1, 2**6
 # Strategies are built once, at import: building them inside a draw costs more than the draw itself.
 names = st.one_of(st.sampled_from(["input", "x", "", "input "]), st.text(max_size=12))
 model_names = st.one_of(st.sampled_from(MODELS + ["", "nope"]), st.text(max_size=16))
-versions = st.one_of(st.sampled_from(["", "1", "2", "3", "0", "01", "-1", "1.0", "\u00b2", "\u0661", "9" * 30]),
-                     st.text(max_size=6))
+versions = st.one_of(
+    st.sampled_from(["", "1", "2", "3", "0", "01", "-1", "1.0", "\u00b2", "\u0661", "9" * 30]), st.text(max_size=6)
+)
 datatypes = st.one_of(st.sampled_from(DATATYPES), st.text(max_size=6))
-any_dim = st.one_of(st.sampled_from(EDGE_DIMS), st.integers(-2**63, 2**63 - 1), st.integers(0, 6))
+any_dim = st.one_of(st.sampled_from(EDGE_DIMS), st.integers(-(2**63), 2**63 - 1), st.integers(0, 6))
 shapes = st.one_of(
     st.tuples(st.integers(0, 70), st.just(1), st.sampled_from([28, 27, 1]), st.just(28)).map(list),  # LeNet-like
     st.tuples(st.integers(0, 10), st.sampled_from([4, 3, 0])).map(list),  # scale-model-like
@@ -72,18 +99,31 @@ shapes = st.one_of(
 special_floats = st.lists(st.sampled_from([0.0, np.nan, np.inf, -np.inf, 1e38, -0.0, 7e4]), min_size=1, max_size=4)
 typed_values = {f: st.lists(v, min_size=1, max_size=8) for f, v in TYPED_FIELDS.items()}
 # datatype -> the typed field that carries it (server/grpc/inference.py TYPED_FIELD); a wrong one is tried too
-FIELD_OF = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-            "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-            "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+FIELD_OF = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
 param_values = st.one_of(
     st.tuples(st.just("bool_param"), st.booleans()),
-    st.tuples(st.just("int64_param"), st.integers(-2**63, 2**63 - 1) | st.integers(-2, 2_000_000)),
+    st.tuples(st.just("int64_param"), st.integers(-(2**63), 2**63 - 1) | st.integers(-2, 2_000_000)),
     st.tuples(st.just("string_param"), st.text(max_size=8)),
     st.tuples(st.just("double_param"), st.floats()),
     st.tuples(st.just("uint64_param"), st.integers(0, 2**64 - 1)),
 )
 request_params = st.dictionaries(st.sampled_from(["timeout", "priority", "sequence_id", "x"]), param_values, max_size=3)
-input_params = st.dictionaries(st.sampled_from(["binary_data_size", "shared_memory_region", "x"]), param_values, max_size=2)
+input_params = st.dictionaries(
+    st.sampled_from(["binary_data_size", "shared_memory_region", "x"]), param_values, max_size=2
+)
 output_params = st.dictionaries(st.sampled_from(["classification", "binary_data", "x"]), param_values, max_size=2)
 output_names = st.one_of(st.sampled_from(["logits", "probabilities", "output", "nope", ""]), st.text(max_size=8))
 seeds = st.integers(0, 2**32 - 1)
@@ -156,8 +196,12 @@ def _encoded_samples() -> list[bytes]:
 SAMPLES = _encoded_samples()
 
 
-edits = st.lists(st.tuples(st.sampled_from(["flip", "truncate", "insert", "delete"]), st.floats(0, 1),
-                          st.binary(min_size=1, max_size=16)), max_size=4)
+edits = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "truncate", "insert", "delete"]), st.floats(0, 1), st.binary(min_size=1, max_size=16)
+    ),
+    max_size=4,
+)
 
 
 @st.composite
@@ -173,12 +217,17 @@ def corrupted(draw):
         elif op == "insert":
             data[pos:pos] = blob
         elif data:
-            del data[pos:pos + len(blob) * 4]
+            del data[pos : pos + len(blob) * 4]
     return bytes(data)
 
 
-crafted_headers = st.builds(png_header, st.integers(0, 2**31 - 1) | st.integers(0, 5000), st.integers(0, 2**31 - 1) | st.integers(0, 5000),
-                            st.sampled_from([0, 2, 3, 4, 6, 1, 7]), st.sampled_from([1, 2, 4, 8, 16, 3]))
+crafted_headers = st.builds(
+    png_header,
+    st.integers(0, 2**31 - 1) | st.integers(0, 5000),
+    st.integers(0, 2**31 - 1) | st.integers(0, 5000),
+    st.sampled_from([0, 2, 3, 4, 6, 1, 7]),
+    st.sampled_from([1, 2, 4, 8, 16, 3]),
+)
 
 
 raw_sides = st.integers(0, 40) | st.sampled_from([2**32 - 1, 8193, 4096])
@@ -247,8 +296,17 @@ def _png(side_w: int, side_h: int, mode: str) -> bytes:
     return buf.getvalue()
 
 
-HOSTILE_IMAGES = [_png(w, h, m) for w, h, m in ((4096, 4096, "I;16"), (4096, 4096, "L"), (2048, 4096, "I;16"),
-                                               (8192, 2048, "L"), (1, 4096, "I;16"), (300, 200, "I;16"))]
+HOSTILE_IMAGES = [
+    _png(w, h, m)
+    for w, h, m in (
+        (4096, 4096, "I;16"),
+        (4096, 4096, "L"),
+        (2048, 4096, "I;16"),
+        (8192, 2048, "L"),
+        (1, 4096, "I;16"),
+        (300, 200, "I;16"),
+    )
+]
 
 
 @st.composite
@@ -260,16 +318,21 @@ def hostile_typed_requests(draw):
     datatype = {"fp32_contents": "FP32", "int_contents": "INT32", "fp64_contents": "FP64"}[field]
     count = rows * 28 * 28 + draw(st.sampled_from([0, 0, -1, 1]))
     t = req.inputs.add(name="input", datatype=datatype, shape=[rows, 1, 28, 28])
-    getattr(t.contents, field).extend(np.zeros(max(count, 0), dtype=np.int32 if field == "int_contents" else np.float64).tolist())
+    getattr(t.contents, field).extend(
+        np.zeros(max(count, 0), dtype=np.int32 if field == "int_contents" else np.float64).tolist()
+    )
     return req
 
 
 hostile_classify_requests = st.builds(
     lambda imgs: cpb.ClassifyRequest(model_name=MODEL_NAME, images=[cpb.Image(encoded=b) for b in imgs]),
-    st.lists(st.sampled_from(HOSTILE_IMAGES), min_size=1, max_size=8))
+    st.lists(st.sampled_from(HOSTILE_IMAGES), min_size=1, max_size=8),
+)
 
-hostile_calls = st.one_of(st.builds(lambda r: ("ModelInfer", r), hostile_typed_requests()),
-                          st.builds(lambda r: ("Classify", r), hostile_classify_requests))
+hostile_calls = st.one_of(
+    st.builds(lambda r: ("ModelInfer", r), hostile_typed_requests()),
+    st.builds(lambda r: ("Classify", r), hostile_classify_requests),
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -287,8 +350,13 @@ def _short_timeout(rpc: str, req) -> bool:
 # No shrinking: a crash leaves nothing to shrink against, and every other failure is collected with the
 # request that showed it (shrinking against a live server would cost minutes). No example database:
 # nothing is written into the working tree.
-FUZZ_SETTINGS = dict(deadline=None, database=None, phases=(Phase.explicit, Phase.generate), print_blob=True,
-                     suppress_health_check=list(HealthCheck))
+FUZZ_SETTINGS = dict(
+    deadline=None,
+    database=None,
+    phases=(Phase.explicit, Phase.generate),
+    print_blob=True,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 class Tally:
@@ -318,8 +386,10 @@ class Tally:
                 entry[1].append(example)
 
     def report(self) -> list[str]:
-        return [f"{n} x {rpc}: {bad}:\n      " + "\n      ".join(examples)
-                for (rpc, bad, _), (n, examples) in sorted(self.violations.items())]
+        return [
+            f"{n} x {rpc}: {bad}:\n      " + "\n      ".join(examples)
+            for (rpc, bad, _), (n, examples) in sorted(self.violations.items())
+        ]
 
 
 def _start_batch(stubs: Stubs, batch) -> list:
@@ -375,8 +445,10 @@ def _fuzz(server, strategy, examples: int, label: str) -> Tally:
             _finish_batch(in_flight, tally)
         finally:
             elapsed = time.perf_counter() - t0
-            print(f"\nfuzz {label}: {tally.sent} requests in {elapsed:.1f} s ({tally.sent / max(elapsed, 1e-9):.0f}/s); "
-                  f"codes {dict(sorted(tally.codes.items()))}")
+            print(
+                f"\nfuzz {label}: {tally.sent} requests in {elapsed:.1f} s ({tally.sent / max(elapsed, 1e-9):.0f}/s); "
+                f"codes {dict(sorted(tally.codes.items()))}"
+            )
         _alive(server, stubs)
     return tally
 
@@ -384,8 +456,15 @@ def _fuzz(server, strategy, examples: int, label: str) -> Tally:
 def test_fuzz_every_rpc_answers_with_documented_codes_and_memory_stays_bounded(rel_server):
     with Stubs(rel_server.address) as stubs:  # warm: first decodes, first batches, allocator pools
         for _ in range(3):
-            _send_batch(stubs, [("ModelInfer", lenet_request(rows=64)), ("Classify", cpb.ClassifyRequest(
-                images=[cpb.Image(encoded=b) for b in SAMPLES]))] * 8, Tally())
+            _send_batch(
+                stubs,
+                [
+                    ("ModelInfer", lenet_request(rows=64)),
+                    ("Classify", cpb.ClassifyRequest(images=[cpb.Image(encoded=b) for b in SAMPLES])),
+                ]
+                * 8,
+                Tally(),
+            )
     rss_before = rss_bytes(rel_server.proc.pid)
     tally = _fuzz(rel_server, calls, examples=330, label="mixed")
     rss_after = rss_bytes(rel_server.proc.pid)
@@ -415,10 +494,15 @@ def test_fuzz_stream_answers_every_request_in_band(rel_server):
         sent.append(len(batch))
         ids = sorted(a.infer_response.id for a in answers)
         if ids != sorted(f"r{i}" for i in range(len(batch))):
-            problems.append(f"answers {len(answers)} for {len(batch)} requests; unattributed: "
-                            f"{[a.error_message for a in answers if not a.infer_response.id][:3]}")
-        problems.extend(f"internal error in-band: {a.error_message}" for a in answers
-                        if a.error_message.startswith("internal error"))
+            problems.append(
+                f"answers {len(answers)} for {len(batch)} requests; unattributed: "
+                f"{[a.error_message for a in answers if not a.infer_response.id][:3]}"
+            )
+        problems.extend(
+            f"internal error in-band: {a.error_message}"
+            for a in answers
+            if a.error_message.startswith("internal error")
+        )
         assert rel_server.proc.poll() is None, f"server died:\n{rel_server.log()[-3000:]}"
 
     run()
@@ -432,7 +516,11 @@ def test_fuzz_hostile_sizes_are_refused_or_served_and_memory_stays_bounded(rel_s
     """Typed contents for thousands of rows (max_batch_size 64) and Classify calls of 16-bit and
     limit-size images, many at once: documented codes only, a live server, bounded memory."""
     with Stubs(rel_server.address) as stubs:
-        _send_batch(stubs, [("Classify", cpb.ClassifyRequest(model_name=MODEL_NAME, images=[cpb.Image(encoded=HOSTILE_IMAGES[0])]))], Tally())
+        _send_batch(
+            stubs,
+            [("Classify", cpb.ClassifyRequest(model_name=MODEL_NAME, images=[cpb.Image(encoded=HOSTILE_IMAGES[0])]))],
+            Tally(),
+        )
     rss_before = rss_bytes(rel_server.proc.pid)
     tally = Tally()
     with Stubs(rel_server.address) as stubs:
@@ -446,7 +534,9 @@ def test_fuzz_hostile_sizes_are_refused_or_served_and_memory_stays_bounded(rel_s
         run()
         _alive(rel_server, stubs)
     growth = rss_bytes(rel_server.proc.pid) - rss_before
-    print(f"\nfuzz hostile sizes: {tally.sent} requests; codes {dict(sorted(tally.codes.items()))}; RSS {growth / 2**20:+.0f} MiB")
+    print(
+        f"\nfuzz hostile sizes: {tally.sent} requests; codes {dict(sorted(tally.codes.items()))}; RSS {growth / 2**20:+.0f} MiB"
+    )
     assert tally.sent >= 90
     assert not tally.violations, "\n".join(tally.report())
     assert tally.codes.get("INVALID_ARGUMENT", 0) > 10 and tally.codes.get("OK", 0) > 0

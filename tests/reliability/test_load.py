@@ -63,6 +63,7 @@ def _compute_s(stubs: Stubs, model: str, since: tuple[int, int] = (0, 0)) -> flo
 def _stats(stubs: Stubs, model: str):
     """(execution_count, inference_count, fail count), once settled: the batcher records a batch just
     after its callers have their answers."""
+
     def read():
         s = stubs.infer.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=10).model_stats[0]
         return s.execution_count, s.inference_count, s.inference_stats.fail.count
@@ -112,6 +113,7 @@ def test_overload_refuses_excess_fast_bounds_admitted_latency_and_recovers(slow_
                     code = e.code().name
                 outcomes[i] = (code, time.perf_counter() - t_sent)
                 done.release()
+
             return cb
 
         t0 = time.perf_counter()
@@ -129,9 +131,11 @@ def test_overload_refuses_excess_fast_bounds_admitted_latency_and_recovers(slow_
         codes = [o[0] for o in outcomes]
         ok = [lat for code, lat in outcomes if code == "OK"]
         refused = [lat for code, lat in outcomes if code == "UNAVAILABLE"]
-        print(f"\noverload: {n} requests at {rate:.0f}/s for {offered_s:.1f} s (compute {service_s * 1e3:.0f} ms per execution at start, {run_s * 1e3:.0f} ms during): "
-              f"{len(ok)} OK p50 {_percentile(ok, 50) * 1e3:.0f} ms p99 {_percentile(ok, 99) * 1e3:.0f} ms; "
-              f"{len(refused)} UNAVAILABLE p50 {_percentile(refused, 50) * 1e3:.1f} ms p99 {_percentile(refused, 99) * 1e3:.1f} ms")
+        print(
+            f"\noverload: {n} requests at {rate:.0f}/s for {offered_s:.1f} s (compute {service_s * 1e3:.0f} ms per execution at start, {run_s * 1e3:.0f} ms during): "
+            f"{len(ok)} OK p50 {_percentile(ok, 50) * 1e3:.0f} ms p99 {_percentile(ok, 99) * 1e3:.0f} ms; "
+            f"{len(refused)} UNAVAILABLE p50 {_percentile(refused, 50) * 1e3:.1f} ms p99 {_percentile(refused, 99) * 1e3:.1f} ms"
+        )
         assert set(codes) <= {"OK", "UNAVAILABLE"}, {c: codes.count(c) for c in set(codes)}
         assert len(refused) >= n // 4, "at 4x capacity a large share of the requests should have been refused"
         assert len(ok) >= 5
@@ -141,8 +145,9 @@ def test_overload_refuses_excess_fast_bounds_admitted_latency_and_recovers(slow_
         bound = (QUEUE_ROWS + 2) * max(service_s, run_s) * 2 + 0.5
         assert _percentile(ok, 99) < bound, f"admitted p99 {_percentile(ok, 99):.2f} s > {bound:.2f} s"
         # every refusal is counted as queue_full; every admitted request was computed exactly once
-        assert wait_for_metric(s, "cnn_queue_rejections_total", rejections_before + len(refused), model="slow",
-                               reason="queue_full") == rejections_before + len(refused)
+        assert wait_for_metric(
+            s, "cnn_queue_rejections_total", rejections_before + len(refused), model="slow", reason="queue_full"
+        ) == rejections_before + len(refused)
         assert _stats(stubs, "slow")[0] - exec_before == len(ok)
 
         # load falls: every request is served again, at the unloaded latency
@@ -210,8 +215,10 @@ def test_requests_whose_deadline_passes_in_the_queue_are_never_computed(slow_ser
     # not computed: every execution and every inferred row belongs to a background request
     assert after[0] - before[0] == background_ok, (before, after, background_ok)
     assert after[1] - before[1] == background_ok
-    dropped = (wait_for_metric(s, "cnn_queue_rejections_total", deadline_before + k, model=model, reason="deadline")
-               - deadline_before)
+    dropped = (
+        wait_for_metric(s, "cnn_queue_rejections_total", deadline_before + k, model=model, reason="deadline")
+        - deadline_before
+    )
     if how == "timeout-parameter":
         # the server's own deadline: counted as such, and as failures in the statistics
         assert dropped == k
@@ -330,15 +337,19 @@ def test_bad_versions_published_under_load_are_refused_and_the_previous_version_
                 t_end = time.monotonic() + 30
                 state = reason = ""
                 while time.monotonic() < t_end:
-                    index = {(m.name, m.version): (m.state, m.reason)
-                             for m in stubs.infer.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10).models}
+                    index = {
+                        (m.name, m.version): (m.state, m.reason)
+                        for m in stubs.infer.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10).models
+                    }
                     state, reason = index.get((MODEL_NAME, str(version)), ("", ""))
                     if state == "UNAVAILABLE":
                         break
                     time.sleep(0.1)
                 assert state == "UNAVAILABLE", f"{label}: version {version} is {state!r}"
                 assert all(w in reason for w in words), f"{label}: reason {reason!r} lacks {words}"
-                assert index.get((MODEL_NAME, "1"), ("",))[0] == "READY", f"after {label}: version 1 is {index.get((MODEL_NAME, '1'))}"
+                assert index.get((MODEL_NAME, "1"), ("",))[0] == "READY", (
+                    f"after {label}: version 1 is {index.get((MODEL_NAME, '1'))}"
+                )
                 time.sleep(0.5)  # a few more polls: the refusal must stick without disturbing anyone
                 with load.lock:
                     recent = load.lenet_versions[seen:]

@@ -41,7 +41,9 @@ BALANCER_LISTEN = "127.0.0.1:8000"
 def compose_config(*files: str, profile: str | None = None) -> dict:
     args = [a for f in files for a in ("-f", f)] + (["--profile", profile] if profile else [])
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNN_")}
-    proc = subprocess.run([*compose_cmd(), *args, "config"], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run(
+        [*compose_cmd(), *args, "config"], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+    )
     assert proc.returncode == 0, f"docker-compose {' '.join(args)} config failed:\n{proc.stderr}"
     return yaml.safe_load(proc.stdout)
 
@@ -74,6 +76,7 @@ def nginx_bin() -> str:
 def test_replicas_override_validates_and_keeps_the_default_stack(merged):
     base = compose_config("docker-compose.yml")["services"]
     assert set(merged) == set(base) | {*REPLICAS, "balancer"}
+
     def normal(svc: dict) -> dict:  # compose v1 prints volumes in no fixed order
         return {**svc, "volumes": sorted(map(str, svc.get("volumes", [])))}
 
@@ -98,7 +101,9 @@ def test_replicas_keep_the_single_servers_promises(merged):
             assert address.startswith("127.0.0.1:"), f"{name}: {address} (host network: loopback literals only)"
         grpc.add(flag(cmd, "--grpc-address"))
         metrics.add(flag(cmd, "--metrics-address"))
-        assert r["environment"]["CNN_HEALTH_ADDRESS"] == flag(cmd, "--grpc-address"), "the health check probes its own port"
+        assert r["environment"]["CNN_HEALTH_ADDRESS"] == flag(cmd, "--grpc-address"), (
+            "the health check probes its own port"
+        )
         assert r["healthcheck"]["test"] == server["healthcheck"]["test"]
         assert seconds(r["stop_grace_period"]) > ServerConfig().drain_grace_s, "docker must wait longer than the drain"
         assert r.get("stop_signal", "SIGTERM") == "SIGTERM"
@@ -129,8 +134,11 @@ def test_balancer_service(merged):
 
 
 def _directives(block: str) -> list[str]:
-    return [re.sub(r"\s+", " ", ln.split("#")[0]).strip() for ln in block.splitlines()
-            if ln.split("#")[0].strip() and not ln.strip().startswith("#")]
+    return [
+        re.sub(r"\s+", " ", ln.split("#")[0]).strip()
+        for ln in block.splitlines()
+        if ln.split("#")[0].strip() and not ln.strip().startswith("#")
+    ]
 
 
 def _block(text: str, head: str) -> str:
@@ -139,7 +147,7 @@ def _block(text: str, head: str) -> str:
     for j in range(i, len(text)):
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         if depth == 0:
-            return text[i + 1:j]
+            return text[i + 1 : j]
     raise AssertionError(f"unclosed {head}")
 
 
@@ -159,8 +167,9 @@ def test_compose_nginx_config_routes_to_the_replicas_like_the_template(merged):
     assert all(re.fullmatch(r"127\.0\.0\.1:\d+", a) for a in re.findall(r"\b(\d+\.\d+\.\d+\.\d+:\d+)", conf))
     # Everything but addresses, pid, logs and temp paths is the lead's template, rendered for these replicas.
     template = load_render().render(BALANCER_LISTEN, "/tmp", replicas)
-    assert _directives(_block(conf, "location /")) == _directives(_block(template, "location /")), \
+    assert _directives(_block(conf, "location /")) == _directives(_block(template, "location /")), (
         "retry and timeout settings must match deploy/nginx/nginx.conf.template"
+    )
     assert upstream == _directives(_block(template, "upstream cnn_grpc"))
     assert _directives(_block(conf, "events")) == _directives(_block(template, "events"))
     assert "error_log stderr" in conf and "daemon off;" in conf
@@ -181,8 +190,12 @@ def local_conf(workdir: Path, listen: str, replicas: list[str]) -> Path:
 
 def test_compose_nginx_config_passes_nginx_t(tmp_path):
     conf = local_conf(tmp_path, "127.0.0.1:1", ["127.0.0.1:2", "127.0.0.1:3"])
-    proc = subprocess.run([nginx_bin(), "-t", "-e", "stderr", "-c", str(conf), "-p", str(tmp_path)],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [nginx_bin(), "-t", "-e", "stderr", "-c", str(conf), "-p", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0 and "syntax is ok" in proc.stderr, proc.stderr
 
 
@@ -248,16 +261,26 @@ def test_two_replicas_behind_the_compose_nginx_config_scraped_by_prometheus(mode
         procs.append(lb)
 
         metrics = [s.metrics_url.split("//")[1].split("/")[0] for s in (a, b)]
-        spec = importlib.util.spec_from_file_location("deploy_prometheus_render", ROOT / "deploy" / "prometheus" / "render.py")
+        spec = importlib.util.spec_from_file_location(
+            "deploy_prometheus_render", ROOT / "deploy" / "prometheus" / "render.py"
+        )
         render = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(render)
         prom_port = _free_port()
         config = render.write(tmp_path / "prometheus", metrics, f"127.0.0.1:{prom_port}", "1s")
         prom_log = tmp_path / "prometheus.log"
         with open(prom_log, "w") as out:
-            prom = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                     f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-                                    stdout=out, stderr=subprocess.STDOUT)
+            prom = subprocess.Popen(
+                [
+                    prometheus,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                    "--log.level=warn",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         procs.append(prom)
         url = f"http://127.0.0.1:{prom_port}"
         _wait(url, 'sum(up{job="cnn-server"})', 2.0, prom, prom_log)  # the dashboard's "Replicas up"
@@ -282,7 +305,9 @@ def test_two_replicas_behind_the_compose_nginx_config_scraped_by_prometheus(mode
         _wait(url, f"sum({ok})", float(sent), prom, prom_log)
         per_instance = {r["metric"]["instance"]: float(r["value"][1]) for r in _query(url, ok)}
         assert set(per_instance) == set(metrics), per_instance
-        assert all(v > 0 for v in per_instance.values()), f"nginx should spread calls over both replicas: {per_instance}"
+        assert all(v > 0 for v in per_instance.values()), (
+            f"nginx should spread calls over both replicas: {per_instance}"
+        )
         assert sum(per_instance.values()) == sent
 
         # The dashboard's request-rate panel: one series per (model, code), the replicas summed.

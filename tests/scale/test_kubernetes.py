@@ -18,8 +18,9 @@ try:
     import jsonschema
     import kubernetes_validate
 except ImportError as e:  # a collection error that says what to do
-    raise ImportError(f"{e}: kubernetes-validate is in the dev extra: run scripts/setup.sh "
-                      "(pip install -e '.[train,dev]')") from e
+    raise ImportError(
+        f"{e}: kubernetes-validate is in the dev extra: run scripts/setup.sh (pip install -e '.[train,dev]')"
+    ) from e
 
 from server.config import load_config
 from tests.conftest import ROOT
@@ -36,8 +37,12 @@ def docs(path: Path) -> list[dict]:
 
 
 def one(kind: str, name: str | None = None, folder: Path = K8S) -> dict:
-    found = [d for f in sorted(folder.glob("*.yaml")) for d in docs(f)
-             if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    found = [
+        d
+        for f in sorted(folder.glob("*.yaml"))
+        for d in docs(f)
+        if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
     assert len(found) == 1, f"expected one {kind} {name or ''} in {folder}, found {len(found)}"
     return found[0]
 
@@ -92,8 +97,9 @@ def test_kustomization_lists_the_core_resources():
     assert listed == {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
     ks = docs(KSERVE / "kustomization.yaml")[0]
     assert sorted(ks["resources"]) == sorted(p.name for p in KSERVE.glob("*.yaml") if p.name != "kustomization.yaml")
-    assert {"kustomization.yaml", "podmonitor.yaml", *CORE_FILES} == {p.name for p in K8S.glob("*.yaml")}, \
+    assert {"kustomization.yaml", "podmonitor.yaml", *CORE_FILES} == {p.name for p in K8S.glob("*.yaml")}, (
         "a new manifest must be listed in kustomization.yaml (or be a documented optional one)"
+    )
 
 
 @pytest.mark.parametrize("doc", core_docs(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
@@ -128,17 +134,60 @@ def test_kserve_runtime_container_is_a_valid_kubernetes_container():
 # A structural schema for the fields of monitoring.coreos.com/v1 PodMonitor (from the Prometheus
 # Operator's CRD: spec and podMetricsEndpoints properties, additionalProperties closed) so that a
 # misspelled field fails here rather than being pruned silently by the API server.
-_ENDPOINT_FIELDS = ["authorization", "basicAuth", "bearerTokenSecret", "enableHttp2", "filterRunning",
-                    "followRedirects", "honorLabels", "honorTimestamps", "interval", "metricRelabelings",
-                    "noProxy", "oauth2", "params", "path", "port", "portNumber", "proxyConnectHeader",
-                    "proxyFromEnvironment", "proxyUrl", "relabelings", "scheme", "scrapeTimeout", "targetPort",
-                    "tlsConfig", "trackTimestampsStaleness"]
-_SPEC_FIELDS = ["attachMetadata", "bodySizeLimit", "convertClassicHistogramsToNHCB", "fallbackScrapeProtocol",
-                "jobLabel", "keepDroppedTargets", "labelLimit", "labelNameLengthLimit", "labelValueLengthLimit",
-                "namespaceSelector", "nativeHistogramBucketLimit", "nativeHistogramMinBucketFactor",
-                "podMetricsEndpoints", "podTargetLabels", "sampleLimit", "scrapeClass",
-                "scrapeClassicHistograms", "scrapeProtocols", "selector", "selectorMechanism", "targetLimit"]
-_DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+_ENDPOINT_FIELDS = [
+    "authorization",
+    "basicAuth",
+    "bearerTokenSecret",
+    "enableHttp2",
+    "filterRunning",
+    "followRedirects",
+    "honorLabels",
+    "honorTimestamps",
+    "interval",
+    "metricRelabelings",
+    "noProxy",
+    "oauth2",
+    "params",
+    "path",
+    "port",
+    "portNumber",
+    "proxyConnectHeader",
+    "proxyFromEnvironment",
+    "proxyUrl",
+    "relabelings",
+    "scheme",
+    "scrapeTimeout",
+    "targetPort",
+    "tlsConfig",
+    "trackTimestampsStaleness",
+]
+_SPEC_FIELDS = [
+    "attachMetadata",
+    "bodySizeLimit",
+    "convertClassicHistogramsToNHCB",
+    "fallbackScrapeProtocol",
+    "jobLabel",
+    "keepDroppedTargets",
+    "labelLimit",
+    "labelNameLengthLimit",
+    "labelValueLengthLimit",
+    "namespaceSelector",
+    "nativeHistogramBucketLimit",
+    "nativeHistogramMinBucketFactor",
+    "podMetricsEndpoints",
+    "podTargetLabels",
+    "sampleLimit",
+    "scrapeClass",
+    "scrapeClassicHistograms",
+    "scrapeProtocols",
+    "selector",
+    "selectorMechanism",
+    "targetLimit",
+]
+_DURATION = {
+    "type": "string",
+    "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+}
 PODMONITOR_SCHEMA = {
     "type": "object",
     "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -154,15 +203,30 @@ PODMONITOR_SCHEMA = {
             "properties": {
                 **{f: {} for f in _SPEC_FIELDS},
                 "jobLabel": {"type": "string"},
-                "selector": {"type": "object", "additionalProperties": False,
-                             "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
-                                            "matchExpressions": {"type": "array"}}},
-                "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
-                    "type": "object", "additionalProperties": False,
-                    "properties": {**{f: {} for f in _ENDPOINT_FIELDS},
-                                   "port": {"type": "string"}, "path": {"type": "string"},
-                                   "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
-                                   "interval": _DURATION, "scrapeTimeout": _DURATION}}},
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "matchExpressions": {"type": "array"},
+                    },
+                },
+                "podMetricsEndpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            **{f: {} for f in _ENDPOINT_FIELDS},
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                            "interval": _DURATION,
+                            "scrapeTimeout": _DURATION,
+                        },
+                    },
+                },
             },
         },
     },
@@ -189,8 +253,13 @@ def test_podmonitor_matches_its_crd_structure():
 def check_kserve(*files: Path) -> subprocess.CompletedProcess:
     if not TOOLS_PY.exists():
         pytest.fail(f"{TOOLS_PY} not found: run scripts/setup.sh --system (installs the kserve SDK into .venv-tools)")
-    return subprocess.run([str(TOOLS_PY), str(K8S / "check_kserve.py"), *map(str, files)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(TOOLS_PY), str(K8S / "check_kserve.py"), *map(str, files)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_kserve_resources_round_trip_through_the_sdk_models():
@@ -201,14 +270,24 @@ def test_kserve_resources_round_trip_through_the_sdk_models():
 
 
 BROKEN_INFERENCE_SERVICES = {
-    "typo": (lambda d: d["spec"]["predictor"]["model"].update(protocolVersoin=d["spec"]["predictor"]["model"].pop("protocolVersion")),
-             "spec.predictor.model.protocolVersoin: unknown or misplaced field"),
-    "misplaced": (lambda d: d["spec"]["predictor"].update(protocolVersion="v2"),  # belongs under model
-                  "spec.predictor.protocolVersion: unknown or misplaced field"),
-    "required-missing": (lambda d: d["spec"].update(predicter=d["spec"].pop("predictor")),
-                         "rejected by V1beta1InferenceService"),
-    "wrong-type": (lambda d: d["spec"]["predictor"].update(minReplicas="2"),
-                   "spec.predictor.minReplicas: manifest has '2' (str)"),
+    "typo": (
+        lambda d: d["spec"]["predictor"]["model"].update(
+            protocolVersoin=d["spec"]["predictor"]["model"].pop("protocolVersion")
+        ),
+        "spec.predictor.model.protocolVersoin: unknown or misplaced field",
+    ),
+    "misplaced": (
+        lambda d: d["spec"]["predictor"].update(protocolVersion="v2"),  # belongs under model
+        "spec.predictor.protocolVersion: unknown or misplaced field",
+    ),
+    "required-missing": (
+        lambda d: d["spec"].update(predicter=d["spec"].pop("predictor")),
+        "rejected by V1beta1InferenceService",
+    ),
+    "wrong-type": (
+        lambda d: d["spec"]["predictor"].update(minReplicas="2"),
+        "spec.predictor.minReplicas: manifest has '2' (str)",
+    ),
 }
 
 
@@ -229,8 +308,10 @@ def broken_reports(tmp_path_factory) -> dict[str, str]:
     proc = check_kserve(*paths.values())
     assert proc.returncode == 1, proc.stdout + proc.stderr
     sections = re.split(r"^(?=ok   |FAIL )", proc.stdout, flags=re.M)
-    return {case: next((s for s in sections if s.split(":")[0].split()[-1:] == [str(p)]), proc.stdout)
-            for case, p in paths.items()}
+    return {
+        case: next((s for s in sections if s.split(":")[0].split()[-1:] == [str(p)]), proc.stdout)
+        for case, p in paths.items()
+    }
 
 
 @pytest.mark.parametrize("case", list(BROKEN_INFERENCE_SERVICES))
@@ -251,9 +332,11 @@ def test_kserve_check_rejects_a_broken_serving_runtime(broken_reports):
 def test_selectors_match_the_pod_labels():
     dep = deployment()
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
-    selectors = {"Deployment": dep["spec"]["selector"]["matchLabels"],
-                 "PodDisruptionBudget": one("PodDisruptionBudget", "cnn-server")["spec"]["selector"]["matchLabels"],
-                 "PodMonitor": podmonitor()["spec"]["selector"]["matchLabels"]}
+    selectors = {
+        "Deployment": dep["spec"]["selector"]["matchLabels"],
+        "PodDisruptionBudget": one("PodDisruptionBudget", "cnn-server")["spec"]["selector"]["matchLabels"],
+        "PodMonitor": podmonitor()["spec"]["selector"]["matchLabels"],
+    }
     for svc in docs(K8S / "service.yaml"):
         selectors[f"Service/{svc['metadata']['name']}"] = svc["spec"]["selector"]
     for what, sel in selectors.items():
@@ -281,8 +364,9 @@ def test_services_route_to_declared_container_ports():
     for svc in docs(K8S / "service.yaml"):
         for p in svc["spec"]["ports"]:
             target = p["targetPort"]
-            assert (by_name.get(target) if isinstance(target, str) else target in by_name.values()), \
+            assert by_name.get(target) if isinstance(target, str) else target in by_name.values(), (
                 f"Service {svc['metadata']['name']} port {p['name']} targets {target!r}: no such container port"
+            )
             assert by_name.get(target, target) == p["port"], "service ports mirror the container's"
     main_svc = one("Service", "cnn-server")
     assert {p["name"]: p["port"] for p in main_svc["spec"]["ports"]} == {"grpc": 8001, "metrics": 8002, "http": 8000}
@@ -315,11 +399,13 @@ def test_grace_period_outlasts_the_drain(tmp_path):
     pre_stop = c.get("lifecycle", {}).get("preStop", {})
     pre_stop_s = pre_stop.get("sleep", {}).get("seconds", 0)
     assert not pre_stop or "sleep" in pre_stop, "a preStop other than sleep would need its own time budget here"
-    assert spec["terminationGracePeriodSeconds"] > drain + pre_stop_s, \
+    assert spec["terminationGracePeriodSeconds"] > drain + pre_stop_s, (
         "the kubelet must wait longer than preStop + drain_grace_s before SIGKILL"
+    )
     live = c["livenessProbe"]
-    assert live["periodSeconds"] * live["failureThreshold"] > drain, \
+    assert live["periodSeconds"] * live["failureThreshold"] > drain, (
         "liveness must not give up on a pod within one drain (health is NOT_SERVING while draining)"
+    )
     assert c.get("lifecycle") is None, "no preStop: the server drains on SIGTERM by itself (see deployment.yaml)"
     isvc = one("InferenceService", "cnn-lenet5", KSERVE)["spec"]["predictor"]
     assert isvc["terminationGracePeriodSeconds"] > drain
@@ -342,13 +428,22 @@ def test_hpa_scales_the_deployment_on_cpu():
     pdb = one("PodDisruptionBudget", "cnn-server")["spec"]
     assert pdb.get("maxUnavailable", 0) < hpa["spec"]["minReplicas"], "a disruption must leave a replica serving"
     predictor = one("InferenceService", "cnn-lenet5", KSERVE)["spec"]["predictor"]
-    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"])
-    assert predictor["scaleMetric"] == "cpu" and predictor["scaleTarget"] == metric["resource"]["target"]["averageUtilization"]
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (
+        hpa["spec"]["minReplicas"],
+        hpa["spec"]["maxReplicas"],
+    )
+    assert (
+        predictor["scaleMetric"] == "cpu"
+        and predictor["scaleTarget"] == metric["resource"]["target"]["averageUtilization"]
+    )
 
 
 def test_resources_are_sized_from_measurement():
     """Measured: RSS ~97 MB idle, ~110 MB under load, ~196 MB after a 12 MB PNG; ~0.86 core at saturation."""
-    for res in (container()["resources"], one("ServingRuntime", "cnn-server", KSERVE)["spec"]["containers"][0]["resources"]):
+    for res in (
+        container()["resources"],
+        one("ServingRuntime", "cnn-server", KSERVE)["spec"]["containers"][0]["resources"],
+    ):
         req, lim = res["requests"], res["limits"]
         assert quantity(req["memory"]) >= 128 * 2**20, "below the measured steady RSS plus headroom"
         assert quantity(lim["memory"]) >= 256 * 2**20, "below the measured peak with a large image"
@@ -383,6 +478,7 @@ def test_inference_service_uses_the_runtime_over_grpc():
     assert model["protocolVersion"] == "v2" and model["protocolVersion"] in runtime["spec"]["protocolVersions"]
     (c,) = runtime["spec"]["containers"]
     assert c["name"] == "kserve-container", "KServe merges the model spec into the container of this name"
-    assert c["ports"] == [{"name": "h2c", "containerPort": 8001, "protocol": "TCP"}], \
+    assert c["ports"] == [{"name": "h2c", "containerPort": 8001, "protocol": "TCP"}], (
         "one port, named h2c: KServe/Knative route gRPC (HTTP/2 cleartext) to it"
+    )
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"

@@ -55,7 +55,9 @@ def check_stream_messages_are_recorded_like_unary_calls(repo) -> None:
             await servicer.ModelInfer(_request(2), ctx)
             with pytest.raises(grpc.aio.AbortError):
                 await servicer.ModelInfer(_request(9), ctx)  # over max_batch_size
-            assert ctx.aborted == [("INVALID_ARGUMENT", "inputs[0].shape: batch of 9 rows exceeds max_batch_size 8 of model 'm'")]
+            assert ctx.aborted == [
+                ("INVALID_ARGUMENT", "inputs[0].shape: batch of 9 rows exceeds max_batch_size 8 of model 'm'")
+            ]
 
             async def messages():
                 for r in (_request(1, rid="a"), _request(3, rid="b"), _request(9, rid="c")):

@@ -9,23 +9,37 @@ from onnx import TensorProto, helper
 
 from server.repository import METADATA_KEY, ModelConfig, ModelMetadata, Preprocessing, write_model_config
 
-ONNX_TYPES = {"FP32": TensorProto.FLOAT, "FP16": TensorProto.FLOAT16, "UINT8": TensorProto.UINT8, "INT64": TensorProto.INT64}
+ONNX_TYPES = {
+    "FP32": TensorProto.FLOAT,
+    "FP16": TensorProto.FLOAT16,
+    "UINT8": TensorProto.UINT8,
+    "INT64": TensorProto.INT64,
+}
 
 
 def scale_model(datatype: str, width: int = 4, factor: float = 2.0) -> onnx.ModelProto:
     """output = input * factor (computed in float, cast back): shape (B, width) -> (B, width)."""
     t = ONNX_TYPES[datatype]
-    nodes = [helper.make_node("Cast", ["input"], ["xf"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", ["xf", "k"], ["yf"]),
-             helper.make_node("Cast", ["yf"], ["output"], to=t)]
-    graph = helper.make_graph(nodes, f"scale_{datatype.lower()}",
-                              [helper.make_tensor_value_info("input", t, ["batch", width])],
-                              [helper.make_tensor_value_info("output", t, ["batch", width])],
-                              [helper.make_tensor("k", TensorProto.FLOAT, [], [factor])])
+    nodes = [
+        helper.make_node("Cast", ["input"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["xf", "k"], ["yf"]),
+        helper.make_node("Cast", ["yf"], ["output"], to=t),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        f"scale_{datatype.lower()}",
+        [helper.make_tensor_value_info("input", t, ["batch", width])],
+        [helper.make_tensor_value_info("output", t, ["batch", width])],
+        [helper.make_tensor("k", TensorProto.FLOAT, [], [factor])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    md = ModelMetadata(labels=[f"c{i}" for i in range(width)], input_shape=[width], layout="NC",
-                       preprocessing=Preprocessing(color_mode="L", height=1, width=width))
+    md = ModelMetadata(
+        labels=[f"c{i}" for i in range(width)],
+        input_shape=[width],
+        layout="NC",
+        preprocessing=Preprocessing(color_mode="L", height=1, width=width),
+    )
     model.metadata_props.add(key=METADATA_KEY, value=md.to_json())
     onnx.checker.check_model(model)
     return model
@@ -34,8 +48,12 @@ def scale_model(datatype: str, width: int = 4, factor: float = 2.0) -> onnx.Mode
 def mean_model(width: int = 4) -> onnx.ModelProto:
     """output = input.mean(axis=2): (B, width, free) -> (B, width); a model with a free input dim."""
     nodes = [helper.make_node("ReduceMean", ["input"], ["output"], axes=[2], keepdims=0)]
-    graph = helper.make_graph(nodes, "mean", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width, "n"])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])])
+    graph = helper.make_graph(
+        nodes,
+        "mean",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width, "n"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     md = ModelMetadata(labels=[f"c{i}" for i in range(width)], input_shape=[width, 1], layout="NC")
@@ -66,8 +84,13 @@ def slow_model(width: int = 1024, layers: int = 600) -> onnx.ModelProto:
         nodes.append(helper.make_node("MatMul", [prev, "w"], [f"h{i}"]))
         prev = f"h{i}"
     nodes.append(helper.make_node("Identity", [prev], ["output"]))
-    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])], [w])
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     md = ModelMetadata(labels=[f"c{i}" for i in range(width)], input_shape=[width], layout="NC")

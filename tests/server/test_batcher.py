@@ -71,8 +71,13 @@ def test_invalid_settings_are_rejected_eagerly_inline():
 
 
 def test_invalid_settings_are_rejected_eagerly():
-    for kw in ({"max_batch_size": 0}, {"max_queue_delay_s": -1}, {"max_queue_rows": 0}, {"instances": 0},
-               {"preferred_batch_sizes": (9,)}):
+    for kw in (
+        {"max_batch_size": 0},
+        {"max_queue_delay_s": -1},
+        {"max_queue_rows": 0},
+        {"instances": 0},
+        {"preferred_batch_sizes": (9,)},
+    ):
         with pytest.raises(ValueError):
             make(FakeRuntime(), **kw)
 
@@ -321,12 +326,12 @@ def test_lone_tiny_batches_run_on_the_loop_and_company_goes_to_the_instance_thre
             await b.close()
 
     inline_after_company = asyncio.run(main())
-    assert threads[0] != loop_thread                                  # first call: cost unknown
-    assert threads[1:4] == [loop_thread] * 3                          # alone and fast: on the loop
-    assert len(threads) == 7                                         # the six at once ran as one batch ...
-    assert threads[4] != loop_thread                                  # ... on the instance thread
+    assert threads[0] != loop_thread  # first call: cost unknown
+    assert threads[1:4] == [loop_thread] * 3  # alone and fast: on the loop
+    assert len(threads) == 7  # the six at once ran as one batch ...
+    assert threads[4] != loop_thread  # ... on the instance thread
     assert inline_after_company == 3
-    assert threads[5] == loop_thread and threads[6] != loop_thread    # the 200 ms call raised the estimate
+    assert threads[5] == loop_thread and threads[6] != loop_thread  # the 200 ms call raised the estimate
 
 
 def test_inline_runs_can_be_switched_off():
@@ -486,7 +491,10 @@ def test_queue_depth_gauge_sums_every_live_batcher_of_a_model():
     BatchStatsObserver("n", 1, VersionStats(), m)
 
     async def main():
-        a, b = make(rt1, main_obs, max_batch_size=2, max_queue_delay_s=0), make(rt2, live["other"], max_batch_size=2, max_queue_delay_s=0)
+        a, b = (
+            make(rt1, main_obs, max_batch_size=2, max_queue_delay_s=0),
+            make(rt2, live["other"], max_batch_size=2, max_queue_delay_s=0),
+        )
         a.start()
         b.start()
         futs = [asyncio.ensure_future(a.submit(rows(0, 2), 2)), asyncio.ensure_future(b.submit(rows(0, 2), 2))]

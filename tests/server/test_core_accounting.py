@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_stream_messages_are_recorded_like_unary_calls():
-    proc = subprocess.run([sys.executable, "-m", "tests.server.accounting_child"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.server.accounting_child"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and "accounting ok" in proc.stdout, proc.stdout + proc.stderr

@@ -52,8 +52,15 @@ def test_the_check_catches_each_way_of_importing(tmp_path, monkeypatch):
     (pkg / "c.py").write_text("from ..runtime import base\n")
     (pkg / "d.py").write_text("from server import runtime\n")
     (pkg / "e.py").write_text("def f():\n    from server.core import stats\n")
-    (pkg / "ok.py").write_text("from server.core.service import InferenceService\nfrom server.core.types import InferRequest\n")
+    (pkg / "ok.py").write_text(
+        "from server.core.service import InferenceService\nfrom server.core.types import InferRequest\n"
+    )
     monkeypatch.setattr(__import__(__name__, fromlist=["ROOT"]), "ROOT", tmp_path)
     found = _violations(pkg)
-    assert sorted({v.split(":")[0] for v in found}) == ["server/grpc/a.py", "server/grpc/b.py", "server/grpc/c.py",
-                                                  "server/grpc/d.py", "server/grpc/e.py"], found
+    assert sorted({v.split(":")[0] for v in found}) == [
+        "server/grpc/a.py",
+        "server/grpc/b.py",
+        "server/grpc/c.py",
+        "server/grpc/d.py",
+        "server/grpc/e.py",
+    ], found

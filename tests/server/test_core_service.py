@@ -44,7 +44,14 @@ def test_infer_returns_every_output_and_records_statistics(repo):
     assert [o.name for o in r.outputs] == ["output"] and r.outputs[0].datatype == "FP32"
     np.testing.assert_array_equal(r.outputs[0].data, _x(3) * 3)
     (v,) = stats
-    assert (v.name, v.version, v.success.count, v.fail.count, v.inference_count, v.execution_count) == ("scale", "1", 1, 0, 3, 1)
+    assert (v.name, v.version, v.success.count, v.fail.count, v.inference_count, v.execution_count) == (
+        "scale",
+        "1",
+        1,
+        0,
+        3,
+        1,
+    )
     assert [b.batch_size for b in v.batches] == [3]
 
 
@@ -55,21 +62,27 @@ def test_infer_raw_serves_the_common_request_and_falls_back_to_decode(repo):
         def f():
             decoded.append(req)
             return req
+
         return f
 
     async def main():
         async with core_service(repo) as s:
             x = _x(2)
-            fast = await s.infer_raw(RawInferRequest("scale", "", "r1", "input", "FP32", x.shape, x.tobytes(), None),
-                                     decode(None))
+            fast = await s.infer_raw(
+                RawInferRequest("scale", "", "r1", "input", "FP32", x.shape, x.tobytes(), None), decode(None)
+            )
             # a shape that does not fit: the full request is decoded and infer() words the refusal
             bad = InferRequest("scale", inputs=[InferInput("input", "FP32", (2, 5), np.zeros((2, 5), np.float32))])
             with pytest.raises(InvalidInput, match=r"inputs\[0\].shape: \[2, 5\] does not match model 'scale'"):
-                await s.infer_raw(RawInferRequest("scale", "", "r2", "input", "FP32", (2, 5), b"\0" * 40, None), decode(bad))
+                await s.infer_raw(
+                    RawInferRequest("scale", "", "r2", "input", "FP32", (2, 5), b"\0" * 40, None), decode(bad)
+                )
             # a free-dim model never takes the raw path (its dims are unchecked there)
             m = np.ones((1, 4, 3), np.float32)
-            free = await s.infer_raw(RawInferRequest("mean", "", "r3", "input", "FP32", m.shape, m.tobytes(), None),
-                                     decode(InferRequest("mean", id="r3", inputs=[InferInput("input", "FP32", m.shape, m)])))
+            free = await s.infer_raw(
+                RawInferRequest("mean", "", "r3", "input", "FP32", m.shape, m.tobytes(), None),
+                decode(InferRequest("mean", id="r3", inputs=[InferInput("input", "FP32", m.shape, m)])),
+            )
             return fast, free, s.statistics("scale")[0]
 
     fast, free, stats = run(main())
@@ -83,14 +96,20 @@ def test_classification_output_and_output_checks(repo):
     async def main():
         async with core_service(repo) as s:
             x = np.array([[0, 5, 1, 2]], np.float32)
-            req = InferRequest("scale", inputs=[InferInput("input", "FP32", x.shape, x)],
-                               outputs=[RequestedOutput("output", classification=2)])
+            req = InferRequest(
+                "scale",
+                inputs=[InferInput("input", "FP32", x.shape, x)],
+                outputs=[RequestedOutput("output", classification=2)],
+            )
             top = await s.infer(req)
             with pytest.raises(InvalidInput, match=r"outputs\[0\].name: model 'scale' has no output 'nope'"):
                 await s.infer(InferRequest("scale", inputs=req.inputs, outputs=[RequestedOutput("nope")]))
             with pytest.raises(InvalidInput, match=r"'outputs' asks for 2 tensors; model 'scale' has 1 \(output\)"):
-                await s.infer(InferRequest("scale", inputs=req.inputs,
-                                           outputs=[RequestedOutput("output"), RequestedOutput("output")]))
+                await s.infer(
+                    InferRequest(
+                        "scale", inputs=req.inputs, outputs=[RequestedOutput("output"), RequestedOutput("output")]
+                    )
+                )
             return top
 
     top = run(main())
@@ -115,7 +134,11 @@ def test_lookups_name_what_is_wrong(repo):
     md, cfg, info, models = run(main())
     assert (md.name, md.versions, md.platform) == ("scale", ["1"], "onnxruntime_onnx")
     assert [(t.name, t.datatype, t.shape) for t in md.inputs] == [("input", "FP32", (4,))]
-    assert cfg.config.max_batch_size == 8 and cfg.provider == "CPUExecutionProvider" and cfg.labels == ["c0", "c1", "c2", "c3"]
+    assert (
+        cfg.config.max_batch_size == 8
+        and cfg.provider == "CPUExecutionProvider"
+        and cfg.labels == ["c0", "c1", "c2", "c3"]
+    )
     assert info.name == "cnn-stack" and "model_repository(unload_dependents)" not in info.extensions
     assert [m.name for m in models] == ["mean", "scale"]
 
@@ -142,13 +165,19 @@ def _image_model():
 
     from server.repository import METADATA_KEY, ModelMetadata, Preprocessing
 
-    graph = helper.make_graph([helper.make_node("Flatten", ["input"], ["logits"], axis=1)], "flat",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 2, 2])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["logits"], axis=1)],
+        "flat",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 2, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    md = ModelMetadata(labels=["a", "b", "c", "d"], input_shape=[1, 2, 2],
-                       preprocessing=Preprocessing(color_mode="L", height=2, width=2))
+    md = ModelMetadata(
+        labels=["a", "b", "c", "d"],
+        input_shape=[1, 2, 2],
+        preprocessing=Preprocessing(color_mode="L", height=2, width=2),
+    )
     model.metadata_props.add(key=METADATA_KEY, value=md.to_json())
     onnx.checker.check_model(model)
     return model

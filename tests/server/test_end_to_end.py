@@ -104,7 +104,9 @@ def test_tritonclient_metadata_config_and_infer_match_onnxruntime(server, model_
     np.testing.assert_allclose(typed, expected[:1], rtol=1e-5, atol=1e-5)
 
     # the probabilities output is a softmax of the logits
-    probs = client.infer(MODEL_NAME, [raw], outputs=[tc.InferRequestedOutput("probabilities")]).as_numpy("probabilities")
+    probs = client.infer(MODEL_NAME, [raw], outputs=[tc.InferRequestedOutput("probabilities")]).as_numpy(
+        "probabilities"
+    )
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     assert (probs.argmax(1) == expected.argmax(1)).all()
 
@@ -114,8 +116,14 @@ def test_metrics_endpoint_counts_requests(server):
         text = server.metrics_text()
         for fam in text_string_to_metric_families(text):
             if fam.name == "cnn_requests":
-                return sum(s.value for s in fam.samples if s.name == "cnn_requests_total" and s.labels["rpc"] == "Classify"
-                           and s.labels["model"] == MODEL_NAME and s.labels["code"] == "OK")
+                return sum(
+                    s.value
+                    for s in fam.samples
+                    if s.name == "cnn_requests_total"
+                    and s.labels["rpc"] == "Classify"
+                    and s.labels["model"] == MODEL_NAME
+                    and s.labels["code"] == "OK"
+                )
         return 0.0
 
     before = infer_ok()

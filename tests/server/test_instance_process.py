@@ -40,8 +40,12 @@ def test_answers_equal_the_in_process_runtime(tmp_path, datatype):
     threaded = ThreadRuntime(path, dataclasses.replace(cfg, instance_isolation="thread"), 1)
     proc = ProcessRuntime(path, cfg, 1)
     try:
-        assert (proc.provider, proc.inputs, proc.outputs, proc.metadata) == \
-               (threaded.provider, threaded.inputs, threaded.outputs, threaded.metadata)
+        assert (proc.provider, proc.inputs, proc.outputs, proc.metadata) == (
+            threaded.provider,
+            threaded.inputs,
+            threaded.outputs,
+            threaded.metadata,
+        )
         assert len(proc.pids) == 2 and all(_alive(p) for p in proc.pids) and os.getpid() not in proc.pids
         dtype = threaded.input.dtype
         rng = np.random.default_rng(0)
@@ -69,6 +73,7 @@ def test_a_model_error_fails_the_batch_and_the_child_keeps_serving(tmp_path):
     proc = ProcessRuntime(path, _config(tmp_path), 1)
     pid = proc.pids[0]
     try:
+
         async def main():
             with pytest.raises(InternalError, match=r"model 'm' failed to run: .*input"):
                 await proc.run_batch({"input": np.zeros((2, 5), np.float32)})  # 5 columns, the model takes 4
@@ -87,6 +92,7 @@ def test_a_child_that_dies_mid_batch_fails_that_batch_and_is_restarted(tmp_path,
     proc = ProcessRuntime(path, _config(tmp_path), 1)
     first = proc.pids[0]
     try:
+
         async def main():
             os.kill(first, signal.SIGSTOP)  # the batch below is certainly in flight when the child dies
             task = asyncio.ensure_future(proc.run_batch({"input": np.ones((1, 4), np.float32)}))
@@ -109,6 +115,7 @@ def test_the_batcher_runs_a_process_instance_on_the_loop(tmp_path):
     path = publish(tmp_path, "m", scale_model("FP32", width=4))
     proc = ProcessRuntime(path, _config(tmp_path), 1)
     try:
+
         async def main():
             b = DynamicBatcher(proc, max_batch_size=8, max_queue_delay_s=0.0, max_queue_rows=64, name="m")
             b.start()

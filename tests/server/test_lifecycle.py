@@ -91,8 +91,12 @@ def test_hot_reload_and_failed_reload_under_load(repository_copy):
             assert loop.ok > n and set(loop.versions[-10:]) == {"2"}, (loop.ok, n, loop.errors[:3], s.log()[-2000:])
         assert loop.errors == [], loop.errors[:3]
         assert (MODEL_NAME, "1") not in _index(s.address), "version 1 should have been unloaded"
-        failures = [smp.value for fam in text_string_to_metric_families(s.metrics_text()) for smp in fam.samples
-                    if smp.name == "cnn_model_load_failures_total" and smp.labels["model"] == MODEL_NAME]
+        failures = [
+            smp.value
+            for fam in text_string_to_metric_families(s.metrics_text())
+            for smp in fam.samples
+            if smp.name == "cnn_model_load_failures_total" and smp.labels["model"] == MODEL_NAME
+        ]
         assert failures == [1.0]
     finally:
         assert s.stop() == 0, s.log()
@@ -123,8 +127,14 @@ def test_sigterm_finishes_every_accepted_request_then_refuses(tmp_path, event_lo
     # 2-core machine)
     publish(repo, "slow", slow_model(layers=3000), max_batch_size=2)
     setting, gc0 = ("0", 700) if event_loop == "uvloop" else ("50000", 50_000)  # 0 keeps Python's 700
-    s = start_server(repo, "--poll-interval-s", "0", "--drain-grace-s", "60",
-                     env={"CNN_SERVER_EVENT_LOOP": event_loop, "CNN_SERVER_GC_GEN0_THRESHOLD": setting})
+    s = start_server(
+        repo,
+        "--poll-interval-s",
+        "0",
+        "--drain-grace-s",
+        "60",
+        env={"CNN_SERVER_EVENT_LOOP": event_loop, "CNN_SERVER_GC_GEN0_THRESHOLD": setting},
+    )
     n = 12
     results: list = [None] * n
 
@@ -153,7 +163,8 @@ def test_sigterm_finishes_every_accepted_request_then_refuses(tmp_path, event_lo
             break
         time.sleep(0.02)
     assert answered + inflight >= n and inflight >= 2, (
-        f"{inflight} in flight, {answered} answered of {n}; answers so far: {results[:3]}; log: {s.log()[-800:]}")
+        f"{inflight} in flight, {answered} answered of {n}; answers so far: {results[:3]}; log: {s.log()[-800:]}"
+    )
     s.proc.send_signal(15)
     time.sleep(0.3)
     late = tc.InferenceServerClient(s.address)
@@ -175,8 +186,17 @@ def test_sigterm_finishes_every_accepted_request_then_refuses(tmp_path, event_lo
 def test_missing_repository_is_a_clear_start_error(tmp_path):
     from tests.conftest import cnn
 
-    proc = cnn("serve", "--repository", str(tmp_path / "nowhere"), "--grpc-address", "127.0.0.1:0",
-               "--metrics-address", "", check=False, timeout=60)
+    proc = cnn(
+        "serve",
+        "--repository",
+        str(tmp_path / "nowhere"),
+        "--grpc-address",
+        "127.0.0.1:0",
+        "--metrics-address",
+        "",
+        check=False,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "nowhere" in proc.stderr and "does not exist" in proc.stderr
 
 
@@ -187,11 +207,10 @@ def test_bad_config_value_names_the_key(model_repository, tmp_path):
     cfg.write_text("poll_interval_s: -1\n")
     proc = cnn("serve", "--repository", str(model_repository), "--config", str(cfg), check=False, timeout=60)
     assert proc.returncode == 2 and "poll_interval_s" in proc.stderr and str(cfg) in proc.stderr
-    proc = cnn("serve", "--repository", str(model_repository), check=False, timeout=60,
-               env={"CNN_SERVER_GRPC_ADRESS": "x"})
+    proc = cnn(
+        "serve", "--repository", str(model_repository), check=False, timeout=60, env={"CNN_SERVER_GRPC_ADRESS": "x"}
+    )
     assert proc.returncode == 2 and "CNN_SERVER_GRPC_ADRESS" in proc.stderr
-
-
 
 
 def _established_by_pid(pid: int, port: int) -> int:

@@ -19,8 +19,12 @@ def test_defaults_are_the_measured_choice():
 
 @pytest.mark.parametrize(
     "key, value",
-    [("cpu_arena", '"yes"'), ("memory_pattern", "1"), ("arena_extend_strategy", "kSameAsRequested"),
-     ("arena_extend_strategy", "null")],
+    [
+        ("cpu_arena", '"yes"'),
+        ("memory_pattern", "1"),
+        ("arena_extend_strategy", "kSameAsRequested"),
+        ("arena_extend_strategy", "null"),
+    ],
 )
 def test_bad_values_are_refused_naming_the_key(tmp_path, key, value):
     (tmp_path / "m").mkdir()
@@ -34,8 +38,9 @@ def test_bad_values_are_refused_naming_the_key(tmp_path, key, value):
     [(True, "next_power_of_two", False), (False, "next_power_of_two", True), (True, "same_as_requested", True)],
 )
 def test_settings_reach_the_created_session(tmp_path, arena, strategy, pattern):
-    path = publish(tmp_path, "scale", scale_model("FP32"), cpu_arena=arena, arena_extend_strategy=strategy,
-                   memory_pattern=pattern)
+    path = publish(
+        tmp_path, "scale", scale_model("FP32"), cpu_arena=arena, arena_extend_strategy=strategy, memory_pattern=pattern
+    )
     cfg = load_model_config(tmp_path / "scale")
     rt = ThreadRuntime(path, cfg, 1)
     try:

@@ -9,7 +9,7 @@ from tests.conftest import MODEL_NAME, digit_examples, start_server
 
 TRAINING_ONLY = ("torch", "onnx", "onnxscript", "sklearn", "matplotlib")
 
-BLOCKER = '''
+BLOCKER = """
 import sys, importlib.abc
 class _Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -19,7 +19,7 @@ class _Block(importlib.abc.MetaPathFinder):
             raise ImportError(name + " is blocked: the serving path must not import it")
         return None
 sys.meta_path.insert(0, _Block())
-'''
+"""
 
 
 def test_server_runs_and_answers_without_torch(model_repository, tmp_path):

@@ -21,9 +21,13 @@ from tests.server.core_fixtures import core_service, run
 from tests.server.onnx_models import publish, scale_model
 
 LABELS = ["a", "b", "c", "d"]
-REFERENCE = {"split": "test", "images": 100, "class_share": {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4},
-             "confidence_quantiles": {"0.01": 0.3, "0.05": 0.5, "0.1": 0.7, "0.25": 0.9, "0.5": 0.99},
-             "confidence_histogram": [0.0] * 40 + [0.1] + [0.0] * 49 + [0.9] + [0.0] * 9}
+REFERENCE = {
+    "split": "test",
+    "images": 100,
+    "class_share": {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4},
+    "confidence_quantiles": {"0.01": 0.3, "0.05": 0.5, "0.1": 0.7, "0.25": 0.9, "0.5": 0.99},
+    "confidence_histogram": [0.0] * 40 + [0.1] + [0.0] * 49 + [0.9] + [0.0] * 9,
+}
 
 
 def samples(m: Metrics) -> dict[tuple[str, tuple], float]:
@@ -36,9 +40,14 @@ def samples(m: Metrics) -> dict[tuple[str, tuple], float]:
 
 def test_single_rows_and_batches_count_the_same():
     """Answers are queued and counted in bulk (every FLUSH_EVERY answers, and before a scrape): same counts."""
-    one, many = ModelPredictions(LABELS, "probabilities", None, 0.5, 32), ModelPredictions(LABELS, "probabilities", None, 0.5, 32)
-    probs = np.array([[0.75, 0.125, 0.0, 0.125], [0.125, 0.375, 0.25, 0.25], [0.0, 0.0, 0.0, 1.0],
-                      [0.125, 0.625, 0.125, 0.125]], dtype=np.float32)  # exact in float32
+    one, many = (
+        ModelPredictions(LABELS, "probabilities", None, 0.5, 32),
+        ModelPredictions(LABELS, "probabilities", None, 0.5, 32),
+    )
+    probs = np.array(
+        [[0.75, 0.125, 0.0, 0.125], [0.125, 0.375, 0.25, 0.25], [0.0, 0.0, 0.0, 1.0], [0.125, 0.625, 0.125, 0.125]],
+        dtype=np.float32,
+    )  # exact in float32
     for row in probs:
         one.record(row[None, :])
     many.record(probs)
@@ -124,15 +133,27 @@ def test_exposition_has_every_class_at_zero_then_counts_and_the_reference():
 
 def classifier_model() -> onnx.ModelProto:
     """(B, 1, 2, 2) grey images -> logits = the 4 pixels, probabilities = their softmax (export's two outputs)."""
-    nodes = [helper.make_node("Flatten", ["input"], ["logits"], axis=1),
-             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
-    graph = helper.make_graph(nodes, "clf", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 2, 2])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4]),
-                               helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 4])])
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["logits"], axis=1),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "clf",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 2, 2])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 4]),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    md = ModelMetadata(labels=LABELS, input_shape=[1, 2, 2], reference=REFERENCE,
-                       preprocessing=Preprocessing(color_mode="L", height=2, width=2, mean=[0.0], std=[1.0]))
+    md = ModelMetadata(
+        labels=LABELS,
+        input_shape=[1, 2, 2],
+        reference=REFERENCE,
+        preprocessing=Preprocessing(color_mode="L", height=2, width=2, mean=[0.0], std=[1.0]),
+    )
     model.metadata_props.add(key=METADATA_KEY, value=md.to_json())
     onnx.checker.check_model(model)
     return model
@@ -152,10 +173,14 @@ def test_every_inference_path_counts_answers_in_the_core(tmp_path):
         async with core_service(tmp_path) as s:
             await s.infer(InferRequest("clf", inputs=[InferInput("input", "FP32", (3, 1, 2, 2), onehot)]))
             x1 = np.zeros((1, 1, 2, 2), np.float32)  # all equal: top-1 a (first), confidence 0.25 (low)
-            await s.infer_raw(RawInferRequest("clf", "", "", "input", "FP32", (1, 1, 2, 2), x1.tobytes(), None),
-                              lambda: pytest.fail("the raw request fits: no decode"))
+            await s.infer_raw(
+                RawInferRequest("clf", "", "", "input", "FP32", (1, 1, 2, 2), x1.tobytes(), None),
+                lambda: pytest.fail("the raw request fits: no decode"),
+            )
             await s.classify(ClassifyRequest("clf", images=[ImageInput(encoded=buf.getvalue())]))
-            await s.infer(InferRequest("scale", inputs=[InferInput("input", "FP32", (2, 4), np.ones((2, 4), np.float32))]))
+            await s.infer(
+                InferRequest("scale", inputs=[InferInput("input", "FP32", (2, 4), np.ones((2, 4), np.float32))])
+            )
             return s.metrics
 
     m = run(main())
@@ -184,8 +209,14 @@ def test_telemetry_off_exports_no_prediction_series_and_counts_nothing(tmp_path)
     off, r = run(main(Metrics(max_batch_size=64, prediction_telemetry=False)))
     assert [int(np.argmax(row)) for row in r.outputs[0].data] == [2, 2]  # still answered
     names = {name for name, _ in samples(off)}
-    for family in ("cnn_predictions_total", "cnn_prediction_confidence_count", "cnn_low_confidence_predictions_total",
-                   "cnn_reference_class_share", "cnn_reference_confidence", "cnn_reference_low_confidence_share"):
+    for family in (
+        "cnn_predictions_total",
+        "cnn_prediction_confidence_count",
+        "cnn_low_confidence_predictions_total",
+        "cnn_reference_class_share",
+        "cnn_reference_confidence",
+        "cnn_reference_low_confidence_share",
+    ):
         assert family not in names, family
     on, _ = run(main(Metrics(max_batch_size=64)))  # the same with it on: the series are there and count
     assert samples(on)[("cnn_predictions_total", (("class", "c"), ("model", "clf")))] == 2

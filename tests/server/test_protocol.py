@@ -30,8 +30,9 @@ def proto_server(model_repository, tmp_path_factory):
     for dt in DTYPES:
         publish(repo, f"scale-{dt.lower()}", scale_model(dt), max_batch_size=8)
     publish(repo, "mean-free", mean_model(), max_batch_size=8)
-    s = start_server(repo, "--poll-interval-s", "0", "--allow-model-control", "--default-model", MODEL_NAME,
-                     log_dir=repo.parent)
+    s = start_server(
+        repo, "--poll-interval-s", "0", "--allow-model-control", "--default-model", MODEL_NAME, log_dir=repo.parent
+    )
     yield s, repo
     s.stop()
 
@@ -46,13 +47,21 @@ def client(proto_server):
 def test_server_metadata_lists_exactly_the_implemented_extensions(client):
     md = client.get_server_metadata()
     assert md.name == "cnn-stack" and md.version
-    assert set(md.extensions) == {"classification", "model_configuration", "statistics", "model_repository",
-                                  "model_repository(unload_dependents)"}
+    assert set(md.extensions) == {
+        "classification",
+        "model_configuration",
+        "statistics",
+        "model_repository",
+        "model_repository(unload_dependents)",
+    }
 
 
 # FP16 has no typed-contents field in the protocol (raw only): its typed case is the error test below.
-@pytest.mark.parametrize("datatype,raw", [(d, True) for d in DTYPES] + [(d, False) for d in DTYPES if d != "FP16"],
-                         ids=lambda v: v if isinstance(v, str) else ("raw" if v else "typed"))
+@pytest.mark.parametrize(
+    "datatype,raw",
+    [(d, True) for d in DTYPES] + [(d, False) for d in DTYPES if d != "FP16"],
+    ids=lambda v: v if isinstance(v, str) else ("raw" if v else "typed"),
+)
 def test_datatypes_raw_and_typed(client, datatype, raw):
     name = f"scale-{datatype.lower()}"
     x = np.array([[0, 1, 2, 3], [10, 20, 30, 40]], dtype=DTYPES[datatype])
@@ -69,7 +78,9 @@ def test_datatypes_raw_and_typed(client, datatype, raw):
         getattr(t.contents, field).extend(x.ravel().tolist())
         resp = client._client_stub.ModelInfer(req)
         assert [o.datatype for o in resp.outputs] == [datatype]
-        got = np.frombuffer(resp.raw_output_contents[0], dtype=np.dtype(DTYPES[datatype]).newbyteorder("<")).reshape(x.shape)
+        got = np.frombuffer(resp.raw_output_contents[0], dtype=np.dtype(DTYPES[datatype]).newbyteorder("<")).reshape(
+            x.shape
+        )
         np.testing.assert_array_equal(got, (x.astype(np.float32) * 2).astype(DTYPES[datatype]))
         return
     out = result.as_numpy("output")
@@ -98,8 +109,10 @@ def test_the_common_request_and_the_general_path_answer_alike(client, proto_serv
     assert answers[0] == answers[1] == answers[2]
     a = answers[0]
     assert (a.model_name, a.model_version, a.id) == (MODEL_NAME, "1", "c")
-    assert [(o.name, o.datatype, list(o.shape)) for o in a.outputs] == [("logits", "FP32", [3, 10]),
-                                                                        ("probabilities", "FP32", [3, 10])]
+    assert [(o.name, o.datatype, list(o.shape)) for o in a.outputs] == [
+        ("logits", "FP32", [3, 10]),
+        ("probabilities", "FP32", [3, 10]),
+    ]
     after = client.get_inference_statistics(MODEL_NAME).model_stats[0]
     assert after.inference_stats.success.count == before.inference_stats.success.count + 3
     assert after.inference_count == before.inference_count + 9
@@ -151,8 +164,11 @@ def test_classification_extension_top_k_strings(client, proto_server):
     x = np.random.default_rng(0).normal(size=(3, 1, 28, 28)).astype(np.float32)
     inp = tc.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    result = client.infer(MODEL_NAME, [inp], outputs=[tc.InferRequestedOutput("probabilities", class_count=3),
-                                                      tc.InferRequestedOutput("logits")])
+    result = client.infer(
+        MODEL_NAME,
+        [inp],
+        outputs=[tc.InferRequestedOutput("probabilities", class_count=3), tc.InferRequestedOutput("logits")],
+    )
     top = result.as_numpy("probabilities")
     logits = result.as_numpy("logits")
     assert top.shape == (3, 3)
@@ -222,7 +238,10 @@ def test_health_check_and_watch_per_model(proto_server):
     with grpc.insecure_channel(s.address) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         for service in ("", MODEL_NAME, "inference.GRPCInferenceService", "cnn.v1.Classification"):
-            assert stub.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                stub.Check(health_pb2.HealthCheckRequest(service=service)).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
         with pytest.raises(grpc.RpcError) as e:
             stub.Check(health_pb2.HealthCheckRequest(service="no-such-model"))
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
@@ -276,9 +295,31 @@ def test_perf_analyzer_drives_the_server(proto_server, tmp_path):
     cudart = next((ROOT / ".venv-tools").glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
     env = {**os.environ, "LD_LIBRARY_PATH": f"{cudart}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
     csv = tmp_path / "pa.csv"
-    proc = subprocess.run([str(pa), "-m", MODEL_NAME, "-u", s.address, "-i", "grpc", "--concurrency-range", "1:8:7",
-                           "--measurement-mode", "count_windows", "--measurement-request-count", "200", "-s", "80",
-                           "-f", str(csv)], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            str(pa),
+            "-m",
+            MODEL_NAME,
+            "-u",
+            s.address,
+            "-i",
+            "grpc",
+            "--concurrency-range",
+            "1:8:7",
+            "--measurement-mode",
+            "count_windows",
+            "--measurement-request-count",
+            "200",
+            "-s",
+            "80",
+            "-f",
+            str(csv),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     throughputs = [float(t) for t in re.findall(r"Throughput: ([\d.]+) infer/sec", proc.stdout)]
     assert len(throughputs) == 2 and all(t > 0 for t in throughputs), proc.stdout

@@ -26,9 +26,14 @@ def pki(tmp_path_factory):
     ca = cert("test-ca", ca_key, ca_name, ca_key, ca=True)
     srv_key, cli_key, rogue_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
     files = {
-        "ca.pem": pem(ca), "server.pem": pem(cert("server", ca_key, ca_name, srv_key, False, "127.0.0.1")),
-        "server.key": pem(srv_key), "client.pem": pem(cert("client", ca_key, ca_name, cli_key, False)),
-        "client.key": pem(cli_key), "rogue.pem": pem(cert("rogue", rogue_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rogue")]), rogue_key, False)),
+        "ca.pem": pem(ca),
+        "server.pem": pem(cert("server", ca_key, ca_name, srv_key, False, "127.0.0.1")),
+        "server.key": pem(srv_key),
+        "client.pem": pem(cert("client", ca_key, ca_name, cli_key, False)),
+        "client.key": pem(cli_key),
+        "rogue.pem": pem(
+            cert("rogue", rogue_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rogue")]), rogue_key, False)
+        ),
         "rogue.key": pem(rogue_key),
     }
     for name, data in files.items():
@@ -47,8 +52,15 @@ def test_rpc_groups():
 
 
 def test_tls_serves_and_plaintext_fails(model_repository, pki):
-    s = start_server(model_repository, "--poll-interval-s", "0", "--tls-cert-file", str(pki / "server.pem"),
-                     "--tls-key-file", str(pki / "server.key"))
+    s = start_server(
+        model_repository,
+        "--poll-interval-s",
+        "0",
+        "--tls-cert-file",
+        str(pki / "server.pem"),
+        "--tls-key-file",
+        str(pki / "server.key"),
+    )
     try:
         image = digit_examples()[0].read_bytes()
         with ClassificationClient(s.address, tls_ca=(pki / "ca.pem").read_bytes()) as c:
@@ -62,17 +74,33 @@ def test_tls_serves_and_plaintext_fails(model_repository, pki):
 
 
 def test_mtls_requires_a_client_certificate_from_the_ca(model_repository, pki):
-    s = start_server(model_repository, "--poll-interval-s", "0", "--tls-cert-file", str(pki / "server.pem"),
-                     "--tls-key-file", str(pki / "server.key"), "--tls-client-ca-file", str(pki / "ca.pem"))
+    s = start_server(
+        model_repository,
+        "--poll-interval-s",
+        "0",
+        "--tls-cert-file",
+        str(pki / "server.pem"),
+        "--tls-key-file",
+        str(pki / "server.key"),
+        "--tls-client-ca-file",
+        str(pki / "ca.pem"),
+    )
     try:
         image = digit_examples()[0].read_bytes()
         ca = (pki / "ca.pem").read_bytes()
-        with ClassificationClient(s.address, tls_ca=ca, tls_cert=(pki / "client.pem").read_bytes(),
-                                  tls_key=(pki / "client.key").read_bytes()) as c:
+        with ClassificationClient(
+            s.address, tls_ca=ca, tls_cert=(pki / "client.pem").read_bytes(), tls_key=(pki / "client.key").read_bytes()
+        ) as c:
             assert c.classify([image])[0][0].label
         for cert, key in ((None, None), (pki / "rogue.pem", pki / "rogue.key")):
-            with ClassificationClient(s.address, timeout_s=3, tls_ca=ca, tls_cert=cert and cert.read_bytes(),
-                                      tls_key=key and key.read_bytes(), retry_unavailable=False) as c:
+            with ClassificationClient(
+                s.address,
+                timeout_s=3,
+                tls_ca=ca,
+                tls_cert=cert and cert.read_bytes(),
+                tls_key=key and key.read_bytes(),
+                retry_unavailable=False,
+            ) as c:
                 with pytest.raises(grpc.RpcError) as e:
                     c.classify([image])
                 assert e.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -83,11 +111,16 @@ def test_mtls_requires_a_client_certificate_from_the_ca(model_repository, pki):
 def test_bearer_tokens_per_group(model_repository, tmp_path):
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(TOKENS)
-    s = start_server(model_repository, "--poll-interval-s", "0", "--auth-tokens-file", str(tokens), "--allow-model-control")
+    s = start_server(
+        model_repository, "--poll-interval-s", "0", "--auth-tokens-file", str(tokens), "--allow-model-control"
+    )
     image = digit_examples()[0].read_bytes()
     try:
         # inference: no token / unknown token -> UNAUTHENTICATED; app token -> OK
-        for token, code in (("", grpc.StatusCode.UNAUTHENTICATED), ("wrong-token-000", grpc.StatusCode.UNAUTHENTICATED)):
+        for token, code in (
+            ("", grpc.StatusCode.UNAUTHENTICATED),
+            ("wrong-token-000", grpc.StatusCode.UNAUTHENTICATED),
+        ):
             with ClassificationClient(s.address, token=token) as c:
                 with pytest.raises(grpc.RpcError) as e:
                     c.classify([image])
@@ -121,6 +154,17 @@ def test_bad_tokens_file_is_a_start_error(model_repository, tmp_path):
 
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text("inferense: [abcdefgh1]\n")
-    proc = cnn("serve", "--repository", str(model_repository), "--auth-tokens-file", str(tokens),
-               "--grpc-address", "127.0.0.1:0", "--metrics-address", "", check=False, timeout=60)
+    proc = cnn(
+        "serve",
+        "--repository",
+        str(model_repository),
+        "--auth-tokens-file",
+        str(tokens),
+        "--grpc-address",
+        "127.0.0.1:0",
+        "--metrics-address",
+        "",
+        check=False,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "unknown group 'inferense'" in proc.stderr

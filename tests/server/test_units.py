@@ -51,16 +51,19 @@ def test_config_round_trip_and_defaults(tmp_path):
     assert back == cfg
 
 
-@pytest.mark.parametrize("text,key", [
-    ("max_batch_size: 0", "max_batch_size"),
-    ("providers: [tpu]", "providers"),
-    ("dynamic_batching: {max_queue_delay_us: -5}", "dynamic_batching.max_queue_delay_us"),
-    ("dynamic_batching: {preferred_batch_sizes: [999]}", "dynamic_batching.preferred_batch_sizes"),
-    ("version_policy: {kind: newest}", "version_policy.kind"),
-    ("warmup_batch_sizes: [0]", "warmup_batch_sizes"),
-    ("batch_size: 4", "batch_size"),
-    ("name: other", "name"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("max_batch_size: 0", "max_batch_size"),
+        ("providers: [tpu]", "providers"),
+        ("dynamic_batching: {max_queue_delay_us: -5}", "dynamic_batching.max_queue_delay_us"),
+        ("dynamic_batching: {preferred_batch_sizes: [999]}", "dynamic_batching.preferred_batch_sizes"),
+        ("version_policy: {kind: newest}", "version_policy.kind"),
+        ("warmup_batch_sizes: [0]", "warmup_batch_sizes"),
+        ("batch_size: 4", "batch_size"),
+        ("name: other", "name"),
+    ],
+)
 def test_bad_model_config_names_file_and_key(tmp_path, text, key):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.yaml").write_text(text + "\n")
@@ -140,8 +143,11 @@ def test_external_data_outside_the_folder_is_refused(tmp_path, location):
 def test_server_config_precedence(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text("poll_interval_s: 5\ndrain_grace_s: 7\ngrpc_address: 127.0.0.1:1000\n")
-    cfg = load_config(f, env={"CNN_SERVER_DRAIN_GRACE_S": "9", "CNN_SERVER_GRPC_ADDRESS": "127.0.0.1:2000"},
-                      overrides={"grpc_address": "127.0.0.1:3000", "repository": None})
+    cfg = load_config(
+        f,
+        env={"CNN_SERVER_DRAIN_GRACE_S": "9", "CNN_SERVER_GRPC_ADDRESS": "127.0.0.1:2000"},
+        overrides={"grpc_address": "127.0.0.1:3000", "repository": None},
+    )
     assert (cfg.poll_interval_s, cfg.drain_grace_s, cfg.grpc_address) == (5.0, 9.0, "127.0.0.1:3000")
     assert cfg.repository == "model_repository" and cfg.grpc_address.startswith("127.0.0.1")
     assert cfg.gil_switch_interval_s == 0.0005
@@ -154,15 +160,18 @@ def test_server_config_precedence(tmp_path):
     assert load_config(None, env={"CNN_SERVER_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
 
 
-@pytest.mark.parametrize("env,key", [
-    ({"CNN_SERVER_POLL_INTERVAL_S": "soon"}, "poll_interval_s"),
-    ({"CNN_SERVER_GRPC_ADDRESS": "nohostport"}, "grpc_address"),
-    ({"CNN_SERVER_ALLOW_MODEL_CONTROL": "maybe"}, "allow_model_control"),
-    ({"CNN_SERVER_NOPE": "1"}, "CNN_SERVER_NOPE"),
-    ({"CNN_SERVER_GIL_SWITCH_INTERVAL_S": "1"}, "gil_switch_interval_s"),
-    ({"CNN_SERVER_EVENT_LOOP": "trio"}, "event_loop"),
-    ({"CNN_SERVER_GC_GEN0_THRESHOLD": "5"}, "gc_gen0_threshold"),
-])
+@pytest.mark.parametrize(
+    "env,key",
+    [
+        ({"CNN_SERVER_POLL_INTERVAL_S": "soon"}, "poll_interval_s"),
+        ({"CNN_SERVER_GRPC_ADDRESS": "nohostport"}, "grpc_address"),
+        ({"CNN_SERVER_ALLOW_MODEL_CONTROL": "maybe"}, "allow_model_control"),
+        ({"CNN_SERVER_NOPE": "1"}, "CNN_SERVER_NOPE"),
+        ({"CNN_SERVER_GIL_SWITCH_INTERVAL_S": "1"}, "gil_switch_interval_s"),
+        ({"CNN_SERVER_EVENT_LOOP": "trio"}, "event_loop"),
+        ({"CNN_SERVER_GC_GEN0_THRESHOLD": "5"}, "gc_gen0_threshold"),
+    ],
+)
 def test_server_config_errors_name_the_key(env, key):
     with pytest.raises(ConfigError, match=key):
         load_config(None, env=env)
@@ -184,17 +193,23 @@ def cuda_listed(monkeypatch):
     then really creates a session asked for [CUDA, CPU] on the CPU alone."""
     import onnxruntime
 
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
 
 
 @pytest.mark.parametrize("isolation", ["thread", "process"])
 def test_cuda_missing_from_the_created_session_is_refused_without_fallback(tmp_path, cuda_listed, isolation):
     from server.runtime import open_runtime
 
-    path = publish(tmp_path, "m", scale_model("FP32"), providers=["cuda", "cpu"], cuda_fallback=False,
-                   instance_isolation=isolation)
-    with pytest.raises(RepositoryError, match=r"m/1/model.onnx: CUDA was asked for, but the created session has only "
-                                              r"CPUExecutionProvider .*cuda_fallback is false, so the load is refused"):
+    path = publish(
+        tmp_path, "m", scale_model("FP32"), providers=["cuda", "cpu"], cuda_fallback=False, instance_isolation=isolation
+    )
+    with pytest.raises(
+        RepositoryError,
+        match=r"m/1/model.onnx: CUDA was asked for, but the created session has only "
+        r"CPUExecutionProvider .*cuda_fallback is false, so the load is refused",
+    ):
         open_runtime(path, repo.load_model_config(tmp_path / "m"), 1)
 
 

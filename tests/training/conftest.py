@@ -13,8 +13,14 @@ import torch
 # One intra-op thread: the suite shares 2 cores with other work, where OpenMP barriers stall badly.
 torch.set_num_threads(1)
 
-IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
-             np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
+IDX_CODES = {
+    np.dtype(np.uint8): 0x08,
+    np.dtype(np.int8): 0x09,
+    np.dtype(">i2"): 0x0B,
+    np.dtype(">i4"): 0x0C,
+    np.dtype(">f4"): 0x0D,
+    np.dtype(">f8"): 0x0E,
+}
 
 
 def idx_bytes(a: np.ndarray) -> bytes:
@@ -34,8 +40,9 @@ def write_idx(path: Path, a: np.ndarray, gz: bool = False) -> Path:
     return path
 
 
-def make_idx_dir(root: Path, n_train: int = 200, n_test: int = 50, size: int = 28, classes: int = 10,
-                 gz: bool = False, seed: int = 0) -> tuple[Path, dict[str, np.ndarray]]:
+def make_idx_dir(
+    root: Path, n_train: int = 200, n_test: int = 50, size: int = 28, classes: int = 10, gz: bool = False, seed: int = 0
+) -> tuple[Path, dict[str, np.ndarray]]:
     """A MNIST-layout directory of class-dependent images (class k: a bright bar at row 2k)."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -52,8 +59,13 @@ def make_idx_dir(root: Path, n_train: int = 200, n_test: int = 50, size: int = 2
     return root, arrays
 
 
-def make_folder(root: Path, classes=("cat", "dog", "frog"), per_class: int = 12, mode: str = "RGB",
-                sizes=((40, 30), (24, 24), (33, 50))) -> Path:
+def make_folder(
+    root: Path,
+    classes=("cat", "dog", "frog"),
+    per_class: int = 12,
+    mode: str = "RGB",
+    sizes=((40, 30), (24, 24), (33, 50)),
+) -> Path:
     from PIL import Image
 
     rng = np.random.default_rng(0)

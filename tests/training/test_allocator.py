@@ -40,8 +40,8 @@ def _probe(mode: str) -> tuple[int, int]:
 
 def test_big_blocks_stay_in_the_process():
     mmapped, free_in_heap = _probe("keep")
-    assert mmapped == 0                      # served from the heap, not by a fresh mmap
-    assert free_in_heap >= 16 << 20          # and kept after free (not trimmed back to the kernel)
+    assert mmapped == 0  # served from the heap, not by a fresh mmap
+    assert free_in_heap >= 16 << 20  # and kept after free (not trimmed back to the kernel)
 
 
 def test_default_glibc_maps_and_unmaps_big_blocks():

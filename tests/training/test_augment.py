@@ -15,8 +15,9 @@ def _batch(b=16, c=1, s=12):
 def test_normalize_matches_the_checkpoint_formula():
     x = _batch(c=3)
     n = Normalize([0.1, 0.2, 0.3], [0.5, 0.25, 2.0])
-    want = (x.float() * (1 / 255) - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)) / \
-        torch.tensor([0.5, 0.25, 2.0]).view(1, 3, 1, 1)
+    want = (x.float() * (1 / 255) - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.5, 0.25, 2.0]
+    ).view(1, 3, 1, 1)
     assert torch.allclose(n(x), want, atol=1e-6)
 
 
@@ -37,8 +38,12 @@ def test_random_crop_is_a_shift_of_the_padded_image():
     out = random_crop(x, 2, torch.Generator().manual_seed(0))
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(2):
-        hits = [(dy, dx) for dy in range(5) for dx in range(5)
-                if torch.equal(out[i], padded[i, :, dy:dy + 6, dx:dx + 6])]
+        hits = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(out[i], padded[i, :, dy : dy + 6, dx : dx + 6])
+        ]
         assert hits, "each output must be some 6x6 window of the padded input"
 
 
@@ -67,12 +72,13 @@ def test_random_erase_zeroes_rectangles():
         cols = (img == 0).any(0).nonzero().flatten()
         assert len(rows) and len(cols)
         # the zeros form one full rectangle
-        assert (img[rows.min():rows.max() + 1, cols.min():cols.max() + 1] == 0).all()
+        assert (img[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] == 0).all()
         assert (img == 0).sum() == len(rows) * len(cols)
     assert torch.equal(random_erase(x, 0.0, 0.3, torch.Generator().manual_seed(0)), x)
 
 
 # ----------------------------------------------------------------------------- elastic + shear (MNIST)
+
 
 def test_elastic_field_is_smooth_bounded_and_seeded():
     from training.augment import elastic_field, gaussian_kernel1d
@@ -100,7 +106,7 @@ def test_warp_moves_ink_by_a_bounded_amount_and_keeps_its_mass():
     from training.augment import random_warp
 
     x = torch.zeros(32, 1, 28, 28)
-    x[:, :, 10:18, 12:16] = 1.0                      # a bar of ink in the middle
+    x[:, :, 10:18, 12:16] = 1.0  # a bar of ink in the middle
     g = torch.Generator().manual_seed(0)
     y = random_warp(x, g, degrees=8, translate=0.06, scale=0.08, shear=8, elastic_alpha=34, elastic_sigma=4)
     assert y.shape == x.shape and not torch.allclose(y, x, atol=1e-3)

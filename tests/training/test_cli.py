@@ -31,33 +31,57 @@ def _run(argv, capsys):
 
 
 def test_importing_the_cli_does_not_import_torch():
-    code = ("import sys, argparse; import training.cli as c; p = argparse.ArgumentParser(); "
-            "s = p.add_subparsers(); c.add_train_parser(s); c.add_inspect_parser(s); "
-            "print('torch' in sys.modules, 'numpy' in sys.modules)")
+    code = (
+        "import sys, argparse; import training.cli as c; p = argparse.ArgumentParser(); "
+        "s = p.add_subparsers(); c.add_train_parser(s); c.add_inspect_parser(s); "
+        "print('torch' in sys.modules, 'numpy' in sys.modules)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert r.stdout.split() == ["False", "False"]
 
 
 def test_parsers_dispatch_to_the_run_functions():
-    a = _parse(["train", "--model", "lenet5", "--data", "digits", "--out", "x", "--set", "lr=0.1", "--set",
-                "epochs=2", "--epochs", "3", "--seed", "4", "--recipe", "lenet5_digits"])
+    a = _parse(
+        [
+            "train",
+            "--model",
+            "lenet5",
+            "--data",
+            "digits",
+            "--out",
+            "x",
+            "--set",
+            "lr=0.1",
+            "--set",
+            "epochs=2",
+            "--epochs",
+            "3",
+            "--seed",
+            "4",
+            "--recipe",
+            "lenet5_digits",
+        ]
+    )
     assert a.func is run_train and a.set == ["lr=0.1", "epochs=2"] and a.epochs == 3 and a.seed == 4
     b = _parse(["inspect", "best.pt", "img.png", "--out", "maps.png"])
     assert b.func is run_inspect and b.checkpoint == "best.pt" and b.image == "img.png"
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--model", "nope", "--out", "{tmp}"], "unknown model 'nope'; valid models: alexnet"),
-    (["--out", "{tmp}", "--set", "lrr=3"], "unknown recipe key 'lrr'"),
-    (["--out", "{tmp}", "--set", "epochs=-1"], "'epochs': must be >= 1"),
-    (["--out", "{tmp}", "--recipe", "nope"], "unknown recipe 'nope'"),
-    (["--out", "{tmp}", "--data", "idx:{tmp}/no_such_dir"], "no_such_dir does not exist"),
-    (["--out", "{tmp}", "--data", "folder:{tmp}/missing"], "missing does not exist"),
-    (["--out", "{tmp}", "--data", "cifar"], "unknown data 'cifar'"),
-    (["--model", "resnet20"], "--out RUN_DIR is required"),
-    (["--out", "{tmp}", "--set", "model.colour=1", "--epochs", "1"], "does not accept 'colour'"),
-    (["--resume", "{tmp}/nothing.pt"], "nothing.pt does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--model", "nope", "--out", "{tmp}"], "unknown model 'nope'; valid models: alexnet"),
+        (["--out", "{tmp}", "--set", "lrr=3"], "unknown recipe key 'lrr'"),
+        (["--out", "{tmp}", "--set", "epochs=-1"], "'epochs': must be >= 1"),
+        (["--out", "{tmp}", "--recipe", "nope"], "unknown recipe 'nope'"),
+        (["--out", "{tmp}", "--data", "idx:{tmp}/no_such_dir"], "no_such_dir does not exist"),
+        (["--out", "{tmp}", "--data", "folder:{tmp}/missing"], "missing does not exist"),
+        (["--out", "{tmp}", "--data", "cifar"], "unknown data 'cifar'"),
+        (["--model", "resnet20"], "--out RUN_DIR is required"),
+        (["--out", "{tmp}", "--set", "model.colour=1", "--epochs", "1"], "does not accept 'colour'"),
+        (["--resume", "{tmp}/nothing.pt"], "nothing.pt does not exist"),
+    ],
+)
 def test_user_errors_are_one_line_and_exit_2(argv, needle, tmp_path, capsys):
     rc, out, err = _run(["train"] + [a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
     assert rc == 2
@@ -67,8 +91,10 @@ def test_user_errors_are_one_line_and_exit_2(argv, needle, tmp_path, capsys):
 
 def test_train_inspect_and_resume_end_to_end(tmp_path, capsys):
     run = tmp_path / "run"
-    rc, out, err = _run(["train", "--model", "lenet5", "--data", "digits", "--out", str(run), "--epochs", "2",
-                         "--set", "threads=1"], capsys)
+    rc, out, err = _run(
+        ["train", "--model", "lenet5", "--data", "digits", "--out", str(run), "--epochs", "2", "--set", "threads=1"],
+        capsys,
+    )
     assert rc == 0, err
     assert "epoch   1/2" in out and "img/s" in out and "test acc" in out
     for name in ("best.pt", "last.pt", "metrics.jsonl", "curves.png", "confusion.png", "summary.json"):
@@ -88,6 +114,7 @@ def test_train_inspect_and_resume_end_to_end(tmp_path, capsys):
         from PIL import Image
 
         from training.data import load_dataset
+
         png = tmp_path / "3_0000.png"
         d = load_dataset("digits")
         Image.fromarray(d.test_x[0, 0].numpy(), "L").save(png)

@@ -23,8 +23,14 @@ from training.models import create_model, list_models
 
 def test_every_recipe_file_loads_and_is_commented():
     names = list_recipes()
-    assert {"lenet5_digits", "default_digits", "lenet5_fashion_mnist", "resnet20_fashion_mnist",
-            "mobilenet_v2_fashion_mnist", "default_color"} <= set(names)
+    assert {
+        "lenet5_digits",
+        "default_digits",
+        "lenet5_fashion_mnist",
+        "resnet20_fashion_mnist",
+        "mobilenet_v2_fashion_mnist",
+        "default_color",
+    } <= set(names)
     for name in names:
         cfg = resolve_config(name)
         assert isinstance(cfg, TrainConfig)
@@ -65,28 +71,41 @@ def test_recommended_recipes():
 
 
 def test_overrides_are_typed():
-    cfg = resolve_config("lenet5_digits", ["lr=0.01", "epochs=3", "nesterov=false", "optimizer=adamw",
-                                           "augment.rotate=5", "model.dropout=0.25", "model.activation=tanh"])
+    cfg = resolve_config(
+        "lenet5_digits",
+        [
+            "lr=0.01",
+            "epochs=3",
+            "nesterov=false",
+            "optimizer=adamw",
+            "augment.rotate=5",
+            "model.dropout=0.25",
+            "model.activation=tanh",
+        ],
+    )
     assert cfg.lr == 0.01 and cfg.epochs == 3 and cfg.nesterov is False and cfg.optimizer == "adamw"
     assert cfg.augment.rotate == 5.0 and isinstance(cfg.augment.rotate, float)
     assert cfg.model == {"activation": "tanh", "pool": "max", "dropout": 0.25}
 
 
-@pytest.mark.parametrize("item,pattern", [
-    ("lrr=0.1", "unknown recipe key 'lrr'"),
-    ("augment.spin=3", "unknown recipe key 'augment.spin'"),
-    ("epochs.x=1", "'epochs' has no sub-keys"),
-    ("epochs=2.5", "'epochs' must be int"),
-    ("lr=fast", "'lr' must be float"),
-    ("nesterov=maybe", "'nesterov' must be bool"),
-    ("epochs=0", "'epochs': must be >= 1"),
-    ("optimizer=rmsprop", "'optimizer': must be one of sgd, adam, adamw"),
-    ("schedule=poly", "'schedule'"),
-    ("amp=fp16", "'amp': must be one of off, bf16"),
-    ("augment.erase_prob=1.5", "'augment.erase_prob'"),
-    ("label_smoothing=1", "'label_smoothing'"),
-    ("noequals", "key=value"),
-])
+@pytest.mark.parametrize(
+    "item,pattern",
+    [
+        ("lrr=0.1", "unknown recipe key 'lrr'"),
+        ("augment.spin=3", "unknown recipe key 'augment.spin'"),
+        ("epochs.x=1", "'epochs' has no sub-keys"),
+        ("epochs=2.5", "'epochs' must be int"),
+        ("lr=fast", "'lr' must be float"),
+        ("nesterov=maybe", "'nesterov' must be bool"),
+        ("epochs=0", "'epochs': must be >= 1"),
+        ("optimizer=rmsprop", "'optimizer': must be one of sgd, adam, adamw"),
+        ("schedule=poly", "'schedule'"),
+        ("amp=fp16", "'amp': must be one of off, bf16"),
+        ("augment.erase_prob=1.5", "'augment.erase_prob'"),
+        ("label_smoothing=1", "'label_smoothing'"),
+        ("noequals", "key=value"),
+    ],
+)
 def test_bad_overrides_name_the_key(item, pattern):
     with pytest.raises(ConfigError, match=re.escape(pattern)):
         resolve_config("lenet5_digits", [item])

@@ -47,12 +47,13 @@ def test_digits_pixels_follow_the_recipe():
     from sklearn.datasets import load_digits
 
     x, y = data_mod.digits_images()
-    raw = load_digits().images[0]                     # 8x8 in 0..16
+    raw = load_digits().images[0]  # 8x8 in 0..16
     img = x[0, 0].float()
     assert y[0] == 0
     # the 8x8 ink pattern survives: the brightest 20x20 region matches the upsampled raw digit
-    up = torch.nn.functional.interpolate(torch.tensor(raw * 255 / 16).float()[None, None], size=(20, 20),
-                                         mode="bilinear", antialias=True)[0, 0]
+    up = torch.nn.functional.interpolate(
+        torch.tensor(raw * 255 / 16).float()[None, None], size=(20, 20), mode="bilinear", antialias=True
+    )[0, 0]
     assert torch.allclose(img[4:24, 4:24], up.round().clamp(0, 255), atol=1)
 
 
@@ -77,9 +78,9 @@ def test_idx_labels_file_and_alternative_names(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (20, 28, 28), dtype=np.uint8)
     y = (np.arange(20) % 3).astype(np.uint8)
-    write_idx(root / "kmnist-train-imgs-idx3-ubyte", x, gz=True)       # KMNIST-style names
+    write_idx(root / "kmnist-train-imgs-idx3-ubyte", x, gz=True)  # KMNIST-style names
     write_idx(root / "kmnist-train-labels-idx1-ubyte", y, gz=True)
-    write_idx(root / "t10k-images.idx3-ubyte", x[:6])                   # dotted MNIST-mirror names
+    write_idx(root / "t10k-images.idx3-ubyte", x[:6])  # dotted MNIST-mirror names
     write_idx(root / "t10k-labels.idx1-ubyte", y[:6])
     (root / "labels.txt").write_text("o\nki\nsu\n")
     d = load_dataset(f"idx:{root}")
@@ -88,9 +89,14 @@ def test_idx_labels_file_and_alternative_names(tmp_path):
 
 
 def test_read_idx_parses_the_header_generically(tmp_path):
-    for arr in (np.arange(24, dtype=np.uint8).reshape(2, 3, 4), np.arange(-5, 5, dtype=np.int8),
-                np.arange(6, dtype=">i4").reshape(3, 2), np.linspace(0, 1, 5).astype(">f4"),
-                np.arange(4, dtype=">i2"), np.array([1.5, -2.0], dtype=">f8")):
+    for arr in (
+        np.arange(24, dtype=np.uint8).reshape(2, 3, 4),
+        np.arange(-5, 5, dtype=np.int8),
+        np.arange(6, dtype=">i4").reshape(3, 2),
+        np.linspace(0, 1, 5).astype(">f4"),
+        np.arange(4, dtype=">i2"),
+        np.array([1.5, -2.0], dtype=">f8"),
+    ):
         p = tmp_path / "a.idx"
         p.write_bytes(idx_bytes(arr))
         got = read_idx(p)

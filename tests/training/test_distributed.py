@@ -36,20 +36,44 @@ def test_torch_distributed_with_gloo_is_available():
     """The pinned CPU torch ships gloo; if this fails, the install is broken (no skip hides it)."""
     assert dist.is_available() and dist.is_gloo_available()
 
+
 REPO = Path(__file__).resolve().parents[2]
 # lenet5_digits with a gentler peak lr (0.02): 3 epochs reach ~93 % validation accuracy without the
 # loss spike of lr 0.05, where float rounding differences grow fastest. Augmentation off: by design the
 # ranks draw their own augmentation, so only without it is the single-process run the exact reference.
-COMPARE = ["threads=1", "batch_size=64", "eval_batch_size=256", "lr=0.02", "augment.rotate=0",
-           "augment.translate=0", "augment.scale=0"]
+COMPARE = [
+    "threads=1",
+    "batch_size=64",
+    "eval_batch_size=256",
+    "lr=0.02",
+    "augment.rotate=0",
+    "augment.translate=0",
+    "augment.scale=0",
+]
 # Everything random on: per-rank augmentation and dropout streams must survive a resume exactly.
 # Constant lr so that a 1-epoch run extended to 2 follows the same schedule as a 2-epoch run.
-RANDOM = ["threads=1", "batch_size=64", "eval_batch_size=256", "lr=0.02", "schedule=constant",
-          "model.dropout=0.3", "augment.crop_padding=2", "augment.erase_prob=0.5"]
+RANDOM = [
+    "threads=1",
+    "batch_size=64",
+    "eval_batch_size=256",
+    "lr=0.02",
+    "schedule=constant",
+    "model.dropout=0.3",
+    "augment.crop_padding=2",
+    "augment.erase_prob=0.5",
+]
 # idx data with 135 training images: batch 16 leaves 7, split 4 / 3 over two ranks.
 # No BatchNorm there (the gray28 recipe has it on): per-rank batch statistics differ by design.
-UNEVEN = ["threads=1", "batch_size=16", "eval_batch_size=256", "augment.rotate=0", "augment.translate=0",
-          "augment.scale=0", "epochs=2", "model.batch_norm=false"]
+UNEVEN = [
+    "threads=1",
+    "batch_size=16",
+    "eval_batch_size=256",
+    "augment.rotate=0",
+    "augment.translate=0",
+    "augment.scale=0",
+    "epochs=2",
+    "model.batch_norm=false",
+]
 
 
 def _quiet(_msg: str) -> None:
@@ -63,8 +87,11 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     env["OMP_NUM_THREADS"] = "1"
     if Path("/sys/class/net/lo").exists():
         env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo would otherwise bind to whatever the hostname resolves to
@@ -74,8 +101,23 @@ def _env() -> dict[str, str]:
 def _torchrun(args: list[str]) -> subprocess.Popen:
     """Start `torchrun --nproc_per_node 2 ... -m training.cli train ARGS` (what `torchrun ... $(which cnn)
     train` runs); --tee 3 prefixes every line of rank r with "[default<r>]:"."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "--tee", "3", "-m", "training.cli", "train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "--tee",
+        "3",
+        "-m",
+        "training.cli",
+        "train",
+        *args,
+    ]
     return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -98,29 +140,47 @@ def _max_abs_diff(a: dict, b: dict) -> float:
 def _compare(ddp: dict, single: dict) -> dict[str, float]:
     """The agreement numbers between a DDP checkpoint and a single-process one."""
     val_gap = max(abs(x["val_accuracy"] - y["val_accuracy"]) for x, y in zip(ddp["history"], single["history"]))
-    return {"max_abs_weight_diff": _max_abs_diff(ddp["state_dict"], single["state_dict"]),
-            "max_val_accuracy_gap": val_gap,
-            "ddp_val_accuracy": ddp["history"][-1]["val_accuracy"],
-            "single_val_accuracy": single["history"][-1]["val_accuracy"],
-            "train_loss_gap": abs(ddp["history"][-1]["train_loss"] - single["history"][-1]["train_loss"])}
+    return {
+        "max_abs_weight_diff": _max_abs_diff(ddp["state_dict"], single["state_dict"]),
+        "max_val_accuracy_gap": val_gap,
+        "ddp_val_accuracy": ddp["history"][-1]["val_accuracy"],
+        "single_val_accuracy": single["history"][-1]["val_accuracy"],
+        "train_loss_gap": abs(ddp["history"][-1]["train_loss"] - single["history"][-1]["train_loss"]),
+    }
 
 
 # ----------------------------------------------------------------------------- torchrun + the CLI
+
 
 @pytest.fixture(scope="module")
 def torchrun_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp_cli")
     ddp, single = root / "ddp", root / "single"
     t0 = time.perf_counter()
-    proc = _torchrun(["--model", "lenet5", "--data", "digits", "--out", str(ddp), "--epochs", "3",
-                      *[a for kv in COMPARE for a in ("--set", kv)]])
+    proc = _torchrun(
+        [
+            "--model",
+            "lenet5",
+            "--data",
+            "digits",
+            "--out",
+            str(ddp),
+            "--epochs",
+            "3",
+            *[a for kv in COMPARE for a in ("--set", kv)],
+        ]
+    )
     try:  # the reference run, here, while torchrun starts its processes
         cfg = resolve_config("lenet5_digits", COMPARE + ["epochs=3"])
         fit("lenet5", "digits", cfg, single, recipe_name="lenet5_digits", log=_quiet)
     finally:
         stdout = _wait(proc)
-    return {"root": root, "stdout": stdout, "files": sorted(p.name for p in ddp.iterdir()),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "root": root,
+        "stdout": stdout,
+        "files": sorted(p.name for p in ddp.iterdir()),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def test_torchrun_matches_the_single_process_run(torchrun_runs):
@@ -128,8 +188,11 @@ def test_torchrun_matches_the_single_process_run(torchrun_runs):
     d = ckpt_io.load_checkpoint(root / "ddp" / "last.pt")
     s = ckpt_io.load_checkpoint(root / "single" / "last.pt")
     agreement = _compare(d, s)
-    print("DDP vs single process after 3 epochs:", json.dumps(agreement),
-          f"(torchrun + single run {torchrun_runs['seconds']:.0f}s)")
+    print(
+        "DDP vs single process after 3 epochs:",
+        json.dumps(agreement),
+        f"(torchrun + single run {torchrun_runs['seconds']:.0f}s)",
+    )
     assert d["epoch"] == s["epoch"] == 3
     assert agreement["max_abs_weight_diff"] < 1e-4, agreement  # measured ~2e-7: only float summation order
     assert agreement["max_val_accuracy_gap"] <= 0.01, agreement  # within a point at every epoch
@@ -143,8 +206,14 @@ def test_torchrun_matches_the_single_process_run(torchrun_runs):
 
 
 def test_torchrun_rank0_alone_logs_and_writes(torchrun_runs):
-    assert torchrun_runs["files"] == ["best.pt", "confusion.png", "curves.png", "last.pt", "metrics.jsonl",
-                                      "summary.json"]  # no stray temporary or per-rank files
+    assert torchrun_runs["files"] == [
+        "best.pt",
+        "confusion.png",
+        "curves.png",
+        "last.pt",
+        "metrics.jsonl",
+        "summary.json",
+    ]  # no stray temporary or per-rank files
     out = torchrun_runs["stdout"].splitlines()
     assert not [ln for ln in out if ln.startswith("[default1]")]  # rank 1 prints nothing
     assert any(ln.startswith("[default0]:epoch   3/3") for ln in out)
@@ -153,6 +222,7 @@ def test_torchrun_rank0_alone_logs_and_writes(torchrun_runs):
 
 
 # ----------------------------------------------------------------------------- spawn + fit()
+
 
 def _worker(rank: int, port: int, tmp: str, idx_root: str) -> None:
     """One of two ranks: a process group of our own (tcp://), then several fit() calls inside it."""
@@ -166,10 +236,21 @@ def _worker(rank: int, port: int, tmp: str, idx_root: str) -> None:
         fit("lenet5", "digits", two, tmp_dir / f"straight_r{rank}", log=logs.append)
         fit("lenet5", "digits", one, tmp_dir / f"resumed_r{rank}", log=logs.append)
         # every rank resumes from the file rank 0 wrote (a shared directory, as on one machine)
-        fit("lenet5", "digits", two, tmp_dir / f"resumed_r{rank}", resume=tmp_dir / "resumed_r0" / "last.pt",
-            log=logs.append)
-        fit("lenet5", f"idx:{idx_root}", resolve_config("lenet5_gray28", UNEVEN), tmp_dir / f"uneven_r{rank}",
-            log=logs.append)
+        fit(
+            "lenet5",
+            "digits",
+            two,
+            tmp_dir / f"resumed_r{rank}",
+            resume=tmp_dir / "resumed_r0" / "last.pt",
+            log=logs.append,
+        )
+        fit(
+            "lenet5",
+            f"idx:{idx_root}",
+            resolve_config("lenet5_gray28", UNEVEN),
+            tmp_dir / f"uneven_r{rank}",
+            log=logs.append,
+        )
     finally:
         (tmp_dir / f"log_r{rank}.json").write_text(json.dumps(logs))
         dist.destroy_process_group()
@@ -238,6 +319,7 @@ def test_uneven_last_batch_matches_the_single_process_run(spawn_runs, tmp_path):
 
 # ----------------------------------------------------------------------------- no processes
 
+
 def test_shards_are_disjoint_and_cover_every_epoch():
     n, batch = 1258, 64
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
@@ -246,15 +328,14 @@ def test_shards_are_disjoint_and_cover_every_epoch():
             continue
         seen = []
         for i in range(steps_per_epoch(n, batch, world)):
-            idx = perm[i * batch:(i + 1) * batch]
-            parts = [distributed.shard(idx, distributed.DistContext(rank=r, world_size=world))
-                     for r in range(world)]
+            idx = perm[i * batch : (i + 1) * batch]
+            parts = [distributed.shard(idx, distributed.DistContext(rank=r, world_size=world)) for r in range(world)]
             assert torch.equal(torch.cat(parts), idx)  # the union of the ranks' parts is the global batch
             assert max(map(len, parts)) - min(map(len, parts)) <= 1 and min(map(len, parts)) >= 2
             if len(idx) == batch:
                 assert all(len(p) == batch // world for p in parts)
             seen += [p for p in parts]
-        assert torch.equal(torch.cat(seen), perm[:len(torch.cat(seen))])
+        assert torch.equal(torch.cat(seen), perm[: len(torch.cat(seen))])
     # the remainder is kept when every rank gets two images of it, as a single process keeps 2 or more
     assert steps_per_epoch(1258, 64) == steps_per_epoch(1258, 64, 2) == 20  # 42 left: 21 + 21
     assert steps_per_epoch(131, 64, 2) == 2 and steps_per_epoch(131, 64) == 3  # 3 left: dropped under DDP
@@ -263,7 +344,7 @@ def test_shards_are_disjoint_and_cover_every_epoch():
 
 def test_per_rank_seeds_differ_and_are_stable():
     seeds = {distributed.derive_seed(0, "augment", r, e) for r in range(4) for e in range(1, 6)}
-    assert len(seeds) == 20 and all(0 <= s < 2 ** 63 for s in seeds)
+    assert len(seeds) == 20 and all(0 <= s < 2**63 for s in seeds)
     assert distributed.derive_seed(0, "augment", 1, 3) == distributed.derive_seed(0, "augment", 1, 3)
     assert distributed.derive_seed(0, "augment", 1, 3) != distributed.derive_seed(0, "torch", 1, 3)
 
@@ -275,8 +356,13 @@ def test_errors_surface_before_any_rank_waits(monkeypatch, tmp_path, capsys):
 
     parser = argparse.ArgumentParser(prog="cnn")
     add_train_parser(parser.add_subparsers(dest="command"))
-    for k, v in {"WORLD_SIZE": "3", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": "1"}.items():
+    for k, v in {
+        "WORLD_SIZE": "3",
+        "RANK": "1",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "1",
+    }.items():
         monkeypatch.setenv(k, v)
     args = parser.parse_args(["train", "--out", str(tmp_path / "x"), "--set", "batch_size=32", "--epochs", "1"])
     assert args.func(args) == 2

@@ -39,8 +39,15 @@ def test_checkpoint_contract(digits_run):
     ck = ckpt_io.load_checkpoint(out / "best.pt")
     assert ck["format_version"] == 1 and ck["model_name"] == "lenet5"
     # every argument, defaults included, so a later change of a default cannot change a rebuilt model
-    assert ck["model_kwargs"] == {"num_classes": 10, "in_channels": 1, "input_size": 28, "activation": "relu",
-                                  "pool": "max", "dropout": 0.0, "batch_norm": False}
+    assert ck["model_kwargs"] == {
+        "num_classes": 10,
+        "in_channels": 1,
+        "input_size": 28,
+        "activation": "relu",
+        "pool": "max",
+        "dropout": 0.0,
+        "batch_norm": False,
+    }
     assert ck["labels"] == [str(i) for i in range(10)] and ck["input_shape"] == [1, 28, 28]
     pre = ck["preprocessing"]
     assert pre["color_mode"] == "L" and pre["height"] == pre["width"] == 28 and pre["resize"] == "bilinear"
@@ -86,6 +93,7 @@ def test_resume_is_bit_identical(tmp_path):
     def interrupt_at_epoch_3(msg: str) -> None:
         if msg.startswith("epoch   3/"):
             raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
         fit("lenet5", "digits", cfg, tmp_path / "b", log=interrupt_at_epoch_3)
     assert ckpt_io.load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 2
@@ -106,9 +114,19 @@ def test_resume_refuses_a_different_recipe(tmp_path, digits_run):
 
 def test_early_stopping_and_idx_data(tmp_path):
     root, _ = make_idx_dir(tmp_path / "idx", n_train=120, n_test=40, size=16, classes=4)
-    cfg = resolve_config("default_gray28", ["threads=1", "epochs=30", "early_stop=2", "lr=1e-6",
-                                            "batch_size=32", "schedule=constant", "augment.rotate=0",
-                                            "channels_last=true"])
+    cfg = resolve_config(
+        "default_gray28",
+        [
+            "threads=1",
+            "epochs=30",
+            "early_stop=2",
+            "lr=1e-6",
+            "batch_size=32",
+            "schedule=constant",
+            "augment.rotate=0",
+            "channels_last=true",
+        ],
+    )
     logs: list[str] = []
     s = fit("resnet20", f"idx:{root}", cfg, tmp_path / "run", log=logs.append)
     assert s["early_stopped"] and s["epochs_run"] < 30
@@ -155,8 +173,8 @@ def test_bf16_autocast_trains_in_float32_state():
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=g)  # (N, C, H, W)
-    y = torch.arange(64) % 4                                                   # (N,)
-    x[y == 1, :, :14] = 255                                                    # learnable: class -> bright band
+    y = torch.arange(64) % 4  # (N,)
+    x[y == 1, :, :14] = 255  # learnable: class -> bright band
     x[y == 2, :, 14:] = 255
     x[y == 3] = 0
     norm = Normalize([0.5], [0.25])
@@ -170,8 +188,10 @@ def test_bf16_autocast_trains_in_float32_state():
         opt = make_optimizer(model, cfg)
         sched = make_scheduler(opt, cfg, steps_per_epoch=4)
         gen = torch.Generator().manual_seed(1)
-        losses = [train_one_epoch(model, opt, sched, x, y, lambda xb, _g: norm(xb), gen, 16, amp="bf16")["loss"]
-                  for _ in range(5)]
+        losses = [
+            train_one_epoch(model, opt, sched, x, y, lambda xb, _g: norm(xb), gen, 16, amp="bf16")["loss"]
+            for _ in range(5)
+        ]
         return losses, model
 
     losses, model = run()

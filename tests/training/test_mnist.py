@@ -85,8 +85,11 @@ def test_corrupt_file_is_named_with_both_sums(tmp_path, monkeypatch):
     p.write_bytes(bytes(raw))
     got = hashlib.md5(bytes(raw)).hexdigest()
     monkeypatch.setenv("CNN_MNIST_DIR", str(d))
-    with pytest.raises(DataError, match=rf"train-labels-idx1-ubyte.gz is corrupt \(MD5 {got}, expected "
-                                        rf"{MNIST_MD5['train-labels-idx1-ubyte.gz']}"):
+    with pytest.raises(
+        DataError,
+        match=rf"train-labels-idx1-ubyte.gz is corrupt \(MD5 {got}, expected "
+        rf"{MNIST_MD5['train-labels-idx1-ubyte.gz']}",
+    ):
         load_dataset("mnist")
     # an intact copy elsewhere passes, and the check is cached per file (path, size, mtime)
     assert verify_mnist(data_mod.MNIST_DIR) == data_mod.MNIST_DIR

@@ -10,8 +10,19 @@ import torch.nn.functional as F
 from training.models import create_model, list_models, model_arguments, register_model, resolved_arguments
 from training.models.common import ACTIVATIONS
 
-REQUIRED = ["lenet5", "alexnet", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "googlenet", "resnet18", "resnet20",
-            "mobilenet_v1", "mobilenet_v2"]
+REQUIRED = [
+    "lenet5",
+    "alexnet",
+    "vgg11",
+    "vgg11_bn",
+    "vgg16",
+    "vgg16_bn",
+    "googlenet",
+    "resnet18",
+    "resnet20",
+    "mobilenet_v1",
+    "mobilenet_v2",
+]
 
 
 def test_registry_holds_the_required_models():
@@ -84,8 +95,10 @@ def test_a_few_steps_reduce_the_loss(name):
 def test_lenet5_is_the_1998_layout():
     m = create_model("lenet5", num_classes=10, in_channels=1, input_size=28)
     convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == \
-        [(1, 6, (5, 5), (2, 2)), (6, 16, (5, 5), (0, 0))]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (1, 6, (5, 5), (2, 2)),
+        (6, 16, (5, 5), (0, 0)),
+    ]
     fcs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
     assert [(f.in_features, f.out_features) for f in fcs] == [(400, 120), (120, 84), (84, 10)]
     assert sum(p.numel() for p in m.parameters()) == 61706
@@ -113,8 +126,7 @@ def test_batch_norm_switch_and_options():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in without.modules())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in create_model("vgg11", input_size=32).modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in create_model("vgg11_bn", input_size=32).modules())
-    assert not any(isinstance(m, torch.nn.BatchNorm2d)
-                   for m in create_model("resnet20", batch_norm=False).modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in create_model("resnet20", batch_norm=False).modules())
     avg = create_model("lenet5", pool="avg")
     assert any(isinstance(m, torch.nn.AvgPool2d) for m in avg.modules())
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in avg.modules())
@@ -126,8 +138,14 @@ def test_batch_norm_switch_and_options():
 def test_activations(activation):
     m = create_model("lenet5", activation=activation).eval()
     kinds = {type(mod).__name__ for mod in m.modules()}
-    expected = {"relu": "ReLU", "relu6": "ReLU6", "leaky_relu": "LeakyReLU", "elu": "ELU", "tanh": "Tanh",
-                "sigmoid": "Sigmoid"}[activation]
+    expected = {
+        "relu": "ReLU",
+        "relu6": "ReLU6",
+        "leaky_relu": "LeakyReLU",
+        "elu": "ELU",
+        "tanh": "Tanh",
+        "sigmoid": "Sigmoid",
+    }[activation]
     assert expected in kinds
     assert m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
@@ -157,7 +175,8 @@ def _final_map(name: str, size: int, **kw) -> tuple[int, int]:
     m = create_model(name, in_channels=1, input_size=size, width_mult=0.25, **kw).eval()
     seen = {}
     (m.last if name == "mobilenet_v2" else m.blocks).register_forward_hook(
-        lambda mod, inp, out: seen.update(shape=tuple(out.shape[2:])))
+        lambda mod, inp, out: seen.update(shape=tuple(out.shape[2:]))
+    )
     with torch.no_grad():
         m(torch.zeros(1, 1, size, size))
     return seen["shape"]
@@ -165,9 +184,9 @@ def _final_map(name: str, size: int, **kw) -> tuple[int, int]:
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
 def test_mobilenets_stop_downsampling_at_min_feature_size(name):
-    assert _final_map(name, 28) == (4, 4)        # 28 -> 14 -> 7 -> 4, the last stride-2 stage keeps 4x4
+    assert _final_map(name, 28) == (4, 4)  # 28 -> 14 -> 7 -> 4, the last stride-2 stage keeps 4x4
     assert _final_map(name, 32) == (4, 4)
-    assert _final_map(name, 224) == (7, 7)       # the paper's strides: total stride 32
+    assert _final_map(name, 224) == (7, 7)  # the paper's strides: total stride 32
     assert _final_map(name, 28, min_feature_size=1) == (2, 2)  # every stride-2 stage downsamples
     with pytest.raises(ValueError, match="min_feature_size"):
         create_model(name, min_feature_size=0)
@@ -181,8 +200,14 @@ def test_exports_to_onnx_with_dynamic_batch(name, tmp_path):
 
     torch.manual_seed(0)
     m = create_model(name, num_classes=10, in_channels=1, input_size=28).eval()
-    prog = torch.onnx.export(m, (torch.randn(2, 1, 28, 28),), dynamo=True, input_names=["input"],
-                             output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    prog = torch.onnx.export(
+        m,
+        (torch.randn(2, 1, 28, 28),),
+        dynamo=True,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
     prog.save(str(tmp_path / "m.onnx"))
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randn(5, 1, 28, 28)
@@ -196,8 +221,8 @@ def test_exports_to_onnx_with_dynamic_batch(name, tmp_path):
 def test_resolved_arguments_fill_in_defaults():
     args = resolved_arguments("mobilenet_v2", num_classes=3, width_mult=0.5)
     assert args["num_classes"] == 3 and args["width_mult"] == 0.5
-    assert args["min_feature_size"] == 4 and args["activation"] == "relu6"   # defaults recorded
+    assert args["min_feature_size"] == 4 and args["activation"] == "relu6"  # defaults recorded
     assert set(args) == set(model_arguments("mobilenet_v2"))
-    assert create_model("mobilenet_v2", **args).fc.out_features == 3         # rebuilds from them alone
+    assert create_model("mobilenet_v2", **args).fc.out_features == 3  # rebuilds from them alone
     with pytest.raises(ValueError, match="width"):
         resolved_arguments("mobilenet_v2", widht_mult=0.5)

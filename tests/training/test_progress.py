@@ -52,9 +52,9 @@ def test_a_terminal_gets_a_tqdm_bar(monkeypatch):
                 p.update(1, loss=1.0 / (i + 1))
 
     out = _pty_output(work)
-    assert "\r" in out                                   # redrawn in place, not one line per step
+    assert "\r" in out  # redrawn in place, not one line per step
     assert "epoch 1/3" in out and "40/40" in out and "100%" in out and "loss=" in out
-    assert "█" in out or "#" in out                      # the bar itself
+    assert "█" in out or "#" in out  # the bar itself
 
 
 def test_a_file_gets_plain_lines_per_quarter(monkeypatch):
@@ -69,7 +69,7 @@ def test_a_file_gets_plain_lines_per_quarter(monkeypatch):
     assert all(ln.startswith("epoch 2/5:") and "batch)" in ln and "img/s" in ln and "loss 0.5" in ln for ln in lines)
     assert "\r" not in s.getvalue()
     s = io.StringIO()
-    list(track(range(8), "verify", stream=s))             # a known length: 25 % ... 100 %
+    list(track(range(8), "verify", stream=s))  # a known length: 25 % ... 100 %
     assert s.getvalue().splitlines()[-1].startswith("verify: 100% (8/8 it)")
     s = io.StringIO()
     with Progress(None, "calibration", "img", stream=s) as p:  # unknown total: one closing count
@@ -104,13 +104,14 @@ def test_training_epoch_reports_progress_when_output_is_not_a_terminal(capsys, m
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _s: 1.0)
     norm = Normalize(*d.mean_std())
     x, y = d.train_x[:512], d.train_y[:512]
-    train_one_epoch(model, opt, sched, x, y, lambda xb, g: norm(xb), torch.Generator().manual_seed(0), 32,
-                    progress="epoch 1/1")
+    train_one_epoch(
+        model, opt, sched, x, y, lambda xb, g: norm(xb), torch.Generator().manual_seed(0), 32, progress="epoch 1/1"
+    )
     err = capsys.readouterr().err.splitlines()
     assert [ln.split("%")[0] for ln in err] == ["epoch 1/1:  25", "epoch 1/1:  50", "epoch 1/1:  75"]
     assert all("(" in ln and "/16 batch)" in ln for ln in err)
     train_one_epoch(model, opt, sched, x, y, lambda xb, g: norm(xb), torch.Generator().manual_seed(0), 32)
-    assert capsys.readouterr().err == ""                  # no label, no progress (bench, tests, other ranks)
+    assert capsys.readouterr().err == ""  # no label, no progress (bench, tests, other ranks)
 
 
 def _tiny_onnx(path):
@@ -120,9 +121,15 @@ def _tiny_onnx(path):
     inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3])
     logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])
     probs = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"]),
-                               helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
-                              "tiny", [inp], [logits, probs])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["input"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "tiny",
+        [inp],
+        [logits, probs],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -135,7 +142,7 @@ def test_export_verification_and_int8_calibration_report_progress(tmp_path, caps
     path = _tiny_onnx(tmp_path / "m.onnx")
     x = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
     y = x.argmax(1)
-    batches = ((x[i:i + 10], y[i:i + 10]) for i in range(0, 100, 10))
+    batches = ((x[i : i + 10], y[i : i + 10]) for i in range(0, 100, 10))
     preds, labels = verify.predictions(path, batches, batch_size=10, total=100)
     assert (preds == labels).all()
     err = capsys.readouterr().err.splitlines()

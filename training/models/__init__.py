@@ -60,8 +60,9 @@ def _checked_parameters(name: str, kwargs: dict) -> dict[str, inspect.Parameter]
     params = inspect.signature(_lookup(name)).parameters
     unknown = sorted(k for k in kwargs if k not in params)
     if unknown:
-        raise ModelError(f"model {name!r} does not accept {', '.join(map(repr, unknown))}; "
-                         f"it accepts: {', '.join(params)}")
+        raise ModelError(
+            f"model {name!r} does not accept {', '.join(map(repr, unknown))}; it accepts: {', '.join(params)}"
+        )
     return dict(params)
 
 

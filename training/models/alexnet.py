@@ -19,9 +19,16 @@ from training.models.common import ConvNormAct, check_common, conv_out, init_wei
 class AlexNet(nn.Module):
     stages = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, input_size: int = 224,
-                 activation: str = "relu", pool: str = "max", dropout: float = 0.5,
-                 batch_norm: bool = False):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        input_size: int = 224,
+        activation: str = "relu",
+        pool: str = "max",
+        dropout: float = 0.5,
+        batch_norm: bool = False,
+    ):
         super().__init__()
         check_common(num_classes, in_channels, input_size, dropout)
         small = input_size < 64
@@ -39,7 +46,7 @@ class AlexNet(nn.Module):
         self.conv2 = block(64, 192, 5, 1, 2, True)
         self.conv3 = block(192, 384, 3, 1, 1, False)
         self.conv4 = block(384, 256, 3, 1, 1, False)
-        self.conv5 = block(256, 256, 3, 1, 1, True)             # (B, 256, f, f)
+        self.conv5 = block(256, 256, 3, 1, 1, True)  # (B, 256, f, f)
         f = conv_out(input_size, k1, s1, p1)
         for _ in range(3):
             f = conv_out(f, pk, ps)
@@ -47,19 +54,30 @@ class AlexNet(nn.Module):
             raise ValueError(f"input_size {input_size} is too small for alexnet")
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Dropout(dropout), nn.Linear(256 * f * f, hidden), make_activation(activation),
-            nn.Dropout(dropout), nn.Linear(hidden, hidden), make_activation(activation),
+            nn.Dropout(dropout),
+            nn.Linear(256 * f * f, hidden),
+            make_activation(activation),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            make_activation(activation),
             nn.Linear(hidden, num_classes),
         )
         init_weights(self, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         x = self.conv5(self.conv4(self.conv3(self.conv2(self.conv1(x)))))  # (B, 256, f, f)
-        return self.classifier(x)                                          # (B, num_classes)
+        return self.classifier(x)  # (B, num_classes)
 
 
 @register_model
-def alexnet(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, activation: str = "relu",
-            pool: str = "max", dropout: float = 0.5, batch_norm: bool = False) -> AlexNet:
+def alexnet(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 224,
+    activation: str = "relu",
+    pool: str = "max",
+    dropout: float = 0.5,
+    batch_norm: bool = False,
+) -> AlexNet:
     """AlexNet; see the module docstring for the small-input adaptation."""
     return AlexNet(num_classes, in_channels, input_size, activation, pool, dropout, batch_norm)

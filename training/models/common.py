@@ -54,11 +54,19 @@ def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
 class ConvNormAct(nn.Sequential):
     """conv -> (batch norm) -> activation. The conv has a bias only when there is no norm."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int | None = None,
-                 groups: int = 1, batch_norm: bool = True, activation: str | None = "relu"):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        padding: int | None = None,
+        groups: int = 1,
+        batch_norm: bool = True,
+        activation: str | None = "relu",
+    ):
         padding = kernel // 2 if padding is None else padding
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups,
-                                             bias=not batch_norm)]
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=not batch_norm)]
         if batch_norm:
             layers.append(nn.BatchNorm2d(cout))
         if activation is not None:
@@ -72,8 +80,9 @@ def init_weights(model: nn.Module, activation: str = "relu") -> None:
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if relu_like:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out" if isinstance(m, nn.Conv2d) else "fan_in",
-                                        nonlinearity="relu")
+                nn.init.kaiming_normal_(
+                    m.weight, mode="fan_out" if isinstance(m, nn.Conv2d) else "fan_in", nonlinearity="relu"
+                )
             else:
                 nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:

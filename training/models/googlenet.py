@@ -25,10 +25,14 @@ class Inception(nn.Module):
     def __init__(self, cin: int, c1: int, c3r: int, c3: int, c5r: int, c5: int, cp: int, bn: bool, act: str):
         super().__init__()
         self.b1 = ConvNormAct(cin, c1, 1, batch_norm=bn, activation=act)
-        self.b2 = nn.Sequential(ConvNormAct(cin, c3r, 1, batch_norm=bn, activation=act),
-                                ConvNormAct(c3r, c3, 3, batch_norm=bn, activation=act))
-        self.b3 = nn.Sequential(ConvNormAct(cin, c5r, 1, batch_norm=bn, activation=act),
-                                ConvNormAct(c5r, c5, 5, batch_norm=bn, activation=act))
+        self.b2 = nn.Sequential(
+            ConvNormAct(cin, c3r, 1, batch_norm=bn, activation=act),
+            ConvNormAct(c3r, c3, 3, batch_norm=bn, activation=act),
+        )
+        self.b3 = nn.Sequential(
+            ConvNormAct(cin, c5r, 1, batch_norm=bn, activation=act),
+            ConvNormAct(c5r, c5, 5, batch_norm=bn, activation=act),
+        )
         self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), ConvNormAct(cin, cp, 1, batch_norm=bn, activation=act))
         self.out_channels = c1 + c3 + c5 + cp
 
@@ -39,9 +43,16 @@ class Inception(nn.Module):
 class GoogLeNet(nn.Module):
     stages = ("stem", "inception3b", "inception4e", "inception5b")
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, input_size: int = 224,
-                 activation: str = "relu", pool: str = "max", dropout: float = 0.4,
-                 batch_norm: bool = True):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        input_size: int = 224,
+        activation: str = "relu",
+        pool: str = "max",
+        dropout: float = 0.4,
+        batch_norm: bool = True,
+    ):
         super().__init__()
         check_common(num_classes, in_channels, input_size, dropout)
         bn, act = batch_norm, activation
@@ -57,10 +68,10 @@ class GoogLeNet(nn.Module):
         else:
             self.stem = ConvNormAct(in_channels, 192, 3, batch_norm=bn, activation=act)
             size = input_size
-        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32, bn, act)    # 256
+        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32, bn, act)  # 256
         self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64, bn, act)  # 480
         self.pool3 = make_pool(pool, 3, 2, 1)
-        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64, bn, act)   # 512
+        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64, bn, act)  # 512
         self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64, bn, act)  # 512
         self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64, bn, act)  # 512
         self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64, bn, act)  # 528
@@ -75,17 +86,24 @@ class GoogLeNet(nn.Module):
         init_weights(self, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        x = self.stem(x)                                  # (B, 192, S, S)
+        x = self.stem(x)  # (B, 192, S, S)
         x = self.pool3(self.inception3b(self.inception3a(x)))  # (B, 480, S/2, S/2)
         x = self.inception4c(self.inception4b(self.inception4a(x)))
         x = self.pool4(self.inception4e(self.inception4d(x)))  # (B, 832, S/4, S/4)
-        x = self.inception5b(self.inception5a(x))         # (B, 1024, S/4, S/4)
-        x = x.mean(dim=(2, 3))                            # (B, 1024) global average pool
-        return self.fc(self.dropout(x))                   # (B, num_classes)
+        x = self.inception5b(self.inception5a(x))  # (B, 1024, S/4, S/4)
+        x = x.mean(dim=(2, 3))  # (B, 1024) global average pool
+        return self.fc(self.dropout(x))  # (B, num_classes)
 
 
 @register_model
-def googlenet(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, activation: str = "relu",
-              pool: str = "max", dropout: float = 0.4, batch_norm: bool = True) -> GoogLeNet:
+def googlenet(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 224,
+    activation: str = "relu",
+    pool: str = "max",
+    dropout: float = 0.4,
+    batch_norm: bool = True,
+) -> GoogLeNet:
     """GoogLeNet (Inception v1) without auxiliary heads; see the module docstring."""
     return GoogLeNet(num_classes, in_channels, input_size, activation, pool, dropout, batch_norm)

@@ -21,9 +21,16 @@ from training.models.common import check_common, conv_out, init_weights, make_ac
 class LeNet5(nn.Module):
     stages = ("conv1", "conv2")  # feature-map stages shown by `cnn inspect`
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
-                 activation: str = "relu", pool: str = "max", dropout: float = 0.0,
-                 batch_norm: bool = False):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        input_size: int = 28,
+        activation: str = "relu",
+        pool: str = "max",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+    ):
         super().__init__()
         check_common(num_classes, in_channels, input_size, dropout)
         pad = 2 if input_size < 32 else 0  # 28x28 -> pad 2, as if the image were 32x32
@@ -40,24 +47,33 @@ class LeNet5(nn.Module):
             return nn.Sequential(*layers)
 
         self.conv1 = stage(in_channels, 6, pad)  # (B, 6, S/2, S/2)
-        self.conv2 = stage(6, 16, 0)             # (B, 16, s, s), s = 5 on 28x28
+        self.conv2 = stage(6, 16, 0)  # (B, 16, s, s), s = 5 on 28x28
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(16 * s * s, 120), make_activation(activation),
+            nn.Linear(16 * s * s, 120),
+            make_activation(activation),
             nn.Dropout(dropout),
-            nn.Linear(120, 84), make_activation(activation),
+            nn.Linear(120, 84),
+            make_activation(activation),
             nn.Linear(84, num_classes),
         )
         init_weights(self, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W)
-        x = self.conv2(self.conv1(x))                    # (B, 16, s, s)
-        return self.classifier(x)                        # (B, num_classes)
+        x = self.conv2(self.conv1(x))  # (B, 16, s, s)
+        return self.classifier(x)  # (B, num_classes)
 
 
 @register_model
-def lenet5(num_classes: int = 10, in_channels: int = 1, input_size: int = 28, activation: str = "relu",
-           pool: str = "max", dropout: float = 0.0, batch_norm: bool = False) -> LeNet5:
+def lenet5(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: int = 28,
+    activation: str = "relu",
+    pool: str = "max",
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+) -> LeNet5:
     """LeNet-5; see the module docstring."""
     return LeNet5(num_classes, in_channels, input_size, activation, pool, dropout, batch_norm)

@@ -33,8 +33,10 @@ def _stride(size: int, stride: int, min_feature_size: int) -> int:
 
 class DepthwiseSeparable(nn.Sequential):
     def __init__(self, cin: int, cout: int, stride: int, bn: bool, act: str):
-        super().__init__(ConvNormAct(cin, cin, 3, stride, 1, groups=cin, batch_norm=bn, activation=act),
-                         ConvNormAct(cin, cout, 1, 1, 0, batch_norm=bn, activation=act))
+        super().__init__(
+            ConvNormAct(cin, cin, 3, stride, 1, groups=cin, batch_norm=bn, activation=act),
+            ConvNormAct(cin, cout, 1, 1, 0, batch_norm=bn, activation=act),
+        )
 
 
 class InvertedResidual(nn.Module):
@@ -44,8 +46,10 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(ConvNormAct(cin, hidden, 1, 1, 0, batch_norm=bn, activation=act))
-        layers += [ConvNormAct(hidden, hidden, 3, stride, 1, groups=hidden, batch_norm=bn, activation=act),
-                   ConvNormAct(hidden, cout, 1, 1, 0, batch_norm=bn, activation=None)]  # linear bottleneck
+        layers += [
+            ConvNormAct(hidden, hidden, 3, stride, 1, groups=hidden, batch_norm=bn, activation=act),
+            ConvNormAct(hidden, cout, 1, 1, 0, batch_norm=bn, activation=None),
+        ]  # linear bottleneck
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
 
@@ -66,11 +70,33 @@ class _Head(nn.Module):
 
 class MobileNetV1(_Head):
     # (out_channels, stride) of the 13 depthwise-separable blocks
-    CFG = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
-           (512, 1), (512, 1), (1024, 2), (1024, 1)]
+    CFG = [
+        (64, 1),
+        (128, 2),
+        (128, 1),
+        (256, 2),
+        (256, 1),
+        (512, 2),
+        (512, 1),
+        (512, 1),
+        (512, 1),
+        (512, 1),
+        (512, 1),
+        (1024, 2),
+        (1024, 1),
+    ]
 
-    def __init__(self, num_classes: int, in_channels: int, input_size: int, activation: str, dropout: float,
-                 batch_norm: bool, width_mult: float, min_feature_size: int):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        input_size: int,
+        activation: str,
+        dropout: float,
+        batch_norm: bool,
+        width_mult: float,
+        min_feature_size: int,
+    ):
         super().__init__()
         check_common(num_classes, in_channels, input_size, dropout)
         if min_feature_size < 1:
@@ -93,16 +119,24 @@ class MobileNetV1(_Head):
         init_weights(self, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        return self._head(self.blocks(self.stem(x)))     # blocks: (B, 1024*w, f, f)
+        return self._head(self.blocks(self.stem(x)))  # blocks: (B, 1024*w, f, f)
 
 
 class MobileNetV2(_Head):
     # t (expansion), c (channels), n (repeats), s (stride of the first repeat), as in Table 2 of the paper
-    CFG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-           (6, 320, 1, 1)]
+    CFG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
-    def __init__(self, num_classes: int, in_channels: int, input_size: int, activation: str, dropout: float,
-                 batch_norm: bool, width_mult: float, min_feature_size: int):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        input_size: int,
+        activation: str,
+        dropout: float,
+        batch_norm: bool,
+        width_mult: float,
+        min_feature_size: int,
+    ):
         super().__init__()
         check_common(num_classes, in_channels, input_size, dropout)
         if min_feature_size < 1:
@@ -129,23 +163,39 @@ class MobileNetV2(_Head):
         init_weights(self, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        x = self.last(self.blocks(self.stem(x)))          # (B, 1280, f, f)
-        return self._head(x)                              # (B, num_classes)
+        x = self.last(self.blocks(self.stem(x)))  # (B, 1280, f, f)
+        return self._head(x)  # (B, num_classes)
 
 
 @register_model
-def mobilenet_v1(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, activation: str = "relu",
-                 dropout: float = 0.0, batch_norm: bool = True, width_mult: float = 1.0,
-                 min_feature_size: int = 4) -> MobileNetV1:
+def mobilenet_v1(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 224,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+    width_mult: float = 1.0,
+    min_feature_size: int = 4,
+) -> MobileNetV1:
     """MobileNet v1 (depthwise separable convolutions); small input: first stride 1, final map >= 4x4."""
-    return MobileNetV1(num_classes, in_channels, input_size, activation, dropout, batch_norm, width_mult,
-                       min_feature_size)
+    return MobileNetV1(
+        num_classes, in_channels, input_size, activation, dropout, batch_norm, width_mult, min_feature_size
+    )
 
 
 @register_model
-def mobilenet_v2(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, activation: str = "relu6",
-                 dropout: float = 0.2, batch_norm: bool = True, width_mult: float = 1.0,
-                 min_feature_size: int = 4) -> MobileNetV2:
+def mobilenet_v2(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 224,
+    activation: str = "relu6",
+    dropout: float = 0.2,
+    batch_norm: bool = True,
+    width_mult: float = 1.0,
+    min_feature_size: int = 4,
+) -> MobileNetV2:
     """MobileNet v2 (inverted residuals, linear bottlenecks); small input: first stride 1, final map >= 4x4."""
-    return MobileNetV2(num_classes, in_channels, input_size, activation, dropout, batch_norm, width_mult,
-                       min_feature_size)
+    return MobileNetV2(
+        num_classes, in_channels, input_size, activation, dropout, batch_norm, width_mult, min_feature_size
+    )

@@ -47,16 +47,27 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, widths: list[int], depths: list[int], shortcut: str, imagenet_stem: bool,
-                 num_classes: int, in_channels: int, input_size: int, activation: str, dropout: float,
-                 batch_norm: bool):
+    def __init__(
+        self,
+        widths: list[int],
+        depths: list[int],
+        shortcut: str,
+        imagenet_stem: bool,
+        num_classes: int,
+        in_channels: int,
+        input_size: int,
+        activation: str,
+        dropout: float,
+        batch_norm: bool,
+    ):
         super().__init__()
         check_common(num_classes, in_channels, input_size, dropout)
         size = input_size
         if imagenet_stem:
             self.stem = nn.Sequential(
                 ConvNormAct(in_channels, widths[0], 7, 2, 3, batch_norm=batch_norm, activation=activation),
-                nn.MaxPool2d(3, 2, 1))
+                nn.MaxPool2d(3, 2, 1),
+            )
             size = conv_out(conv_out(size, 7, 2, 3), 3, 2, 1)
         else:
             self.stem = ConvNormAct(in_channels, widths[0], 3, 1, 1, batch_norm=batch_norm, activation=activation)
@@ -79,22 +90,45 @@ class ResNet(nn.Module):
         init_weights(self, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        x = self.layers(self.stem(x))                     # (B, widths[-1], f, f)
-        x = x.mean(dim=(2, 3))                            # (B, widths[-1])
-        return self.fc(self.dropout(x))                   # (B, num_classes)
+        x = self.layers(self.stem(x))  # (B, widths[-1], f, f)
+        x = x.mean(dim=(2, 3))  # (B, widths[-1])
+        return self.fc(self.dropout(x))  # (B, num_classes)
 
 
 @register_model
-def resnet18(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, activation: str = "relu",
-             dropout: float = 0.0, batch_norm: bool = True) -> ResNet:
+def resnet18(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 224,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+) -> ResNet:
     """ResNet-18; ImageNet stem for input_size >= 64, CIFAR stem (3x3/1, no pool) below."""
-    return ResNet([64, 128, 256, 512], [2, 2, 2, 2], "B", input_size >= 64, num_classes, in_channels,
-                  input_size, activation, dropout, batch_norm)
+    return ResNet(
+        [64, 128, 256, 512],
+        [2, 2, 2, 2],
+        "B",
+        input_size >= 64,
+        num_classes,
+        in_channels,
+        input_size,
+        activation,
+        dropout,
+        batch_norm,
+    )
 
 
 @register_model
-def resnet20(num_classes: int = 10, in_channels: int = 3, input_size: int = 32, activation: str = "relu",
-             dropout: float = 0.0, batch_norm: bool = True) -> ResNet:
+def resnet20(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 32,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+) -> ResNet:
     """ResNet-20, the CIFAR network of He et al. (3 stages x 3 blocks, 16-32-64, option A shortcuts)."""
-    return ResNet([16, 32, 64], [3, 3, 3], "A", False, num_classes, in_channels, input_size, activation,
-                  dropout, batch_norm)
+    return ResNet(
+        [16, 32, 64], [3, 3, 3], "A", False, num_classes, in_channels, input_size, activation, dropout, batch_norm
+    )

@@ -22,9 +22,17 @@ CFGS: dict[str, list[int | str]] = {
 
 
 class VGG(nn.Module):
-    def __init__(self, cfg: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 224,
-                 activation: str = "relu", pool: str = "max", dropout: float = 0.5,
-                 batch_norm: bool = False):
+    def __init__(
+        self,
+        cfg: str,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        input_size: int = 224,
+        activation: str = "relu",
+        pool: str = "max",
+        dropout: float = 0.5,
+        batch_norm: bool = False,
+    ):
         super().__init__()
         check_common(num_classes, in_channels, input_size, dropout)
         blocks: list[nn.Module] = []
@@ -45,44 +53,80 @@ class VGG(nn.Module):
         hidden = 4096 if input_size >= 64 else 512
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(512 * size * size, hidden), make_activation(activation), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), make_activation(activation), nn.Dropout(dropout),
+            nn.Linear(512 * size * size, hidden),
+            make_activation(activation),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            make_activation(activation),
+            nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
         init_weights(self, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        return self.classifier(self.features(x))          # features: (B, 512, f, f) -> (B, num_classes)
+        return self.classifier(self.features(x))  # features: (B, 512, f, f) -> (B, num_classes)
 
 
-def _vgg(cfg: str, batch_norm: bool, num_classes: int, in_channels: int, input_size: int, activation: str,
-         pool: str, dropout: float) -> VGG:
+def _vgg(
+    cfg: str,
+    batch_norm: bool,
+    num_classes: int,
+    in_channels: int,
+    input_size: int,
+    activation: str,
+    pool: str,
+    dropout: float,
+) -> VGG:
     return VGG(cfg, num_classes, in_channels, input_size, activation, pool, dropout, batch_norm)
 
 
 @register_model
-def vgg11(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, activation: str = "relu",
-          pool: str = "max", dropout: float = 0.5) -> VGG:
+def vgg11(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 224,
+    activation: str = "relu",
+    pool: str = "max",
+    dropout: float = 0.5,
+) -> VGG:
     """VGG-11 (configuration A), no batch norm."""
     return _vgg("A", False, num_classes, in_channels, input_size, activation, pool, dropout)
 
 
 @register_model
-def vgg11_bn(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, activation: str = "relu",
-             pool: str = "max", dropout: float = 0.5) -> VGG:
+def vgg11_bn(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 224,
+    activation: str = "relu",
+    pool: str = "max",
+    dropout: float = 0.5,
+) -> VGG:
     """VGG-11 (configuration A) with batch norm after every conv."""
     return _vgg("A", True, num_classes, in_channels, input_size, activation, pool, dropout)
 
 
 @register_model
-def vgg16(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, activation: str = "relu",
-          pool: str = "max", dropout: float = 0.5) -> VGG:
+def vgg16(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 224,
+    activation: str = "relu",
+    pool: str = "max",
+    dropout: float = 0.5,
+) -> VGG:
     """VGG-16 (configuration D), no batch norm."""
     return _vgg("D", False, num_classes, in_channels, input_size, activation, pool, dropout)
 
 
 @register_model
-def vgg16_bn(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, activation: str = "relu",
-             pool: str = "max", dropout: float = 0.5) -> VGG:
+def vgg16_bn(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 224,
+    activation: str = "relu",
+    pool: str = "max",
+    dropout: float = 0.5,
+) -> VGG:
     """VGG-16 (configuration D) with batch norm after every conv."""
     return _vgg("D", True, num_classes, in_channels, input_size, activation, pool, dropout)
