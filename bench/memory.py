@@ -323,7 +323,7 @@ def s8_memory_batches(ctx) -> dict:
 
     from bench import models, procs, report
     from bench.env import markdown as env_markdown
-    from bench.scenarios import _finish, _target
+    from bench.scenario_kit import finish, target_check
 
     mm = MEM_MODES[ctx.mode.name]
     repos = {"resnet20": ctx.resnet_repo, "vgg11": ctx.vgg_repo or ctx.resnet_repo}
@@ -371,7 +371,7 @@ def s8_memory_batches(ctx) -> dict:
     first_model = models.model_name(repos["resnet20"])
     s = soak[first_model]
     targets.append(
-        _target(
+        target_check(
             f"{first_model}: server RSS after {s['requests']:,} mixed-batch requests / after the first {s['first']:,}",
             s["ratio"],
             1.3,
@@ -452,7 +452,7 @@ def s8_memory_batches(ctx) -> dict:
         + report.targets_table(targets)
         + "\n\n![RSS over time](s8_memory_batches.png)\n"
     )
-    return _finish(
+    return finish(
         ctx,
         "s8_memory_batches",
         {

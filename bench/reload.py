@@ -30,6 +30,7 @@ import yaml
 from bench import models, procs, report
 from bench.loadgen import model_infer_request
 from bench.openloop import OpenLoopResult, OpenLoopRun
+from bench.scenario_kit import finish, target_check
 from bench.tail import TAIL_MODES, find_max_rate
 
 
@@ -136,7 +137,6 @@ def _plot(r: OpenLoopResult, events: dict[str, float], windows: dict[str, dict],
 
 def s9_reload(ctx) -> dict:
     from bench.env import markdown as env_markdown
-    from bench.scenarios import _finish, _target
 
     rm = RELOAD_MODES[ctx.mode.name]
     tm = TAIL_MODES[ctx.mode.name]
@@ -196,7 +196,7 @@ def s9_reload(ctx) -> dict:
     steady = windows["steady (before the publish)"]["p99_ms"] or float("nan")
     whole = windows["whole run"]
     targets = [
-        _target(
+        target_check(
             f"{name} at {rate:.0f}/s: requests not answered OK over the run ({whole['scheduled']:,} scheduled, "
             f"a publish and a config change)",
             float(whole["failed"]),
@@ -208,7 +208,7 @@ def s9_reload(ctx) -> dict:
     for key in ("5 s around the version swap", "5 s from the config change"):
         w = windows[key]
         targets.append(
-            _target(
+            target_check(
                 f"p99 in the {key} / steady p99 ({w['p99_ms']} / {steady} ms)",
                 (w["p99_ms"] or float("nan")) / steady,
                 3.0,
@@ -259,7 +259,7 @@ def s9_reload(ctx) -> dict:
         + report.targets_table(targets)
         + "\n\n![latency over time](s9_reload.png)\n"
     )
-    return _finish(
+    return finish(
         ctx,
         "s9_reload",
         {

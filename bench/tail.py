@@ -32,6 +32,7 @@ from bench import models, procs, report
 from bench.env import markdown as env_markdown
 from bench.loadgen import model_infer_request
 from bench.openloop import OpenLoopResult, run_open_loop
+from bench.scenario_kit import finish, target_check
 
 LEVELS = (0.10, 0.50, 0.80, 0.95)
 CONFIRM_BACKOFF = 0.9  # a rate that fails its confirmation is retried at 90 % of it
@@ -286,7 +287,6 @@ def _plot(configs: list[dict], path: Path) -> None:
 
 
 def s7_open_loop(ctx) -> dict:
-    from bench.scenarios import _finish, _target
 
     tm = TAIL_MODES[ctx.mode.name]
     repos = [("LeNet-5", ctx.lenet_repo)]
@@ -328,7 +328,7 @@ def s7_open_loop(ctx) -> dict:
     lv = {p["fraction"]: p for p in lenet_on["levels"]}
     if lv:
         targets.append(
-            _target(
+            target_check(
                 f"{lenet_on['model']}, batching on: p99 at 80 % of max ({lv[0.8]['offered_rps']:.0f}/s) / "
                 f"p50 at 10 % ({lv[0.1]['offered_rps']:.0f}/s)",
                 (lv[0.8]["p99_ms"] or float("nan")) / (lv[0.1]["p50_ms"] or float("nan")),
@@ -339,7 +339,7 @@ def s7_open_loop(ctx) -> dict:
             )
         )
         targets.append(
-            _target(
+            target_check(
                 f"{lenet_on['model']}, batching on, 95 % of max ({lv[0.95]['offered_rps']:.0f}/s): requests "
                 f"not answered OK of {lv[0.95]['scheduled']:,} (p99.9 {lv[0.95]['p99.9_ms']} ms)",
                 float(lv[0.95]["failed"]),
@@ -403,7 +403,7 @@ def s7_open_loop(ctx) -> dict:
         )
         + "\n\n![latency vs offered load](s7_open_loop.png)\n"
     )
-    return _finish(
+    return finish(
         ctx,
         "s7_open_loop",
         {
