@@ -9,6 +9,8 @@
   for ever by a body that never comes (nginx's client_body_timeout);
 - a client that leaves mid-body ends the request as CANCELLED (499 in the metrics), not as a server error.
 `waiting(request, what)` puts the same per-wait limit on the multipart reader's reads (server/http/images.py).
+`expect_continue` answers `Expect: 100-continue` (curl sends it for bodies over 1 MiB) only when the declared
+body fits, so a client about to send too much gets the 413 before it uploads anything.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from server.errors import Cancelled, ResourceExhausted
-from server.http.status import HTTP, RequestTimeout
+from server.http.status import HTTP, RequestTimeout, error_response
 
 
 def check_length(request: web.Request) -> int:
@@ -30,6 +32,22 @@ def check_length(request: web.Request) -> int:
     if n is not None and n > limit:
         raise ResourceExhausted(f"Content-Length: {n} bytes is over the limit of {limit} (max_message_bytes)")
     return limit
+
+
+async def expect_continue(request: web.Request) -> web.Response | None:
+    """The POST routes' Expect handler: aiohttp's own, except that a Content-Length over max_message_bytes gets no
+    "100 Continue": the handler then answers 413 from the header (check_length) and the client sends no body."""
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() != "100-continue":
+        return error_response(417, f"Expect: only 100-continue is supported, got {expect!r}")
+    n = request.content_length
+    if n is not None and n > request.app[HTTP].max_body_bytes:
+        return None
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp's: the answer's own bytes start after this line
+    return None
 
 
 @asynccontextmanager

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from server.core.types import ClassifyRequest, ExplainRequest, ImageInput
 from server.errors import InvalidInput, ResourceExhausted
-from server.http.body import check_length, read_body, waiting
+from server.http.body import check_length, expect_continue, read_body, waiting
 from server.http.status import HTTP, error_response, json_response, rpc
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
@@ -201,10 +201,10 @@ async def live_stats(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     r = app.router
-    r.add_post("/v1/classify", classify)
-    r.add_post("/v1/explain", explain)
+    r.add_post("/v1/classify", classify, expect_handler=expect_continue)
+    r.add_post("/v1/explain", explain, expect_handler=expect_continue)
     r.add_get("/v1/models", list_models)
     r.add_get("/v1/stats/live", live_stats)
     for base in ("/v1/models/{model}", "/v1/models/{model}/versions/{version}"):
-        r.add_post(base + "/classify", classify)
-        r.add_post(base + "/explain", explain)
+        r.add_post(base + "/classify", classify, expect_handler=expect_continue)
+        r.add_post(base + "/explain", explain, expect_handler=expect_continue)

@@ -22,7 +22,7 @@ from aiohttp import web
 from server.core.types import InferInput, InferRequest, RawInferRequest, RequestedOutput
 from server.errors import InvalidInput
 from server.http import codec
-from server.http.body import read_body
+from server.http.body import expect_continue, read_body
 from server.http.status import HTTP, error_response, json_response, rpc
 
 CONFIG_DATATYPE = {
@@ -348,14 +348,14 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v2", server_metadata)
     r.add_get("/v2/models/stats", model_statistics)
     # infer first: aiohttp tries the dynamic routes under one prefix in the order they were added
-    r.add_post("/v2/models/{model}/infer", infer)
-    r.add_post("/v2/models/{model}/versions/{version}/infer", infer)
+    r.add_post("/v2/models/{model}/infer", infer, expect_handler=expect_continue)
+    r.add_post("/v2/models/{model}/versions/{version}/infer", infer, expect_handler=expect_continue)
     for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         r.add_get(base, model_metadata)
         r.add_get(base + "/ready", model_ready)
         r.add_get(base + "/config", model_config)
         r.add_get(base + "/stats", model_statistics)
-    r.add_post("/v2/repository/index", repository_index)
+    r.add_post("/v2/repository/index", repository_index, expect_handler=expect_continue)
     r.add_get("/v2/repository/index", repository_index)
-    r.add_post("/v2/repository/models/{model}/load", repository_load)
-    r.add_post("/v2/repository/models/{model}/unload", repository_unload)
+    r.add_post("/v2/repository/models/{model}/load", repository_load, expect_handler=expect_continue)
+    r.add_post("/v2/repository/models/{model}/unload", repository_unload, expect_handler=expect_continue)

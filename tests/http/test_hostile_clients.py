@@ -251,3 +251,28 @@ def test_a_form_of_many_tiny_files_is_refused_as_it_is_read(server):
     assert a.status == 400
     assert a.json()["error"] == "request body: the form has more than 64 parts that are not files"
     healthy(server)
+
+
+def test_expect_100_continue_only_for_a_body_that_fits(server):
+    """curl sends `Expect: 100-continue` for bodies over 1 MiB; aiohttp said "100 Continue" to any size, so the
+    client uploaded a body the server was about to refuse. Now a body over the limit gets the 413 first."""
+    s = connect(server)
+    s.sendall(
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n".encode()
+    )
+    status, _, body = read_answer(s)
+    assert status == 413, body  # not 100 first
+    s.close()
+    x = {"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0.0] * 784}
+    payload = json.dumps({"inputs": [x]}).encode()
+    s = connect(server)
+    s.sendall(
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+    )
+    assert s.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    s.sendall(payload)
+    status, _, body = read_answer(s)
+    assert status == 200 and json.loads(body)["model_name"] == MODEL_NAME
+    s.close()
+    a = call(server.url + INFER, "POST", payload, {"Expect": "something-else"})
+    assert a.status == 417 and "100-continue" in a.json()["error"]
