@@ -25,12 +25,18 @@ from server.errors import Cancelled, ResourceExhausted
 from server.http.status import HTTP, RequestTimeout, error_response
 
 
+def _declared_over(request: web.Request, limit: int) -> bool:
+    n = request.content_length
+    return n is not None and n > limit
+
+
 def check_length(request: web.Request) -> int:
     """The body limit; a Content-Length over it is refused here, from the header alone."""
     limit = request.app[HTTP].max_body_bytes
-    n = request.content_length
-    if n is not None and n > limit:
-        raise ResourceExhausted(f"Content-Length: {n} bytes is over the limit of {limit} (max_message_bytes)")
+    if _declared_over(request, limit):
+        raise ResourceExhausted(
+            f"Content-Length: {request.content_length} bytes is over the limit of {limit} (max_message_bytes)"
+        )
     return limit
 
 
@@ -42,8 +48,7 @@ async def expect_continue(request: web.Request) -> web.Response | None:
         return None
     if expect.lower() != "100-continue":
         return error_response(417, f"Expect: only 100-continue is supported, got {expect!r}")
-    n = request.content_length
-    if n is not None and n > request.app[HTTP].max_body_bytes:
+    if _declared_over(request, request.app[HTTP].max_body_bytes):
         return None
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # as aiohttp's: the answer's own bytes start after this line

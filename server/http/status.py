@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -128,12 +128,12 @@ class Tokens:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+R = TypeVar("R", bound=web.StreamResponse)
 
 
-def _refusal(request: web.Request, status: int, message: str) -> web.Response:
-    """The error answer; when the body was not read to its end (refused from its headers, or the client stopped
-    sending), the connection is closed after it rather than kept reading whatever the client still sends."""
-    response = error_response(status, message)
+def _close_if_unread(request: web.Request, response: R) -> R:
+    """An error answer sent before the body was read to its end (refused from its headers, or the client stopped
+    sending): the connection is closed after it rather than kept for a next request."""
     if not request.content.is_eof():
         response.force_close()
     return response
@@ -168,8 +168,7 @@ def rpc(name: str, model_param: str = "model"):
                 response = await fn(request)
                 if response.status >= 400:
                     code = HTTP_CODE_NAMES.get(response.status, "UNKNOWN")
-                    if not request.content.is_eof():
-                        response.force_close()  # as _refusal: the rest of the body is not read
+                    _close_if_unread(request, response)
                 return response
             except errors.ServingError as e:
                 status, code = status_of(e)
@@ -177,13 +176,13 @@ def rpc(name: str, model_param: str = "model"):
                     client_errors.warning((name, code), "HTTP %s %s: %s: %s", name, model or "-", code, e)
                 else:
                     log.error("HTTP %s %s: %s: %s", name, model or "-", code, e)
-                return _refusal(request, status, str(e))
+                return _close_if_unread(request, error_response(status, str(e)))
             except web.HTTPException as e:  # aiohttp's own refusals (body too large, ...) as JSON errors
                 code = HTTP_CODE_NAMES.get(e.status, "UNKNOWN")
-                return _refusal(request, e.status, e.text or e.reason)
+                return _close_if_unread(request, error_response(e.status, e.text or e.reason))
             except ConnectionResetError:  # the client left while its request was read or answered
                 code = "CANCELLED"
-                return _refusal(request, 499, "the client closed the connection")
+                return _close_if_unread(request, error_response(499, "the client closed the connection"))
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
