@@ -18,6 +18,9 @@ Writes s7_open_loop.json / .md / .png (latency against offered load).
 One configuration again and again (the spread between runs is the host's as much as the server's):
 
     python -m bench.tail repeat --repo REPO --runs 5 --server-cpus 0 --client-cpus 1 --out DIR
+
+`--targets server,echo` measures the bare grpc.aio echo (bench/echo.py) the same way in every run, in turn with
+the server: what the host alone does to the ratio.
 """
 
 from __future__ import annotations
@@ -189,21 +192,40 @@ def _http_port(server) -> int:
     return int(m.group(1))
 
 
-def measure_config(ctx, label: str, repo: Path, tm: TailMode, protocol: str = "grpc") -> dict:
+ECHO_TARGETS = {"echo": "none", "echo-thread": "thread"}  # bench/echo.py's --await-mode for each
+
+
+def measure_config(
+    ctx, label: str, repo: Path, tm: TailMode, protocol: str = "grpc", target_kind: str = "server"
+) -> dict:
     """One server, one protocol: the max sustainable rate, then the levels. HTTP sends the binary tensor
-    extension (one LeNet-5-shaped FP32 image, binary outputs), as tritonclient.http does."""
+    extension (one LeNet-5-shaped FP32 image, binary outputs), as tritonclient.http does.
+
+    target_kind "echo" / "echo-thread" measures the bare grpc.aio reference instead (bench/echo.py: the same
+    messages and server options, LeNet-5's reply, no model; "echo-thread" hands each call to a one-thread pool
+    as the server hands a batch to onnxruntime), pinned and on the servers' event loop like the server: the
+    tail that gRPC on this host shows with no server work at all."""
     name = models.model_name(repo)
     payload, headers = model_infer_request(name, 1), None
     processes = ctx.processes or 1
     server = None
     try:
-        server = procs.start_server(
-            repo,
-            ctx.logs,
-            server_root=ctx.server_root,
-            name=f"s7-{label.replace(' ', '-')}",
-            args=("--http-address", "127.0.0.1:0") if protocol == "http" else (),
-        )
+        if target_kind in ECHO_TARGETS:
+            if protocol != "grpc":
+                raise ValueError(f"the echo reference is gRPC only, not {protocol}")
+            from bench.scenario_kit import server_event_loop
+
+            server = procs.start_echo(ctx.logs, await_mode=ECHO_TARGETS[target_kind], event_loop=server_event_loop())
+        elif target_kind == "server":
+            server = procs.start_server(
+                repo,
+                ctx.logs,
+                server_root=ctx.server_root,
+                name=f"s7-{label.replace(' ', '-')}",
+                args=("--http-address", "127.0.0.1:0") if protocol == "http" else (),
+            )
+        else:
+            raise ValueError(f"target_kind must be server or one of {', '.join(ECHO_TARGETS)}, got {target_kind!r}")
         target = server.address
         if protocol == "http":
             from bench.http_bare import lenet_request
@@ -245,6 +267,7 @@ def measure_config(ctx, label: str, repo: Path, tm: TailMode, protocol: str = "g
         "levels": levels,
         "rss_bytes": rss,
         "protocol": protocol,
+        "target": target_kind,
     }
 
 
@@ -419,9 +442,22 @@ def s7_open_loop(ctx) -> dict:
     )
 
 
-def repeat(repo: Path, runs: int, out: Path, *, mode: str = "full", protocol: str = "grpc", label: str = "") -> dict:
+def repeat(
+    repo: Path,
+    runs: int,
+    out: Path,
+    *,
+    mode: str = "full",
+    protocol: str = "grpc",
+    label: str = "",
+    targets: tuple[str, ...] = ("server",),
+) -> dict:
     """measure_config `runs` times on one repository (batching as its config says); writes run<N>.json and
-    runs.md (per run: the confirmation probes, the maximum, the two target ratios) under `out`."""
+    runs.md (per run: the confirmation probes, the maximum, the two target ratios) under `out`.
+
+    With more than one target (`server`, `echo`, `echo-thread`), each run measures every target, in turn and
+    in alternating order (run 1 server first, run 2 last, ...), into run<N>-<target>.json: the references meet
+    the same stretches of the host as the server."""
     from types import SimpleNamespace
 
     from bench.env import describe
@@ -432,60 +468,76 @@ def repeat(repo: Path, runs: int, out: Path, *, mode: str = "full", protocol: st
     label = label or f"{models.model_name(repo)}, {protocol}"
     rows, results = [], []
     for k in range(1, runs + 1):
-        t0 = time.strftime("%H:%M", time.gmtime())
-        c = measure_config(ctx, label, repo, tm, protocol=protocol)
-        (out / f"run{k}.json").write_text(json.dumps(c, indent=1) + "\n")
-        results.append(c)
-        lv = {p["fraction"]: p for p in c["levels"]}
-        confirms = ", ".join(
-            f"{p['offered_rps']:.0f}/s {'ok' if p['sustainable'] else 'no'}"
-            for p in c["probes"]
-            if p["phase"] == "confirm"
-        )
-        ratio = (lv[0.8]["p99_ms"] / lv[0.1]["p50_ms"]) if lv else float("nan")
-        rows.append(
-            {
-                "run": k,
-                "at": t0 + " UTC",
-                "confirm": confirms,
-                "max": c["max_rps"],
-                "p50_10": lv[0.1]["p50_ms"] if lv else None,
-                "p99_80": lv[0.8]["p99_ms"] if lv else None,
-                "ratio": f"{ratio:.2f}x",
-                "lost_95": f"{lv[0.95]['failed']} of {lv[0.95]['scheduled']:,}" if lv else "",
-                "p999_95": lv[0.95]["p99.9_ms"] if lv else None,
-                "_ratio": ratio,
-            }
-        )
-        print(f"run {k}: max {c['max_rps']:.0f}/s, p99 at 80 % / p50 at 10 % = {ratio:.2f}x", flush=True)
-    ratios = sorted(r["_ratio"] for r in rows)
-    median = (
-        ratios[len(ratios) // 2] if len(ratios) % 2 else sum(ratios[len(ratios) // 2 - 1 : len(ratios) // 2 + 1]) / 2
-    )
+        for kind in targets if k % 2 else targets[::-1]:
+            t0 = time.strftime("%H:%M", time.gmtime())
+            c = measure_config(ctx, label, repo, tm, protocol=protocol, target_kind=kind)
+            name = f"run{k}.json" if len(targets) == 1 else f"run{k}-{kind}.json"
+            (out / name).write_text(json.dumps(c, indent=1) + "\n")
+            results.append(c)
+            lv = {p["fraction"]: p for p in c["levels"]}
+            confirms = ", ".join(
+                f"{p['offered_rps']:.0f}/s {'ok' if p['sustainable'] else 'no'}"
+                for p in c["probes"]
+                if p["phase"] == "confirm"
+            )
+            ratio = (lv[0.8]["p99_ms"] / lv[0.1]["p50_ms"]) if lv else float("nan")
+            rows.append(
+                {
+                    "run": k,
+                    "target": kind,
+                    "at": t0 + " UTC",
+                    "confirm": confirms,
+                    "max": c["max_rps"],
+                    "p50_10": lv[0.1]["p50_ms"] if lv else None,
+                    "p50_80": lv[0.8]["p50_ms"] if lv else None,
+                    "p99_80": lv[0.8]["p99_ms"] if lv else None,
+                    "ratio": f"{ratio:.2f}x",
+                    "lost_95": f"{lv[0.95]['failed']} of {lv[0.95]['scheduled']:,}" if lv else "",
+                    "p999_95": lv[0.95]["p99.9_ms"] if lv else None,
+                    "steal_80": lv[0.8]["host_steal_s"] if lv else None,
+                    "_ratio": ratio,
+                }
+            )
+            print(f"run {k} {kind}: max {c['max_rps']:.0f}/s, p99 at 80 % / p50 at 10 % = {ratio:.2f}x", flush=True)
+    medians = {kind: _median([r["_ratio"] for r in rows if r["target"] == kind]) for kind in targets}
+    columns = [("run", "run")] + ([("target", "target")] if len(targets) > 1 else [])
+    columns += [
+        ("at", "started"),
+        ("confirm", f"confirm probes ({tm.confirm_s:g} s)"),
+        ("max", "max sustainable req/s"),
+        ("p50_10", "p50 at 10 % ms"),
+        ("p50_80", "p50 at 80 % ms"),
+        ("p99_80", "p99 at 80 % ms"),
+        ("ratio", "p99 at 80 % / p50 at 10 %"),
+        ("lost_95", "not OK at 95 %"),
+        ("p999_95", "p99.9 at 95 % ms"),
+        ("steal_80", f"host steal during the 80 % run, CPU-s ({os.cpu_count()} CPUs, ~{tm.level_s + tm.warmup_s:g} s)"),
+    ]
     md = (
-        f"# Scenario 7, one configuration {runs} times: {label}\n\n"
+        f"# Scenario 7, one configuration {runs} times: {label}"
+        + (f" (targets: {', '.join(targets)})" if len(targets) > 1 else "")
+        + "\n\n"
         f"`python -m bench.tail repeat`, mode `{mode}` (confirmation {tm.confirm_s:g} s, at most {tm.confirm_steps} "
-        f"tries, {1 - CONFIRM_BACKOFF:.0%} lower each), level windows {tm.level_s:g} s. Files: run1.json ... run{runs}.json.\n\n"
+        f"tries, {1 - CONFIRM_BACKOFF:.0%} lower each), level windows {tm.level_s:g} s. Files: "
+        + ", ".join(f"run1{'' if len(targets) == 1 else '-' + t}.json" for t in targets)
+        + f" ... run{runs}.\n\n"
         f"{env_markdown(describe({'repo': str(repo), 'server_cpus': os.environ.get('BENCH_SERVER_CPUS', 'any'), 'client_cpus': os.environ.get('BENCH_CLIENT_CPUS', 'any')}))}\n\n"
-        + report.table(
-            rows,
-            [
-                ("run", "run"),
-                ("at", "started"),
-                ("confirm", f"confirm probes ({tm.confirm_s:g} s)"),
-                ("max", "max sustainable req/s"),
-                ("p50_10", "p50 at 10 % ms"),
-                ("p99_80", "p99 at 80 % ms"),
-                ("ratio", "p99 at 80 % / p50 at 10 %"),
-                ("lost_95", "not OK at 95 %"),
-                ("p999_95", "p99.9 at 95 % ms"),
-            ],
+        + report.table(rows, columns)
+        + "\n\n"
+        + "".join(
+            f"Median ratio over the {runs} runs{'' if len(targets) == 1 else ', ' + kind}: **{m:.2f}x** (target <= 5x).\n"
+            for kind, m in medians.items()
         )
-        + f"\n\nMedian ratio over the {runs} runs: **{median:.2f}x** (target <= 5x).\n"
     )
     (out / "runs.md").write_text(md)
     print(md)
-    return {"runs": results, "median_ratio": median}
+    return {"runs": results, "median_ratio": medians[targets[0]], "median_ratios": medians}
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,11 +553,21 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--server-cpus", default="", help="pin the server here (e.g. 0)")
     r.add_argument("--client-cpus", default="", help="pin the load generator here (e.g. 1)")
     r.add_argument("--out", type=Path, required=True)
+    r.add_argument(
+        "--targets",
+        default="server",
+        help="comma-separated, measured in turn each run: server (the repository's model), echo (bench/echo.py, "
+        "bare grpc.aio, no model), echo-thread (the same, each call through a one-thread pool)",
+    )
     args = ap.parse_args(argv)
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    for t in targets:
+        if t != "server" and t not in ECHO_TARGETS:
+            ap.error(f"--targets: unknown target {t!r} (server, {', '.join(ECHO_TARGETS)})")
     for var, val in (("BENCH_SERVER_CPUS", args.server_cpus), ("BENCH_CLIENT_CPUS", args.client_cpus)):
         if val:
             os.environ[var] = val
-    repeat(args.repo, args.runs, args.out, mode=args.mode, protocol=args.protocol)
+    repeat(args.repo, args.runs, args.out, mode=args.mode, protocol=args.protocol, targets=targets)
     return 0
 
 

@@ -1,0 +1,62 @@
+"""`python -m bench.tail repeat` (scenario 7, one configuration again and again) with the bare grpc.aio echo as
+a reference beside the server: both measured in every run, in alternating order, each file saying what it
+measured. Smoke mode: the numbers mean nothing, the bookkeeping is what is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from bench.tail import LEVELS
+from tests.conftest import ROOT
+
+
+def _repeat(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bench.tail", "repeat", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+@pytest.fixture(scope="module")
+def repeat_dir(model_repository, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tail-repeat")
+    proc = _repeat(
+        "--repo", str(model_repository), "--runs", "2", "--mode", "smoke", "--targets", "server,echo", "--out", str(out)
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return out
+
+
+@pytest.mark.parametrize("run", [1, 2])
+@pytest.mark.parametrize("target", ["server", "echo"])
+def test_every_run_measures_every_target(repeat_dir, run, target):
+    r = json.loads((repeat_dir / f"run{run}-{target}.json").read_text())
+    assert r["target"] == target and r["max_rps"] > 0
+    assert [p["fraction"] for p in r["levels"]] == list(LEVELS)
+    for p in r["levels"]:  # each level was driven and answered
+        assert p["scheduled"] > 0 and p["ok"] == p["scheduled"] and p["p50_ms"] > 0, p
+
+
+def test_the_order_alternates_and_the_table_names_the_target(repeat_dir):
+    md = (repeat_dir / "runs.md").read_text()
+    rows = re.findall(r"^\| (\d) \| (server|echo) \|", md, flags=re.M)
+    assert rows == [("1", "server"), ("1", "echo"), ("2", "echo"), ("2", "server")], md
+    for target in ("server", "echo"):
+        assert re.search(rf"Median ratio over the 2 runs, {target}: \*\*[0-9.]+x\*\*", md), md
+
+
+def test_an_unknown_target_is_refused_before_any_run(tmp_path):
+    proc = _repeat("--repo", str(tmp_path), "--runs", "1", "--targets", "server,triton", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "--targets: unknown target 'triton'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o").exists()
