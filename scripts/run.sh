@@ -7,7 +7,8 @@
 # Settings: REPOSITORY (default model_repository), RUN_DIR (default runs/lenet5-mnist),
 # MODEL_NAME (default lenet5-digits: the served digit recogniser).
 # Training (recipe training/recipes/lenet5_mnist.toml, 12 epochs, 1 thread) took 85 s on a quiet 2-core AMD EPYC
-# (99.56 % test); the whole first run on a fresh clone, install included, was serving after 224 s (docs/training.md).
+# (99.56 % test); the whole first run on a fresh clone, install included, was serving after 224 s there and after
+# about 5 min 50 s on a contended 2-core Intel Xeon (202 s of training; docs/training.md).
 # It shows its progress; an interrupted run resumes from RUN_DIR/last.pt the next time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
