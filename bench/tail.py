@@ -564,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     for t in targets:
         if t != "server" and t not in ECHO_TARGETS:
             ap.error(f"--targets: unknown target {t!r} (server, {', '.join(ECHO_TARGETS)})")
+        if t != "server" and args.protocol != "grpc":
+            ap.error(f"--targets: {t} is a gRPC server; --protocol {args.protocol} measures the server only")
     for var, val in (("BENCH_SERVER_CPUS", args.server_cpus), ("BENCH_CLIENT_CPUS", args.client_cpus)):
         if val:
             os.environ[var] = val

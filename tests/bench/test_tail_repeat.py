@@ -56,7 +56,12 @@ def test_the_order_alternates_and_the_table_names_the_target(repeat_dir):
         assert re.search(rf"Median ratio over the 2 runs, {target}: \*\*[0-9.]+x\*\*", md), md
 
 
-def test_an_unknown_target_is_refused_before_any_run(tmp_path):
+def test_a_target_that_cannot_run_is_refused_before_any_run(tmp_path):
     proc = _repeat("--repo", str(tmp_path), "--runs", "1", "--targets", "server,triton", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "--targets: unknown target 'triton'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o").exists()
+    proc = _repeat(
+        "--repo", str(tmp_path), "--protocol", "http", "--targets", "server,echo", "--out", str(tmp_path / "o")
+    )
+    assert proc.returncode == 2 and "--targets: echo is a gRPC server" in proc.stderr, proc.stderr
     assert not (tmp_path / "o").exists()
