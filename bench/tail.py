@@ -468,7 +468,7 @@ def repeat(
     label = label or f"{models.model_name(repo)}, {protocol}"
     rows, results = [], []
     for k in range(1, runs + 1):
-        for kind in targets if k % 2 else targets[::-1]:
+        for kind in run_order(k, targets):
             t0 = time.strftime("%H:%M", time.gmtime())
             c = measure_config(ctx, label, repo, tm, protocol=protocol, target_kind=kind)
             name = f"run{k}.json" if len(targets) == 1 else f"run{k}-{kind}.json"
@@ -525,13 +525,19 @@ def repeat(
         + report.table(rows, columns)
         + "\n\n"
         + "".join(
-            f"Median ratio over the {runs} runs{'' if len(targets) == 1 else ', ' + kind}: **{m:.2f}x** (target <= 5x).\n"
+            f"Median ratio over the {runs} run{'s' if runs > 1 else ''}{'' if len(targets) == 1 else ', ' + kind}: **{m:.2f}x** (target <= 5x).\n"
             for kind, m in medians.items()
         )
     )
     (out / "runs.md").write_text(md)
     print(md)
     return {"runs": results, "median_ratio": medians[targets[0]], "median_ratios": medians}
+
+
+def run_order(run: int, targets: tuple[str, ...]) -> tuple[str, ...]:
+    """The targets of run `run` (from 1) in the order measured: as given in odd runs, reversed in even ones, so
+    that no target always meets the host right after the same other one."""
+    return targets if run % 2 else targets[::-1]
 
 
 def _median(xs: list[float]) -> float:
