@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from bench import models, procs, report
 from bench.env import markdown as env_markdown
 from bench.loadgen import model_infer_request
 from bench.openloop import OpenLoopResult, run_open_loop
-from bench.scenario_kit import finish, target_check
+from bench.scenario_kit import finish, server_event_loop, target_check
 
 LEVELS = (0.10, 0.50, 0.80, 0.95)
 CONFIRM_BACKOFF = 0.9  # a rate that fails its confirmation is retried at 90 % of it
@@ -213,8 +214,6 @@ def measure_config(
         if target_kind in ECHO_TARGETS:
             if protocol != "grpc":
                 raise ValueError(f"the echo reference is gRPC only, not {protocol}")
-            from bench.scenario_kit import server_event_loop
-
             server = procs.start_echo(ctx.logs, await_mode=ECHO_TARGETS[target_kind], event_loop=server_event_loop())
         elif target_kind == "server":
             server = procs.start_server(
@@ -499,7 +498,7 @@ def repeat(
                 }
             )
             print(f"run {k} {kind}: max {c['max_rps']:.0f}/s, p99 at 80 % / p50 at 10 % = {ratio:.2f}x", flush=True)
-    medians = {kind: _median([r["_ratio"] for r in rows if r["target"] == kind]) for kind in targets}
+    medians = {kind: statistics.median(r["_ratio"] for r in rows if r["target"] == kind) for kind in targets}
     columns = [("run", "run")] + ([("target", "target")] if len(targets) > 1 else [])
     columns += [
         ("at", "started"),
@@ -531,19 +530,13 @@ def repeat(
     )
     (out / "runs.md").write_text(md)
     print(md)
-    return {"runs": results, "median_ratio": medians[targets[0]], "median_ratios": medians}
+    return {"runs": results, "median_ratios": medians}
 
 
 def run_order(run: int, targets: tuple[str, ...]) -> tuple[str, ...]:
     """The targets of run `run` (from 1) in the order measured: as given in odd runs, reversed in even ones, so
     that no target always meets the host right after the same other one."""
     return targets if run % 2 else targets[::-1]
-
-
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,7 @@ def test_the_table_names_the_target_and_its_median(repeat_dir):
     md = (repeat_dir / "runs.md").read_text()
     rows = re.findall(r"^\| (\d) \| (server|echo) \|", md, flags=re.M)
     assert rows == [("1", "server"), ("1", "echo")], md
+    assert "| host steal during the 80 % run, CPU-s (" in md, "each row says what the host took meanwhile"
     for target in ("server", "echo"):
         assert re.search(rf"Median ratio over the 1 run, {target}: \*\*[0-9.]+x\*\*", md), md
 
